@@ -1,0 +1,83 @@
+import type { Command } from 'commander';
+import { generate, loadModel, type Model } from '../../model/index.js';
+import { parseChoice, parseIntArg, parseIntList, printJson } from '../util.js';
+
+export interface GenerateBenchRow {
+  batch: number;
+  promptTokens: number;
+  newTokens: number;
+  prefillS: number;
+  decodeS: number;
+  totalS: number;
+  decodeTokPerS: number;
+  /** Device memory in use (total - free) right after the run, context still alive; CUDA only. */
+  gpuUsedMiB?: number;
+}
+
+/** Deterministic pseudo-random prompt ids below `vocab` (the bench measures speed, not text). */
+function randomPrompt(n: number, vocab: number, seed: number): number[] {
+  let s = seed >>> 0;
+  return Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s % Math.min(vocab, 150000);
+  });
+}
+
+/**
+ * One shared prompt of `promptTokens` sampled B times for `newTokens` each (EOG ignored): the shape of
+ * `llama-batched-bench -pps`. Times the whole call: prefill, prefix copy and every decode step.
+ */
+export async function benchGenerate(model: Model, batch: number, promptTokens: number, newTokens: number, seed = 1): Promise<GenerateBenchRow> {
+  const ctx = model.createContext({ nSeq: batch, nCtx: promptTokens + newTokens, nBatch: Math.max(512, promptTokens) });
+  try {
+    const prompt = randomPrompt(promptTokens, model.info.nVocab, seed);
+    // Warm-up: compiles kernels, sizes the compute buffers and captures CUDA graphs.
+    await generate(model, { prompts: [prompt], samplesPerPrompt: batch, maxNewTokens: 4, stopAtEog: false, temperature: 0.7, context: ctx });
+    const t0 = performance.now();
+    const { stats } = await generate(model, { prompts: [prompt], samplesPerPrompt: batch, maxNewTokens: newTokens, stopAtEog: false,
+      temperature: 0.7, seed, context: ctx });
+    const total = (performance.now() - t0) / 1000;
+    const dev = model.device === 'cuda' ? model.binding.cudaDevices()[0] : undefined;
+    return {
+      ...(dev ? { gpuUsedMiB: (dev.totalBytes - dev.freeBytes) / 2 ** 20 } : {}),
+      batch, promptTokens, newTokens, prefillS: stats.prefillMs / 1000, decodeS: stats.decodeMs / 1000, totalS: total,
+      decodeTokPerS: (batch * newTokens) / (stats.decodeMs / 1000),
+    };
+  } finally {
+    await ctx.dispose();
+  }
+}
+
+export function register(program: Command): void {
+  const bench = program.command('bench').description('throughput benchmarks (GPU figures are the ones that count)');
+  bench
+    .command('generate')
+    .description('batched sampling from one shared prompt, like llama-batched-bench -pps')
+    .requiredOption('--model <file>', 'GGUF model')
+    .option('--device <device>', 'auto | cpu | cuda', parseChoice('--device', ['auto', 'cpu', 'cuda'] as const), 'auto')
+    .option('--prompt-tokens <n>', 'shared prompt length', parseIntArg('--prompt-tokens', 1), 512)
+    .option('--new-tokens <n>', 'tokens generated per sequence', parseIntArg('--new-tokens', 1), 256)
+    .option('--batch <list>', 'comma-separated batch sizes', parseIntList('--batch'), [1, 8, 32])
+    .option('--json', 'machine-readable output')
+    .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; promptTokens: number; newTokens: number; batch: number[]; json?: boolean }) => {
+      const model = await loadModel(o.model, { device: o.device });
+      const rows: GenerateBenchRow[] = [];
+      try {
+        for (const b of o.batch) rows.push(await benchGenerate(model, b, o.promptTokens, o.newTokens));
+      } finally {
+        model.dispose();
+      }
+      const gpu = model.device === 'cuda' ? model.binding.cudaDevices()[0]?.name : undefined;
+      const report = { model: o.model, device: model.device, weightType: model.info.weightType, gpu, rows };
+      if (o.json) {
+        printJson(report);
+        return;
+      }
+      process.stdout.write(`device ${model.device}${gpu ? ` (${gpu})` : ''}, weights ${model.info.weightType}\n`);
+      process.stdout.write('| B | prompt | new | prefill s | decode s | total s | decode tok/s | GPU MiB in use |\n|---|---|---|---|---|---|---|---|\n');
+      for (const r of rows) {
+        process.stdout.write(`| ${r.batch} | ${r.promptTokens} | ${r.newTokens} | ${r.prefillS.toFixed(3)} | ${r.decodeS.toFixed(3)} | ${r.totalS.toFixed(3)} | ` +
+          `${r.decodeTokPerS.toFixed(1)} | ${r.gpuUsedMiB?.toFixed(0) ?? '-'} |\n`);
+      }
+    });
+}

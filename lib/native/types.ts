@@ -1,0 +1,112 @@
+/**
+ * The exact shape of the native addon (native/src/addon.cpp). The TypeScript layer touches the addon only
+ * through these types.
+ */
+
+export interface NativeModelInfo {
+  arch: string;
+  nVocab: number;
+  nCtxTrain: number;
+  nEmbd: number;
+  nLayer: number;
+  nFf: number;
+  nHead: number;
+  nHeadKv: number;
+  headDim: number;
+  ropeFreqBase: number;
+  device: 'cpu' | 'cuda';
+  weightBytes: number;
+  tiedOutput: boolean;
+  weightType: string;
+}
+
+export interface NativeModel {
+  info(): NativeModelInfo;
+  dispose(): void;
+}
+
+export interface NativeSampleRequest {
+  temperature: number;
+  topK: number;
+  topP: number;
+  seeds: BigUint64Array;
+}
+
+export interface NativeEvalRequest {
+  streams: Int32Array;
+  tokens: Int32Array;
+  nt: number;
+  allLogits?: boolean;
+  wantLogits?: boolean;
+  sample?: NativeSampleRequest;
+}
+
+export interface NativeEvalResult {
+  logits?: Float32Array;
+  nVocab?: number;
+  tokens?: Int32Array;
+  logprobs?: Float32Array;
+}
+
+export interface NativeDecodeRequest {
+  streams: Int32Array;
+  /** The next token to feed, per stream. */
+  tokens: Int32Array;
+  seeds: BigUint64Array;
+  /** Tokens each stream may still draw. */
+  budget: Int32Array;
+  /** End-of-generation ids: a stream stops after drawing one. */
+  eog: Int32Array;
+  steps: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+}
+
+export interface NativeDecodeResult {
+  steps: number;
+  /** [steps][streams]; -1 where a stream had stopped. */
+  tokens: Int32Array;
+  logprobs: Float32Array;
+}
+
+export interface NativeContextMemory {
+  kvBytes: number;
+  computeBytes: number;
+  weightBytes: number;
+  capacity: number;
+  nSeq: number;
+}
+
+export interface NativeContext {
+  eval(req: NativeEvalRequest): Promise<NativeEvalResult>;
+  decode(req: NativeDecodeRequest): Promise<NativeDecodeResult>;
+  seqCopy(src: number, dsts: Int32Array): void;
+  seqClear(seq: number): void;
+  seqLength(seq: number): number;
+  memory(): NativeContextMemory;
+  dispose(): void;
+}
+
+export interface NativeOpInput {
+  data: Float32Array | Int32Array;
+  shape: number[];
+  type?: string;
+}
+
+export interface NativeOpRequest {
+  op: string;
+  device: 'cpu' | 'cuda';
+  inputs: NativeOpInput[];
+  params?: number[];
+}
+
+export interface NativeBinding {
+  Model: abstract new () => NativeModel;
+  Context: new (model: NativeModel, options: { nSeq: number; nCtx: number; nBatch: number }) => NativeContext;
+  loadModel(path: string, options: { device: 'cpu' | 'cuda'; threads?: number }): Promise<NativeModel>;
+  makeModel(options: { shape: string; type: string; out: string; vocab?: string; seed?: number; threads?: number }): Promise<number>;
+  buildInfo(): { cuda: boolean; ggmlVersion: string; ggmlCommit: string };
+  cudaDevices(): Array<{ name: string; freeBytes: number; totalBytes: number }>;
+  runOp(req: NativeOpRequest): Promise<{ data: Float32Array; shape: number[] }>;
+}

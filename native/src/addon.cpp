@@ -1,0 +1,492 @@
+// The N-API surface: Model, Context and a few functions. Arguments arrive already validated and defaulted by
+// lib/native/ (TypeScript); here they are type-checked once more so that no input can reach a ggml assert.
+// Heavy calls run in AsyncWorkers and return Promises; each holds a reference on its owner.
+#include "context.h"
+#include "ops.h"
+#include "synth.h"
+
+#include <napi.h>
+#ifdef SQLR1_WITH_CUDA
+#include "ggml-cuda.h"
+#endif
+
+#include <cmath>
+#include <functional>
+
+namespace sqlr1 {
+
+namespace {
+
+Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg) {
+    Napi::Error e = Napi::Error::New(env, msg);
+    e.Set("code", Napi::String::New(env, code));
+    return e;
+}
+
+// Runs `fn` and rethrows sqlr1::error as a JS error with a code.
+template <typename F>
+auto guarded(Napi::Env env, F && fn) -> decltype(fn()) {
+    try {
+        return fn();
+    } catch (const error & e) {
+        throw make_error(env, e.code, e.what());
+    } catch (const Napi::Error &) {
+        throw;
+    } catch (const std::exception & e) {
+        throw make_error(env, "ERR_INTERNAL", e.what());
+    }
+}
+
+[[noreturn]] void bad_arg(Napi::Env env, const std::string & msg) { throw make_error(env, "ERR_INVALID_ARG", msg); }
+
+Napi::Object need_object(const Napi::CallbackInfo & info, size_t i, const char * what) {
+    if (info.Length() <= i || !info[i].IsObject()) bad_arg(info.Env(), std::string(what) + " must be an object");
+    return info[i].As<Napi::Object>();
+}
+
+std::string get_string(Napi::Object o, const char * key, const std::string & def, bool required = false) {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) {
+        if (required) bad_arg(o.Env(), std::string("option '") + key + "' is required");
+        return def;
+    }
+    if (!v.IsString()) bad_arg(o.Env(), std::string("option '") + key + "' must be a string");
+    return v.As<Napi::String>().Utf8Value();
+}
+
+double get_number(Napi::Object o, const char * key, double def) {
+    Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return def;
+    if (!v.IsNumber()) bad_arg(o.Env(), std::string("option '") + key + "' must be a number");
+    const double d = v.As<Napi::Number>().DoubleValue();
+    if (!std::isfinite(d)) bad_arg(o.Env(), std::string("option '") + key + "' must be finite");
+    return d;
+}
+
+std::vector<int32_t> get_i32_array(Napi::Object o, const char * key) {
+    Napi::Value v = o.Get(key);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+        bad_arg(o.Env(), std::string("option '") + key + "' must be an Int32Array");
+    Napi::Int32Array a = v.As<Napi::Int32Array>();
+    return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// A Promise-returning worker: `exec` runs off the main thread, `done` builds the JS value.
+template <typename R>
+class promise_worker : public Napi::AsyncWorker {
+public:
+    promise_worker(Napi::Env env, std::function<R()> exec, std::function<Napi::Value(Napi::Env, R &)> done,
+                   std::function<void()> finally = nullptr, Napi::Value keep = Napi::Value())
+        : Napi::AsyncWorker(env, "sqlr1"), deferred_(Napi::Promise::Deferred::New(env)),
+          exec_(std::move(exec)), done_(std::move(done)), finally_(std::move(finally)) {
+        if (!keep.IsEmpty() && keep.IsObject()) keep_ = Napi::Persistent(keep.As<Napi::Object>());
+    }
+    Napi::Promise promise() { return deferred_.Promise(); }
+
+protected:
+    void Execute() override {
+        try {
+            result_ = exec_();
+        } catch (const error & e) {
+            code_ = e.code;
+            SetError(e.what());
+        } catch (const std::exception & e) {
+            code_ = "ERR_INTERNAL";
+            SetError(e.what());
+        }
+    }
+    void OnOK() override {
+        if (finally_) finally_();
+        Napi::Env env = Env();
+        try {
+            deferred_.Resolve(done_(env, result_));
+        } catch (const Napi::Error & e) {
+            deferred_.Reject(e.Value());
+        }
+    }
+    void OnError(const Napi::Error & e) override {
+        if (finally_) finally_();
+        deferred_.Reject(make_error(Env(), code_, e.Message()).Value());
+    }
+
+private:
+    Napi::Promise::Deferred deferred_;
+    std::function<R()> exec_;
+    std::function<Napi::Value(Napi::Env, R &)> done_;
+    std::function<void()> finally_;
+    Napi::ObjectReference keep_;
+    R result_{};
+    std::string code_ = "ERR_INTERNAL";
+};
+
+template <typename R>
+Napi::Value queue(Napi::Env env, std::function<R()> exec, std::function<Napi::Value(Napi::Env, R &)> done,
+                  std::function<void()> finally = nullptr, Napi::Value keep = Napi::Value()) {
+    auto * w = new promise_worker<R>(env, std::move(exec), std::move(done), std::move(finally), keep);
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
+public:
+    static Napi::FunctionReference ctor;
+    std::shared_ptr<model> m;
+
+    static Napi::Function Init(Napi::Env env) {
+        Napi::Function f = DefineClass(env, "Model", {
+            InstanceMethod("info", &ModelWrap::Info),
+            InstanceMethod("dispose", &ModelWrap::Dispose),
+        });
+        ctor = Napi::Persistent(f);
+        return f;
+    }
+    ModelWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<ModelWrap>(info) {}
+
+    std::shared_ptr<model> get(Napi::Env env) const {
+        if (!m) throw make_error(env, "ERR_DISPOSED", "the model was disposed");
+        return m;
+    }
+
+    Napi::Value Info(const Napi::CallbackInfo & info) {
+        auto mm = get(info.Env());
+        const hparams & hp = mm->hp;
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("arch", hp.arch_name);
+        o.Set("nVocab", (double) hp.n_vocab);
+        o.Set("nCtxTrain", (double) hp.n_ctx_train);
+        o.Set("nEmbd", (double) hp.n_embd);
+        o.Set("nLayer", (double) hp.n_layer);
+        o.Set("nFf", (double) hp.n_ff);
+        o.Set("nHead", (double) hp.n_head);
+        o.Set("nHeadKv", (double) hp.n_head_kv);
+        o.Set("headDim", (double) hp.head_dim);
+        o.Set("ropeFreqBase", hp.rope_freq_base);
+        o.Set("device", mm->backends->device);
+        o.Set("weightBytes", (double) mm->weight_bytes);
+        o.Set("tiedOutput", mm->output == mm->tok_embd);
+        o.Set("weightType", ggml_type_name(mm->layers[0].wq->type));
+        return o;
+    }
+    Napi::Value Dispose(const Napi::CallbackInfo & info) {
+        m.reset();  // contexts hold their own reference; memory goes with the last one
+        return info.Env().Undefined();
+    }
+};
+Napi::FunctionReference ModelWrap::ctor;
+
+Napi::Value LoadModel(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) bad_arg(env, "loadModel(path, options): path must be a string");
+    const std::string path = info[0].As<Napi::String>().Utf8Value();
+    Napi::Object o = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
+    const std::string device = get_string(o, "device", "cpu");
+    const int threads = (int) get_number(o, "threads", 0);
+    return queue<std::shared_ptr<model>>(env,
+        [=]() { return std::shared_ptr<model>(model_load(path, backend_set_init(device, threads))); },
+        [](Napi::Env env, std::shared_ptr<model> & m) -> Napi::Value {
+            Napi::Object obj = ModelWrap::ctor.New({});
+            ModelWrap::Unwrap(obj)->m = m;
+            return obj;
+        });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+class ContextWrap : public Napi::ObjectWrap<ContextWrap> {
+public:
+    std::shared_ptr<context> c;
+
+    static Napi::Function Init(Napi::Env env) {
+        return DefineClass(env, "Context", {
+            InstanceMethod("eval", &ContextWrap::Eval),
+            InstanceMethod("decode", &ContextWrap::Decode),
+            InstanceMethod("seqCopy", &ContextWrap::SeqCopy),
+            InstanceMethod("seqClear", &ContextWrap::SeqClear),
+            InstanceMethod("seqLength", &ContextWrap::SeqLength),
+            InstanceMethod("memory", &ContextWrap::Memory),
+            InstanceMethod("dispose", &ContextWrap::Dispose),
+        });
+    }
+
+    // new Context(model, { nSeq, nCtx, nBatch })
+    ContextWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<ContextWrap>(info) {
+        Napi::Env env = info.Env();
+        if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(ModelWrap::ctor.Value()))
+            bad_arg(env, "new Context(model, options): model must be a Model");
+        auto m = ModelWrap::Unwrap(info[0].As<Napi::Object>())->get(env);
+        Napi::Object o = need_object(info, 1, "options");
+        const int64_t n_seq = (int64_t) get_number(o, "nSeq", 1);
+        const int64_t n_ctx = (int64_t) get_number(o, "nCtx", 2048);
+        const int64_t n_batch = (int64_t) get_number(o, "nBatch", 512);
+        c = guarded(env, [&]() { return std::shared_ptr<context>(context_init(m, n_seq, n_ctx, n_batch)); });
+    }
+
+    context & get(Napi::Env env, bool allow_busy = false) {
+        if (!c) throw make_error(env, "ERR_DISPOSED", "the context was disposed");
+        if (!allow_busy && c->busy) throw make_error(env, "ERR_INVALID_ARG", "the context is busy with another call; await it first");
+        return *c;
+    }
+
+    // eval({ streams, tokens, nt, allLogits, wantLogits, sample: { temperature, topK, topP, seeds } })
+    Napi::Value Eval(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        context & cx = get(env);
+        Napi::Object o = need_object(info, 0, "request");
+        eval_request req;
+        req.streams = get_i32_array(o, "streams");
+        req.tokens = get_i32_array(o, "tokens");
+        req.nt = (int64_t) get_number(o, "nt", 1);
+        req.all_logits = o.Get("allLogits").ToBoolean();
+        req.want_logits = o.Get("wantLogits").ToBoolean();
+        if (o.Get("sample").IsObject()) {
+            Napi::Object s = o.Get("sample").As<Napi::Object>();
+            req.sample = true;
+            req.sp.temperature = (float) get_number(s, "temperature", 1.0);
+            req.sp.top_k = (int) get_number(s, "topK", 0);
+            req.sp.top_p = (float) get_number(s, "topP", 1.0);
+            Napi::Value sv = s.Get("seeds");
+            if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
+                bad_arg(env, "sample.seeds must be a BigUint64Array");
+            Napi::TypedArrayOf<uint64_t> seeds = sv.As<Napi::TypedArrayOf<uint64_t>>();
+            req.seeds.assign(seeds.Data(), seeds.Data() + seeds.ElementLength());
+        }
+        guarded(env, [&]() { cx.validate(req); return 0; });
+        cx.busy = true;
+        std::shared_ptr<context> keep = c;
+        const int64_t n_vocab = cx.m->hp.n_vocab;
+        return queue<eval_result>(env,
+            [keep, req]() { return keep->eval(req); },
+            [n_vocab](Napi::Env env, eval_result & r) -> Napi::Value {
+                Napi::Object out = Napi::Object::New(env);
+                if (!r.logits.empty()) {
+                    Napi::Float32Array a = Napi::Float32Array::New(env, r.logits.size());
+                    std::copy(r.logits.begin(), r.logits.end(), a.Data());
+                    out.Set("logits", a);
+                    out.Set("nVocab", (double) n_vocab);
+                }
+                if (!r.tokens.empty()) {
+                    Napi::Int32Array t = Napi::Int32Array::New(env, r.tokens.size());
+                    std::copy(r.tokens.begin(), r.tokens.end(), t.Data());
+                    Napi::Float32Array lp = Napi::Float32Array::New(env, r.logprobs.size());
+                    std::copy(r.logprobs.begin(), r.logprobs.end(), lp.Data());
+                    out.Set("tokens", t);
+                    out.Set("logprobs", lp);
+                }
+                return out;
+            },
+            [keep]() { keep->busy = false; }, info.This());
+    }
+
+    // decode({ streams, tokens, seeds, budget, eog, steps, temperature, topK, topP })
+    Napi::Value Decode(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        context & cx = get(env);
+        Napi::Object o = need_object(info, 0, "request");
+        decode_request req;
+        req.streams = get_i32_array(o, "streams");
+        req.tokens = get_i32_array(o, "tokens");
+        req.budget = get_i32_array(o, "budget");
+        req.eog = get_i32_array(o, "eog");
+        req.n_steps = (int32_t) get_number(o, "steps", 1);
+        req.sp.temperature = (float) get_number(o, "temperature", 1.0);
+        req.sp.top_k = (int) get_number(o, "topK", 0);
+        req.sp.top_p = (float) get_number(o, "topP", 1.0);
+        Napi::Value sv = o.Get("seeds");
+        if (!sv.IsTypedArray() || sv.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array)
+            bad_arg(env, "seeds must be a BigUint64Array");
+        Napi::TypedArrayOf<uint64_t> seeds = sv.As<Napi::TypedArrayOf<uint64_t>>();
+        req.seeds.assign(seeds.Data(), seeds.Data() + seeds.ElementLength());
+        // Validate the first step here so that bad input fails before the worker starts.
+        eval_request first;
+        first.streams = req.streams; first.tokens = req.tokens; first.seeds = req.seeds; first.sp = req.sp; first.sample = true;
+        guarded(env, [&]() {
+            if (req.budget.size() != req.streams.size()) fail("ERR_INVALID_ARG", "budget needs one entry per sequence");
+            if (req.n_steps < 1 || req.n_steps > 1 << 20) fail("ERR_INVALID_ARG", "steps must be in [1, 2^20], got %d", req.n_steps);
+            cx.validate(first);
+            for (size_t i = 0; i < req.streams.size(); i++) {
+                const int64_t room = cx.kv.capacity() - cx.kv.len[req.streams[i]];
+                if (std::min<int64_t>(req.budget[i], req.n_steps) > room)
+                    fail("ERR_CONTEXT_OVERFLOW", "sequence %d has room for %lld more tokens, %d requested",
+                         req.streams[i], (long long) room, std::min(req.budget[i], req.n_steps));
+            }
+            return 0;
+        });
+        cx.busy = true;
+        std::shared_ptr<context> keep = c;
+        return queue<decode_result>(env,
+            [keep, req]() { return keep->decode(req); },
+            [](Napi::Env env, decode_result & r) -> Napi::Value {
+                Napi::Object out = Napi::Object::New(env);
+                Napi::Int32Array t = Napi::Int32Array::New(env, r.tokens.size());
+                std::copy(r.tokens.begin(), r.tokens.end(), t.Data());
+                Napi::Float32Array lp = Napi::Float32Array::New(env, r.logprobs.size());
+                std::copy(r.logprobs.begin(), r.logprobs.end(), lp.Data());
+                out.Set("steps", (double) r.steps);
+                out.Set("tokens", t);
+                out.Set("logprobs", lp);
+                return out;
+            },
+            [keep]() { keep->busy = false; }, info.This());
+    }
+
+    Napi::Value SeqCopy(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        context & cx = get(env);
+        if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsTypedArray()) bad_arg(env, "seqCopy(src, dsts: Int32Array)");
+        const int32_t src = info[0].As<Napi::Number>().Int32Value();
+        Napi::Int32Array d = info[1].As<Napi::Int32Array>();
+        std::vector<int32_t> dsts(d.Data(), d.Data() + d.ElementLength());
+        guarded(env, [&]() { cx.seq_copy(src, dsts); return 0; });
+        return env.Undefined();
+    }
+    int32_t seq_arg(const Napi::CallbackInfo & info, context & cx) {
+        if (info.Length() < 1 || !info[0].IsNumber()) bad_arg(info.Env(), "sequence id must be a number");
+        const int32_t s = info[0].As<Napi::Number>().Int32Value();
+        if (s < 0 || s >= cx.kv.n_seq) bad_arg(info.Env(), "sequence id " + std::to_string(s) + " out of range [0, " + std::to_string(cx.kv.n_seq) + ")");
+        return s;
+    }
+    Napi::Value SeqClear(const Napi::CallbackInfo & info) {
+        context & cx = get(info.Env());
+        cx.seq_clear(seq_arg(info, cx));
+        return info.Env().Undefined();
+    }
+    Napi::Value SeqLength(const Napi::CallbackInfo & info) {
+        context & cx = get(info.Env(), true);
+        return Napi::Number::New(info.Env(), (double) cx.kv.len[seq_arg(info, cx)]);
+    }
+    Napi::Value Memory(const Napi::CallbackInfo & info) {
+        context & cx = get(info.Env(), true);
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("kvBytes", (double) ggml_backend_buffer_get_size(cx.kv.buf));
+        o.Set("computeBytes", (double) ggml_backend_sched_get_buffer_size(cx.sched, cx.m->backends->primary));
+        o.Set("weightBytes", (double) cx.m->weight_bytes);
+        o.Set("capacity", (double) cx.kv.capacity());
+        o.Set("nSeq", (double) cx.kv.n_seq);
+        return o;
+    }
+    Napi::Value Dispose(const Napi::CallbackInfo & info) {
+        if (c && c->busy) throw make_error(info.Env(), "ERR_INVALID_ARG", "cannot dispose a context while a call is running");
+        c.reset();
+        return info.Env().Undefined();
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------------
+Napi::Value MakeModel(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = need_object(info, 0, "options");
+    synth_options so;
+    so.shape = get_string(o, "shape", "tiny");
+    so.type = get_string(o, "type", "f32");
+    so.out = get_string(o, "out", "", true);
+    so.vocab = get_string(o, "vocab", "");
+    so.seed = (uint64_t) get_number(o, "seed", 42);
+    so.n_threads = (int) get_number(o, "threads", 0);
+    // Validate the names now so that a typo fails at once rather than in the worker.
+    guarded(env, [&]() { synth_shape_get(so.shape); return 0; });
+    return queue<double>(env, [so]() { return (double) synth_model_write(so); },
+        [](Napi::Env env, double & n) -> Napi::Value { return Napi::Number::New(env, n); });
+}
+
+Napi::Value BuildInfo(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+#ifdef SQLR1_WITH_CUDA
+    o.Set("cuda", true);
+#else
+    o.Set("cuda", false);
+#endif
+    o.Set("ggmlVersion", ggml_version());
+    o.Set("ggmlCommit", ggml_commit());
+    return o;
+}
+
+Napi::Value CudaDevices(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    const int n = cuda_device_count();
+    Napi::Array a = Napi::Array::New(env, n);
+    for (int i = 0; i < n; i++) {
+        Napi::Object d = Napi::Object::New(env);
+        d.Set("name", cuda_device_name(i));
+#ifdef SQLR1_WITH_CUDA
+        size_t free = 0, total = 0;
+        ggml_backend_cuda_get_device_memory(i, &free, &total);
+        d.Set("freeBytes", (double) free);
+        d.Set("totalBytes", (double) total);
+#endif
+        a.Set(i, d);
+    }
+    return a;
+}
+
+Napi::Value RunOp(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = need_object(info, 0, "op request");
+    op_request req;
+    req.op = get_string(o, "op", "", true);
+    req.device = get_string(o, "device", "cpu");
+    Napi::Value ins = o.Get("inputs");
+    if (!ins.IsArray()) bad_arg(env, "inputs must be an array");
+    Napi::Array arr = ins.As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+        Napi::Value v = arr.Get(i);
+        if (!v.IsObject()) bad_arg(env, "each input must be { data: Float32Array, shape: number[], type?: string }");
+        Napi::Object io = v.As<Napi::Object>();
+        op_input in;
+        Napi::Value dv = io.Get("data");
+        if (!dv.IsTypedArray()) bad_arg(env, "input data must be a Float32Array or Int32Array");
+        Napi::TypedArray ta = dv.As<Napi::TypedArray>();
+        if (ta.TypedArrayType() == napi_float32_array) {
+            Napi::Float32Array f = dv.As<Napi::Float32Array>();
+            in.f32.assign(f.Data(), f.Data() + f.ElementLength());
+        } else if (ta.TypedArrayType() == napi_int32_array) {
+            Napi::Int32Array f = dv.As<Napi::Int32Array>();
+            in.i32.assign(f.Data(), f.Data() + f.ElementLength());
+        } else {
+            bad_arg(env, "input data must be a Float32Array or Int32Array");
+        }
+        Napi::Value sv = io.Get("shape");
+        if (!sv.IsArray()) bad_arg(env, "input shape must be an array of numbers");
+        Napi::Array sa = sv.As<Napi::Array>();
+        for (uint32_t k = 0; k < sa.Length(); k++) in.shape.push_back((int64_t) sa.Get(k).As<Napi::Number>().Int64Value());
+        in.type = get_string(io, "type", in.i32.empty() ? "f32" : "i32");
+        req.inputs.push_back(std::move(in));
+    }
+    Napi::Value pv = o.Get("params");
+    if (pv.IsArray()) {
+        Napi::Array pa = pv.As<Napi::Array>();
+        for (uint32_t k = 0; k < pa.Length(); k++) req.params.push_back(pa.Get(k).As<Napi::Number>().DoubleValue());
+    }
+    return queue<op_result>(env, [req]() { return op_run(req); },
+        [](Napi::Env env, op_result & r) -> Napi::Value {
+            Napi::Object out = Napi::Object::New(env);
+            Napi::Float32Array a = Napi::Float32Array::New(env, r.data.size());
+            std::copy(r.data.begin(), r.data.end(), a.Data());
+            Napi::Array shape = Napi::Array::New(env, r.shape.size());
+            for (size_t i = 0; i < r.shape.size(); i++) shape.Set((uint32_t) i, (double) r.shape[i]);
+            out.Set("data", a);
+            out.Set("shape", shape);
+            return out;
+        });
+}
+
+} // namespace
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+    log_init();
+    exports.Set("Model", ModelWrap::Init(env));
+    exports.Set("Context", ContextWrap::Init(env));
+    exports.Set("loadModel", Napi::Function::New(env, LoadModel));
+    exports.Set("makeModel", Napi::Function::New(env, MakeModel));
+    exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+    exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
+    exports.Set("runOp", Napi::Function::New(env, RunOp));
+    return exports;
+}
+
+} // namespace sqlr1
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return sqlr1::Init(env, exports); }
+
+NODE_API_MODULE(sqlr1, InitAddon)

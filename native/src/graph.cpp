@@ -1,0 +1,109 @@
+#include "graph.h"
+
+#include "ggml-alloc.h"
+
+#include <cmath>
+
+namespace sqlr1 {
+
+kv_cache::~kv_cache() {
+    if (buf) ggml_backend_buffer_free(buf);
+    if (ctx) ggml_free(ctx);
+}
+
+void kv_cache_init(kv_cache & kv, const model & m, int64_t n_seq, int64_t n_ctx) {
+    const hparams & hp = m.hp;
+    kv.n_seq = n_seq;
+    kv.n_cells = ((n_ctx + 1 + 255) / 256) * 256;
+    ggml_init_params ip = { ggml_tensor_overhead() * (2 * hp.n_layer + 4), nullptr, true };
+    kv.ctx = ggml_init(ip);
+    if (!kv.ctx) fail("ERR_OUT_OF_MEMORY", "could not create the KV cache context");
+    for (int64_t il = 0; il < hp.n_layer; il++) {
+        kv.k.push_back(ggml_new_tensor_3d(kv.ctx, GGML_TYPE_F16, hp.n_embd_kv(), kv.n_cells, n_seq));
+        kv.v.push_back(ggml_new_tensor_3d(kv.ctx, GGML_TYPE_F16, hp.n_embd_kv(), kv.n_cells, n_seq));
+    }
+    kv.buf = ggml_backend_alloc_ctx_tensors(kv.ctx, m.backends->primary);
+    if (!kv.buf) fail("ERR_OUT_OF_MEMORY", "could not allocate the KV cache (%lld sequences x %lld cells) on %s",
+                      (long long) n_seq, (long long) kv.n_cells, m.backends->device.c_str());
+    ggml_backend_buffer_clear(kv.buf, 0);
+    kv.len.assign(n_seq, 0);
+}
+
+static ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, float eps) {
+    return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps), w);
+}
+
+static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
+    ggml_tensor * y = ggml_mul_mat(ctx, w, x);
+    return b ? ggml_add(ctx, y, b) : y;
+}
+
+forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const model & m, kv_cache & kv, const forward_params & p) {
+    const hparams & hp = m.hp;
+    const int64_t n_tokens = p.nt * p.ns;
+    const int64_t hd = hp.head_dim, KV = hp.n_embd_kv();
+    forward_result r;
+    batch_inputs & in = r.in;
+
+    in.tokens = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    in.pos = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    in.kv_idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I64, n_tokens);
+    in.mask = ggml_new_tensor_4d(ctx, GGML_TYPE_F16, p.n_kv, p.nt, 1, p.ns);
+    for (ggml_tensor * t : {in.tokens, in.pos, in.kv_idx, in.mask}) ggml_set_input(t);
+
+    ggml_tensor * x = ggml_get_rows(ctx, m.tok_embd, in.tokens);  // [E, T]
+    const float kq_scale = 1.0f / std::sqrt((float) hd);
+
+    for (int64_t il = 0; il < hp.n_layer; il++) {
+        const layer_weights & L = m.layers[il];
+        ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
+
+        ggml_tensor * q = ggml_reshape_3d(ctx, linear(ctx, L.wq, L.bq, cur), hd, hp.n_head, n_tokens);
+        ggml_tensor * k = ggml_reshape_3d(ctx, linear(ctx, L.wk, L.bk, cur), hd, hp.n_head_kv, n_tokens);
+        ggml_tensor * v = linear(ctx, L.wv, L.bv, cur);  // [KV, T]
+        q = ggml_rope_ext(ctx, q, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        k = ggml_rope_ext(ctx, k, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+
+        // Store this batch's K/V first; the attention below reads them back from the cache.
+        ggml_tensor * k_all = ggml_reshape_2d(ctx, kv.k[il], KV, kv.n_cells * kv.n_seq);
+        ggml_tensor * v_all = ggml_reshape_2d(ctx, kv.v[il], KV, kv.n_cells * kv.n_seq);
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx, k_all, ggml_reshape_2d(ctx, k, KV, n_tokens), in.kv_idx));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx, v_all, v, in.kv_idx));
+
+        const size_t row = ggml_row_size(GGML_TYPE_F16, KV);
+        ggml_tensor * kc = ggml_view_4d(ctx, kv.k[il], hd, hp.n_head_kv, p.n_kv, p.ns,
+                                        ggml_row_size(GGML_TYPE_F16, hd), row, row * kv.n_cells, row * kv.n_cells * p.s0);
+        ggml_tensor * vc = ggml_view_4d(ctx, kv.v[il], hd, hp.n_head_kv, p.n_kv, p.ns,
+                                        ggml_row_size(GGML_TYPE_F16, hd), row, row * kv.n_cells, row * kv.n_cells * p.s0);
+        // [hd, n_head, nt, ns] -> [hd, nt, n_head, ns]
+        ggml_tensor * q4 = ggml_view_4d(ctx, q, hd, hp.n_head, p.nt, p.ns, q->nb[1], q->nb[2], q->nb[2] * p.nt, 0);
+        q4 = ggml_permute(ctx, q4, 0, 2, 1, 3);
+        kc = ggml_permute(ctx, kc, 0, 2, 1, 3);
+        vc = ggml_permute(ctx, vc, 0, 2, 1, 3);
+        ggml_tensor * attn = ggml_flash_attn_ext(ctx, q4, kc, vc, in.mask, kq_scale, 0.0f, 0.0f);
+        ggml_flash_attn_ext_set_prec(attn, GGML_PREC_F32);
+        attn = ggml_reshape_2d(ctx, attn, hp.n_embd_q(), n_tokens);
+
+        x = ggml_add(ctx, x, ggml_mul_mat(ctx, L.wo, attn));
+
+        cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
+        ggml_tensor * h = ggml_swiglu_split(ctx, ggml_mul_mat(ctx, L.ffn_gate, cur), ggml_mul_mat(ctx, L.ffn_up, cur));
+        x = ggml_add(ctx, x, ggml_mul_mat(ctx, L.ffn_down, h));
+    }
+
+    if (p.n_out > 0) {
+        if (!p.all_outputs) {
+            in.out_ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, p.n_out);
+            ggml_set_input(in.out_ids);
+            x = ggml_get_rows(ctx, x, in.out_ids);
+        }
+        x = rms_norm(ctx, x, m.output_norm, hp.rms_eps);
+        r.logits = ggml_mul_mat(ctx, m.output, x);
+        ggml_set_output(r.logits);
+        ggml_build_forward_expand(gf, r.logits);
+    }
+    // With no outputs, only the K/V writes matter: the last layer's attention and FFN are left out.
+    return r;
+}
+
+} // namespace sqlr1

@@ -1,0 +1,51 @@
+// The Qwen2-family forward graph (qwen2_build_forward): RMSNorm, RoPE, grouped-query attention over a
+// per-sequence KV cache, SwiGLU, QKV bias, tied or separate output.
+#pragma once
+
+#include "model.h"
+
+namespace sqlr1 {
+
+// The KV cache: one stream per sequence (like llama.cpp's non-unified cache), so a decode step attends only to
+// its own sequence's cells. Cell c of stream s holds position c. The last cell of each stream is scratch for
+// batch slots that carry no real token.
+struct kv_cache {
+    ggml_context * ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    std::vector<ggml_tensor *> k, v;   // per layer: [n_embd_kv, n_cells, n_seq], F16
+    int64_t n_cells = 0;               // cells per stream (a multiple of 256)
+    int64_t n_seq = 0;
+    std::vector<int64_t> len;          // tokens stored per stream
+    int64_t capacity() const { return n_cells - 1; }
+    ~kv_cache();
+};
+
+void kv_cache_init(kv_cache & kv, const model & m, int64_t n_seq, int64_t n_ctx);
+
+// The inputs of one forward pass. Streams [s0, s0 + ns) each take nt tokens.
+struct batch_inputs {
+    ggml_tensor * tokens = nullptr;    // I32 [nt * ns]
+    ggml_tensor * pos = nullptr;       // I32 [nt * ns]
+    ggml_tensor * kv_idx = nullptr;    // I64 [nt * ns]: global cell index each token's K/V is written to
+    ggml_tensor * mask = nullptr;      // F16 [n_kv, nt, 1, ns]
+    ggml_tensor * out_ids = nullptr;   // I32 [n_out] (null when every token is an output)
+};
+
+struct forward_params {
+    int64_t s0 = 0, ns = 1, nt = 1;
+    int64_t n_kv = 256;
+    int64_t n_out = 1;                 // rows of logits; 0 = no output projection
+    bool all_outputs = false;
+    bool operator==(const forward_params & o) const {
+        return s0 == o.s0 && ns == o.ns && nt == o.nt && n_kv == o.n_kv && n_out == o.n_out && all_outputs == o.all_outputs;
+    }
+};
+
+struct forward_result {
+    batch_inputs in;
+    ggml_tensor * logits = nullptr;    // F32 [n_vocab, n_out]
+};
+
+forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const model & m, kv_cache & kv, const forward_params & p);
+
+} // namespace sqlr1

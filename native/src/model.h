@@ -1,0 +1,79 @@
+// A Qwen2-family model loaded from GGUF: hyperparameters, weights on one backend (CPU or CUDA), and the
+// backends that run it. Everything in the file is validated before ggml sees it.
+#pragma once
+
+#include "common.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sqlr1 {
+
+enum arch_kind { ARCH_QWEN2, ARCH_LLAMA };
+
+struct hparams {
+    arch_kind arch = ARCH_QWEN2;
+    std::string arch_name;
+    int64_t n_vocab = 0;
+    int64_t n_ctx_train = 0;
+    int64_t n_embd = 0;
+    int64_t n_layer = 0;
+    int64_t n_ff = 0;
+    int64_t n_head = 0;
+    int64_t n_head_kv = 0;
+    int64_t head_dim = 0;
+    int64_t n_rot = 0;
+    float rope_freq_base = 10000.0f;
+    float rms_eps = 1e-6f;
+    int rope_mode = 0;  // GGML_ROPE_TYPE_NEOX for qwen2, 0 (normal) for llama
+
+    int64_t n_embd_q() const { return head_dim * n_head; }
+    int64_t n_embd_kv() const { return head_dim * n_head_kv; }
+};
+
+struct layer_weights {
+    ggml_tensor * attn_norm = nullptr;
+    ggml_tensor * wq = nullptr, * wk = nullptr, * wv = nullptr, * wo = nullptr;
+    ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
+    ggml_tensor * ffn_norm = nullptr;
+    ggml_tensor * ffn_gate = nullptr, * ffn_up = nullptr, * ffn_down = nullptr;
+};
+
+// The backends a model runs on: the primary one (CPU or CUDA) and always a CPU backend, which ggml's
+// scheduler needs as a last resort.
+struct backend_set {
+    std::string device;  // "cpu" or "cuda"
+    ggml_backend_t primary = nullptr;
+    ggml_backend_t cpu = nullptr;
+    int n_threads = 1;
+    ~backend_set();
+};
+
+std::shared_ptr<backend_set> backend_set_init(const std::string & device, int n_threads);
+bool cuda_available();
+int cuda_device_count();
+std::string cuda_device_name(int i);
+
+struct model {
+    hparams hp;
+    std::shared_ptr<backend_set> backends;
+    ggml_context * ctx_w = nullptr;             // tensor metadata of the weights
+    ggml_backend_buffer_t buf_w = nullptr;      // the weights' memory
+    ggml_tensor * tok_embd = nullptr, * output_norm = nullptr, * output = nullptr;
+    std::vector<layer_weights> layers;
+    std::string path;
+    size_t weight_bytes = 0;
+    ~model();
+};
+
+// Loads and validates a GGUF model. Throws sqlr1::error (ERR_GGUF_NOT_FOUND, ERR_GGUF_INVALID,
+// ERR_UNSUPPORTED_ARCH, ERR_UNSUPPORTED_TYPE, ERR_NO_CUDA, ERR_OUT_OF_MEMORY).
+std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<backend_set> backends);
+
+bool weight_type_supported(ggml_type t);
+
+} // namespace sqlr1

@@ -1,0 +1,85 @@
+// Builds the native addon with cmake-js into bindings/<variant>/build/Release/sqlr1.node, where node-gyp-build
+// finds it. Variants: cpu (ggml-base + ggml-cpu) and cuda (adds ggml-cuda; needs the CUDA toolkit with cuBLAS).
+//
+//   node scripts/build-native.mjs               CPU build
+//   node scripts/build-native.mjs --cuda        CUDA build (or SQLR1_CUDA=1)
+//   node scripts/build-native.mjs --if-missing  skip a variant that already has a binary or a prebuild
+//
+// Environment: SQLR1_CUDA_ARCH (default "native" when a GPU is visible, else 90), SQLR1_JOBS (parallel jobs),
+// SQLR1_PORTABLE=1 (no -march=native; for prebuilt binaries), SQLR1_SKIP_NATIVE=1 (skip entirely),
+// SQLR1_LLAMA_TOOLS=1 (also configure llama.cpp's tools over the same ggml, for `npm run bench`).
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { fetchGgml } from './fetch-ggml.mjs';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const args = new Set(process.argv.slice(2));
+const cuda = args.has('--cuda') || process.env.SQLR1_CUDA === '1';
+const variant = cuda ? 'cuda' : 'cpu';
+const log = (m) => process.stderr.write(`[sqlr1 build] ${m}\n`);
+
+function hasBinary(v) {
+  const dir = join(root, 'bindings', v);
+  if (existsSync(join(dir, 'build', 'Release', 'sqlr1.node'))) return true;
+  const pre = join(dir, 'prebuilds', `${process.platform}-${process.arch}`);
+  return existsSync(pre) && readdirSync(pre).some((f) => f.endsWith('.node'));
+}
+
+function findCublas() {
+  const dirs = [];
+  for (const base of [process.env.CUDA_HOME, process.env.CUDA_PATH, '/usr/local/cuda']) {
+    if (base) dirs.push(join(base, 'lib64'), join(base, 'targets', 'x86_64-linux', 'lib'), join(base, 'lib'));
+  }
+  try {
+    const nvcc = execFileSync('which', ['nvcc'], { encoding: 'utf8' }).trim();
+    const real = execFileSync('readlink', ['-f', nvcc], { encoding: 'utf8' }).trim();
+    dirs.push(join(dirname(dirname(real)), 'lib64'), join(dirname(dirname(real)), 'targets', 'x86_64-linux', 'lib'));
+  } catch { /* no nvcc on PATH */ }
+  dirs.push('/usr/lib/x86_64-linux-gnu');
+  return dirs.find((d) => existsSync(d) && readdirSync(d).some((f) => /^libcublas\.so/.test(f)));
+}
+
+if (process.env.SQLR1_SKIP_NATIVE === '1') {
+  log('SQLR1_SKIP_NATIVE=1: skipping the native build');
+  process.exit(0);
+}
+if (args.has('--if-missing') && hasBinary(variant)) {
+  log(`${variant} binary present; nothing to build`);
+  process.exit(0);
+}
+if (cuda) {
+  if (spawnSync('nvcc', ['--version']).status !== 0) {
+    log('CUDA build requested but nvcc was not found: install the CUDA toolkit (with cuBLAS) and put nvcc on PATH.');
+    process.exit(1);
+  }
+  if (!findCublas()) {
+    log('CUDA build requested but cuBLAS (libcublas.so) was not found in the CUDA toolkit: ggml-cuda needs it. ' +
+      'Install the toolkit\'s cuBLAS package, or set CUDA_HOME to a toolkit that has it.');
+    process.exit(1);
+  }
+}
+
+fetchGgml();
+const jobs = Number(process.env.SQLR1_JOBS) || cpus().length;
+const gpuVisible = spawnSync('nvidia-smi', ['-L']).status === 0;
+const cmakeArgs = [
+  join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js'), 'build',
+  '--directory', root,
+  '--out', join(root, 'bindings', variant, 'build'),
+  '--parallel', String(jobs),
+  '--CDSQLR1_CUDA=' + (cuda ? 'ON' : 'OFF'),
+  '--CDGGML_NATIVE=' + (process.env.SQLR1_PORTABLE === '1' ? 'OFF' : 'ON'),
+];
+if (process.env.SQLR1_LLAMA_TOOLS === '1') cmakeArgs.push('--CDSQLR1_LLAMA_TOOLS=ON');
+if (cuda) cmakeArgs.push('--CDCMAKE_CUDA_ARCHITECTURES=' + (process.env.SQLR1_CUDA_ARCH || (gpuVisible ? 'native' : '90')));
+log(`building the ${variant} addon with ${jobs} jobs (this compiles ggml; a few minutes on first build)`);
+const t0 = Date.now();
+const res = spawnSync(process.execPath, cmakeArgs, { stdio: 'inherit', cwd: root });
+if (res.status !== 0) {
+  log(`the ${variant} build failed (exit ${res.status}); see the compiler output above`);
+  process.exit(res.status ?? 1);
+}
+log(`built bindings/${variant}/build/Release/sqlr1.node in ${((Date.now() - t0) / 1000).toFixed(0)} s`);

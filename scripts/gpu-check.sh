@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command (`npm run test:cuda`): build the CPU and CUDA addons, compile the
+# TypeScript, run the full test suite (the CUDA tests run since a device is present), then the benchmarks
+# (scripts/gpu-bench.sh) unless SQLR1_SKIP_BENCH=1. Logs go to $OUT (default ./gpu-out).
+source "$(dirname "$0")/gpu-env.sh"
+nvidia-smi -L | tee "$OUT/gpu.txt"
+t0=$(date +%s)
+{
+  SQLR1_LLAMA_TOOLS=1 node scripts/build-native.mjs --cuda > "$OUT/build-cuda.log" 2>&1 &
+  cuda_pid=$!
+  node scripts/build-native.mjs > "$OUT/build-cpu.log" 2>&1
+  wait $cuda_pid
+} || { tail -50 "$OUT/build-cuda.log" "$OUT/build-cpu.log"; exit 1; }
+echo "builds done in $(( $(date +%s) - t0 )) s"
+tsc -p tsconfig.json || echo "tsc reported type errors (see above); continuing with the emitted JavaScript"
+if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then
+  # The benchmark's llama.cpp binary and model are prepared while the tests run.
+  cmake --build bindings/cuda/build --target llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &
+  model=${SQLR1_BENCH_MODEL:-/tmp/sqlr1-bench/qwen2.5-3b-q4_0.gguf}
+  [ -f "$model" ] || node bin/sqlr1.js make-model --shape qwen2.5-3b --type q4_0 --out "$model" > "$OUT/make-model.log" 2>&1 &
+fi
+t1=$(date +%s)
+set +e
+tap ${SQLR1_TEST_FILES:-} 2>&1 | tee "$OUT/test.log" | grep -E "^(not )?ok|# \{|fail" | tail -40
+test_rc=${PIPESTATUS[0]}
+set -e
+echo "tests done in $(( $(date +%s) - t1 )) s (exit $test_rc)"
+if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then wait; bash scripts/gpu-bench.sh; fi
+exit $test_rc

@@ -1,0 +1,80 @@
+/** Shared helpers for the native tests: device discovery, error metrics, tiny synthesized models. */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { getBinding, probeCuda } from '../../lib/native/binding.js';
+import type { NativeBinding } from '../../lib/native/types.js';
+import { makeModel, type ModelShape, type ModelType } from '../../lib/model/index.js';
+
+/** Devices to test on: always the CPU; CUDA too where a device and a CUDA build exist. */
+export function testDevices(): ('cpu' | 'cuda')[] {
+  return probeCuda().ok ? ['cpu', 'cuda'] : ['cpu'];
+}
+
+export function cudaSkipReason(): string | false {
+  const p = probeCuda();
+  return p.ok ? false : `no CUDA: ${p.reason}`;
+}
+
+export function binding(device: 'cpu' | 'cuda'): NativeBinding {
+  return getBinding(device, () => undefined).binding;
+}
+
+/** Normalized mean squared error mse(a, ref) / mse(ref, 0), as in ggml's test-backend-ops. NaN -> Infinity. */
+export function nmse(a: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (a.length !== ref.length) throw new Error(`length mismatch ${a.length} vs ${ref.length}`);
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i]! - ref[i]!;
+    if (!Number.isFinite(a[i]!)) return Infinity;
+    num += d * d;
+    den += ref[i]! * ref[i]!;
+  }
+  return den === 0 ? num : num / den;
+}
+
+/** A seeded uniform generator in [-1, 1) (mulberry32). */
+export function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2147483648 - 1;
+  };
+}
+
+export function randomArray(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = r() * scale;
+  return a;
+}
+
+/** Rounds a float to the nearest IEEE half value (round to nearest even), for references of f16 inputs. */
+export function toHalf(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const ax = Math.abs(x);
+  if (ax >= 65520) return Math.sign(x) * Infinity;
+  const e = Math.max(Math.floor(Math.log2(ax)), -14);
+  const ulp = 2 ** (e - 10);
+  const q = ax / ulp;
+  let r = Math.round(q);
+  if (Math.abs(q - Math.trunc(q) - 0.5) < 1e-12 && Math.trunc(q) % 2 === 0) r = Math.trunc(q);
+  return Math.sign(x) * r * ulp;
+}
+
+/** A temp folder removed when the test ends. */
+export function tempDir(t: { teardown(fn: () => void): void }, prefix = 'sqlr1-test-'): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** Writes a synthesized model into `dir` and returns its path. */
+export async function tinyModel(dir: string, type: ModelType = 'f32', shape: ModelShape = 'tiny', seed = 7): Promise<string> {
+  const out = join(dir, `${shape}-${type}-${seed}.gguf`);
+  await makeModel({ shape, type, out, seed });
+  return out;
+}
