@@ -21,9 +21,14 @@ if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then
 fi
 t1=$(date +%s)
 set +e
-tap ${SQLR1_TEST_FILES:-} 2>&1 | tee "$OUT/test.log" | grep -E "^(not )?ok|# \{|fail" | tail -40
-test_rc=${PIPESTATUS[0]}
+tap ${SQLR1_TEST_FILES:-} > "$OUT/test.log" 2>&1
+test_rc=$?
 set -e
+grep -E "^(not )?ok|^# \{" "$OUT/test.log" || true
+grep -E "^ +not ok" "$OUT/test.log" | head -40 || true
 echo "tests done in $(( $(date +%s) - t1 )) s (exit $test_rc)"
-if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then wait; bash scripts/gpu-bench.sh; fi
+if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then wait; bash scripts/gpu-bench.sh || test_rc=1; fi
+# Few files come back from some machines: keep the summaries, pack the build logs.
+tar -cJf "$OUT/logs.tar.xz" -C "$OUT" $(cd "$OUT" && ls *.log *.jsonl *.json 2>/dev/null | grep -v -E '^(test|check)\.log$') 2>/dev/null \
+  && (cd "$OUT" && ls *.log *.jsonl *.json 2>/dev/null | grep -v -E '^(test|check)\.log$' | xargs -r rm -f)
 exit $test_rc

@@ -1,7 +1,8 @@
 /**
  * `sqlr1 demo`: the embedded default run. Synthesizes a tiny model (cached in a working folder), builds the
- * toy company database, samples K SQL candidates per question on the chosen device, executes them in the
- * sandbox and reports execution accuracy.
+ * toy company database, renders each question with its schema through the chat template, samples K SQL
+ * candidates per question on the chosen device, executes them in the sandbox, scores them with the default
+ * reward and reports execution accuracy and the reward metrics (GRPO's sampling and scoring half).
  */
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,7 +10,9 @@ import { join } from 'node:path';
 import { generate, loadModel, makeModel } from '../model/index.js';
 import type { DeviceRequest } from '../native/binding.js';
 import { SqlExecutor } from '../sql/executor.js';
-import { execMatch } from '../sql/exec-match.js';
+import { createReward } from '../rewards/index.js';
+import { serializeSchema } from '../spider/schema.js';
+import { buildPrompt } from '../spider/prompt.js';
 import { createToyDatabase, TOY_EXAMPLES } from './toy-db.js';
 
 export interface DemoOptions {
@@ -27,13 +30,9 @@ export interface DemoReport {
   questions: number;
   samples: number;
   executionAccuracy: number;
-  validSqlRate: number;
+  /** The reward metrics of all samples (reward, reward_std, rewards/<component>/mean, ...). */
+  metrics: Record<string, number>;
   seconds: number;
-}
-
-function lastSqlBlock(text: string): string | null {
-  const blocks = [...text.matchAll(/```sql\s*([\s\S]*?)```/gi)];
-  return blocks.length ? blocks.at(-1)![1]!.trim() : null;
 }
 
 export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
@@ -51,27 +50,23 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   const executor = new SqlExecutor({ timeoutMs: 2000 });
   try {
     log(`model: ${model.info.arch}, ${model.info.nLayer} layers, hidden ${model.info.nEmbd}, on ${model.device}`);
-    const prompts = TOY_EXAMPLES.map((ex) => model.encodeChat([
-      { role: 'system', content: 'You write one SQLite query for the question, in a ```sql block.' },
-      { role: 'user', content: `Database: company (department, employee, project, assignment).\nQuestion: ${ex.question}` },
-    ]));
+    const schema = serializeSchema(dbPath, { sampleRows: 2 });
+    const prompts = TOY_EXAMPLES.map((ex) => model.encodeChat(buildPrompt({ schema, question: ex.question })));
     const { completions } = await generate(model, {
       prompts, samplesPerPrompt: K, maxNewTokens: 48, temperature: 0.7, seed: options.seed ?? 0, stop: ['```\n'],
     });
-    let correct = 0, valid = 0;
-    for (const c of completions) {
-      const sql = lastSqlBlock(c.text) ?? c.text;
-      const m = await execMatch(executor, dbPath, sql, TOY_EXAMPLES[c.promptIndex]!.query);
-      if (m.correct) correct++;
-      if (m.pred.ok) valid++;
-    }
+    const reward = createReward({ executor });
+    const batch = await reward.scoreBatch(completions.map((c) => ({
+      completion: c.text, goldSql: TOY_EXAMPLES[c.promptIndex]!.query, dbPath,
+    })));
     const report: DemoReport = {
       device: model.device, questions: TOY_EXAMPLES.length, samples: K,
-      executionAccuracy: correct / completions.length, validSqlRate: valid / completions.length,
+      executionAccuracy: batch.metrics['frac_correct'] ?? 0, metrics: batch.metrics,
       seconds: (performance.now() - t0) / 1000,
     };
-    log(`sampled ${completions.length} completions; execution accuracy ${report.executionAccuracy.toFixed(3)}, ` +
-      `valid SQL ${report.validSqlRate.toFixed(3)} (${report.seconds.toFixed(1)} s)`);
+    log(`sampled ${completions.length} completions (${K} per question, ${TOY_EXAMPLES.length} questions)`);
+    log(`execution accuracy ${report.executionAccuracy.toFixed(3)}, mean reward ${(batch.metrics['reward'] ?? 0).toFixed(3)} ` +
+      `(a random-weight model: expect 0 before training) in ${report.seconds.toFixed(1)} s`);
     return report;
   } finally {
     await executor.close();

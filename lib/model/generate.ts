@@ -5,6 +5,7 @@
  */
 import { Sqlr1Error } from '../errors.js';
 import { StreamDecoder } from '../tokenizer/index.js';
+import type { LoraAdapter } from './lora.js';
 import type { Model, ModelContext } from './model.js';
 
 export interface SamplingOptions {
@@ -31,6 +32,8 @@ export interface GenerateOptions extends SamplingOptions {
   stopAtEog?: boolean;
   /** A context to reuse (needs nSeq >= P*K and room for prompt + maxNewTokens); else one is made and freed. */
   context?: ModelContext;
+  /** An adapter to sample with; on a reused context, whatever adapter it has stays unless this is given. */
+  lora?: LoraAdapter | null;
   /** Called after each native decode call with the steps done so far and the sequences that were live. */
   onStep?: (step: number, live: number) => void;
   /** Sampling steps per native call (default 16); 1 checks stop strings after every token. */
@@ -91,6 +94,7 @@ export async function generate(model: Model, options: GenerateOptions): Promise<
     throw new Sqlr1Error('ERR_CONTEXT_OVERFLOW', `prompt (${longest}) + maxNewTokens (${maxNew}) exceeds the context's ${ctx.nCtx} tokens per sequence`);
   }
   try {
+    if (options.lora !== undefined) ctx.setLora(options.lora);
     const t0 = performance.now();
     // Prefill all but each prompt's last token once, then share those cells with the prompt's K sequences.
     for (let p = 0; p < P; p++) {

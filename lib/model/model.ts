@@ -9,6 +9,7 @@ import type {
   NativeModelInfo,
 } from '../native/types.js';
 import { Tokenizer, renderChatForTokenizer, type ChatMessage } from '../tokenizer/index.js';
+import type { LoraAdapter } from './lora.js';
 
 export interface LoadModelOptions {
   /** Where to run: 'auto' (default) takes CUDA when usable, else the CPU (logging why). */
@@ -151,6 +152,12 @@ export class ModelContext {
   seqLength(seq: number): number {
     this.check();
     return callNativeSync(() => this.native.seqLength(seq));
+  }
+
+  /** Applies an adapter of this context's model to every later pass (null: the base model). */
+  setLora(adapter: LoraAdapter | null): void {
+    this.check();
+    callNativeSync(() => this.native.setLora(adapter ? adapter.native : null));
   }
 
   memory(): NativeContextMemory {

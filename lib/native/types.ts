@@ -78,6 +78,24 @@ export interface NativeContextMemory {
   nSeq: number;
 }
 
+export interface NativeLoraInfo {
+  rank: number;
+  alpha: number;
+  enabled: boolean;
+  targets: string[];
+  bytes: number;
+}
+
+export interface NativeLoraAdapter {
+  info(): NativeLoraInfo;
+  setEnabled(on: boolean): void;
+  tensorNames(): string[];
+  getTensor(name: string): Float32Array;
+  setTensor(name: string, data: Float32Array): void;
+  save(path: string): Promise<void>;
+  dispose(): void;
+}
+
 export interface NativeContext {
   eval(req: NativeEvalRequest): Promise<NativeEvalResult>;
   decode(req: NativeDecodeRequest): Promise<NativeDecodeResult>;
@@ -85,6 +103,7 @@ export interface NativeContext {
   seqClear(seq: number): void;
   seqLength(seq: number): number;
   memory(): NativeContextMemory;
+  setLora(adapter: NativeLoraAdapter | null): void;
   dispose(): void;
 }
 
@@ -104,6 +123,9 @@ export interface NativeOpRequest {
 export interface NativeBinding {
   Model: abstract new () => NativeModel;
   Context: new (model: NativeModel, options: { nSeq: number; nCtx: number; nBatch: number }) => NativeContext;
+  LoraAdapter: abstract new () => NativeLoraAdapter;
+  createLora(model: NativeModel, options: { rank: number; alpha: number; targets: string[]; seed: number }): NativeLoraAdapter;
+  loadLora(model: NativeModel, path: string): Promise<NativeLoraAdapter>;
   loadModel(path: string, options: { device: 'cpu' | 'cuda'; threads?: number }): Promise<NativeModel>;
   makeModel(options: { shape: string; type: string; out: string; vocab?: string; seed?: number; threads?: number }): Promise<number>;
   buildInfo(): { cuda: boolean; ggmlVersion: string; ggmlCommit: string };

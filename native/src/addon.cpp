@@ -2,6 +2,7 @@
 // lib/native/ (TypeScript); here they are type-checked once more so that no input can reach a ggml assert.
 // Heavy calls run in AsyncWorkers and return Promises; each holds a reference on its owner.
 #include "context.h"
+#include "lora.h"
 #include "ops.h"
 #include "synth.h"
 
@@ -193,6 +194,133 @@ Napi::Value LoadModel(const Napi::CallbackInfo & info) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+class LoraWrap : public Napi::ObjectWrap<LoraWrap> {
+public:
+    static Napi::FunctionReference ctor;
+    std::shared_ptr<lora_adapter> a;
+
+    static Napi::Function Init(Napi::Env env) {
+        Napi::Function f = DefineClass(env, "LoraAdapter", {
+            InstanceMethod("info", &LoraWrap::Info),
+            InstanceMethod("setEnabled", &LoraWrap::SetEnabled),
+            InstanceMethod("tensorNames", &LoraWrap::TensorNames),
+            InstanceMethod("getTensor", &LoraWrap::GetTensor),
+            InstanceMethod("setTensor", &LoraWrap::SetTensor),
+            InstanceMethod("save", &LoraWrap::Save),
+            InstanceMethod("dispose", &LoraWrap::Dispose),
+        });
+        ctor = Napi::Persistent(f);
+        return f;
+    }
+    LoraWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<LoraWrap>(info) {}
+
+    std::shared_ptr<lora_adapter> get(Napi::Env env) const {
+        if (!a) throw make_error(env, "ERR_DISPOSED", "the adapter was disposed");
+        return a;
+    }
+    static Napi::Object wrap(std::shared_ptr<lora_adapter> ad) {
+        Napi::Object obj = ctor.New({});
+        Unwrap(obj)->a = std::move(ad);
+        return obj;
+    }
+    ggml_tensor * tensor_arg(const Napi::CallbackInfo & info) {
+        auto ad = get(info.Env());
+        if (info.Length() < 1 || !info[0].IsString()) bad_arg(info.Env(), "tensor name must be a string");
+        const std::string name = info[0].As<Napi::String>().Utf8Value();
+        ggml_tensor * t = ggml_get_tensor(ad->ctx, name.c_str());
+        if (!t) bad_arg(info.Env(), "the adapter has no tensor '" + name + "'");
+        return t;
+    }
+    Napi::Value Info(const Napi::CallbackInfo & info) {
+        auto ad = get(info.Env());
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("rank", (double) ad->rank);
+        o.Set("alpha", ad->alpha);
+        o.Set("enabled", ad->enabled);
+        Napi::Array targets = Napi::Array::New(info.Env());
+        for (int t = 0, j = 0; t < LORA_N_TARGETS; t++) if (ad->targets & (1u << t)) targets.Set(j++, LORA_TARGET_NAME[t]);
+        o.Set("targets", targets);
+        o.Set("bytes", (double) ggml_backend_buffer_get_size(ad->buf));
+        return o;
+    }
+    Napi::Value SetEnabled(const Napi::CallbackInfo & info) {
+        get(info.Env())->enabled = info.Length() > 0 && info[0].ToBoolean();
+        return info.Env().Undefined();
+    }
+    Napi::Value TensorNames(const Napi::CallbackInfo & info) {
+        auto ts = get(info.Env())->tensors();
+        Napi::Array out = Napi::Array::New(info.Env(), ts.size());
+        for (size_t i = 0; i < ts.size(); i++) out.Set((uint32_t) i, ggml_get_name(ts[i]));
+        return out;
+    }
+    Napi::Value GetTensor(const Napi::CallbackInfo & info) {
+        ggml_tensor * t = tensor_arg(info);
+        Napi::Float32Array out = Napi::Float32Array::New(info.Env(), ggml_nelements(t));
+        ggml_backend_tensor_get(t, out.Data(), 0, ggml_nbytes(t));
+        return out;
+    }
+    Napi::Value SetTensor(const Napi::CallbackInfo & info) {
+        ggml_tensor * t = tensor_arg(info);
+        if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+            bad_arg(info.Env(), "data must be a Float32Array");
+        Napi::Float32Array d = info[1].As<Napi::Float32Array>();
+        if ((int64_t) d.ElementLength() != ggml_nelements(t))
+            bad_arg(info.Env(), std::string("tensor '") + ggml_get_name(t) + "' has " + std::to_string(ggml_nelements(t)) + " values, got " + std::to_string(d.ElementLength()));
+        ggml_backend_tensor_set(t, d.Data(), 0, ggml_nbytes(t));
+        return info.Env().Undefined();
+    }
+    Napi::Value Save(const Napi::CallbackInfo & info) {
+        auto ad = get(info.Env());
+        if (info.Length() < 1 || !info[0].IsString()) bad_arg(info.Env(), "save(path): path must be a string");
+        const std::string path = info[0].As<Napi::String>().Utf8Value();
+        return queue<int>(info.Env(), [ad, path]() { lora_adapter_save(*ad, path); return 0; },
+            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, nullptr, info.This());
+    }
+    Napi::Value Dispose(const Napi::CallbackInfo & info) {
+        a.reset();
+        return info.Env().Undefined();
+    }
+};
+Napi::FunctionReference LoraWrap::ctor;
+
+std::shared_ptr<model> model_arg(const Napi::CallbackInfo & info) {
+    if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(ModelWrap::ctor.Value()))
+        bad_arg(info.Env(), "the first argument must be a Model");
+    return ModelWrap::Unwrap(info[0].As<Napi::Object>())->get(info.Env());
+}
+
+// createLora(model, { rank, alpha, targets: string[], seed })
+Napi::Value CreateLora(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto m = model_arg(info);
+    Napi::Object o = need_object(info, 1, "options");
+    const int64_t rank = (int64_t) get_number(o, "rank", 16);
+    const float alpha = (float) get_number(o, "alpha", 32);
+    const uint64_t seed = (uint64_t) get_number(o, "seed", 0);
+    uint32_t targets = 0;
+    Napi::Value tv = o.Get("targets");
+    if (!tv.IsArray()) bad_arg(env, "targets must be an array of names (q, k, v, o, gate, up, down)");
+    Napi::Array ta = tv.As<Napi::Array>();
+    for (uint32_t i = 0; i < ta.Length(); i++) {
+        const std::string name = ta.Get(i).ToString().Utf8Value();
+        int found = -1;
+        for (int t = 0; t < LORA_N_TARGETS; t++) if (name == LORA_TARGET_NAME[t]) found = t;
+        if (found < 0) bad_arg(env, "unknown LoRA target '" + name + "'; expected q, k, v, o, gate, up or down");
+        targets |= 1u << found;
+    }
+    return LoraWrap::wrap(guarded(env, [&]() { return lora_adapter_init(m, rank, alpha, targets, seed); }));
+}
+
+Napi::Value LoadLora(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto m = model_arg(info);
+    if (info.Length() < 2 || !info[1].IsString()) bad_arg(env, "loadLora(model, path): path must be a string");
+    const std::string path = info[1].As<Napi::String>().Utf8Value();
+    return queue<std::shared_ptr<lora_adapter>>(env, [m, path]() { return lora_adapter_load(m, path); },
+        [](Napi::Env, std::shared_ptr<lora_adapter> & a) -> Napi::Value { return LoraWrap::wrap(a); });
+}
+
+// ---------------------------------------------------------------------------------------------------------
 class ContextWrap : public Napi::ObjectWrap<ContextWrap> {
 public:
     std::shared_ptr<context> c;
@@ -205,6 +333,7 @@ public:
             InstanceMethod("seqClear", &ContextWrap::SeqClear),
             InstanceMethod("seqLength", &ContextWrap::SeqLength),
             InstanceMethod("memory", &ContextWrap::Memory),
+            InstanceMethod("setLora", &ContextWrap::SetLora),
             InstanceMethod("dispose", &ContextWrap::Dispose),
         });
     }
@@ -365,6 +494,20 @@ public:
         o.Set("nSeq", (double) cx.kv.n_seq);
         return o;
     }
+    // setLora(adapter | null): the adapter must belong to this context's model.
+    Napi::Value SetLora(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        context & cx = get(env);
+        if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined()) {
+            cx.lora.reset();
+            return env.Undefined();
+        }
+        if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(LoraWrap::ctor.Value())) bad_arg(env, "setLora expects a LoraAdapter or null");
+        auto ad = LoraWrap::Unwrap(info[0].As<Napi::Object>())->get(env);
+        if (ad->m != cx.m) bad_arg(env, "the adapter was made for another model");
+        cx.lora = ad;
+        return env.Undefined();
+    }
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
         if (c && c->busy) throw make_error(info.Env(), "ERR_INVALID_ARG", "cannot dispose a context while a call is running");
         c.reset();
@@ -477,6 +620,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     log_init();
     exports.Set("Model", ModelWrap::Init(env));
     exports.Set("Context", ContextWrap::Init(env));
+    exports.Set("LoraAdapter", LoraWrap::Init(env));
+    exports.Set("createLora", Napi::Function::New(env, CreateLora));
+    exports.Set("loadLora", Napi::Function::New(env, LoadLora));
     exports.Set("loadModel", Napi::Function::New(env, LoadModel));
     exports.Set("makeModel", Napi::Function::New(env, MakeModel));
     exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));

@@ -106,6 +106,7 @@ void context::run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool l
     const bool outputs = last && (req.all_logits || req.want_logits || req.sample);
     forward_params p;
     p.s0 = s_min; p.ns = ns; p.nt = nt; p.n_kv = n_kv;
+    p.lora = lora && lora->enabled ? lora.get() : nullptr;
     p.all_outputs = req.all_logits && ns == (int64_t) req.streams.size();
     std::vector<int32_t> out_rows;                   // token rows (range-major) that produce logits
     if (outputs) {

@@ -33,9 +33,11 @@ static ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor *
     return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps), w);
 }
 
-static ggml_tensor * linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x) {
+ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, const lora_pair * p, float scale) {
     ggml_tensor * y = ggml_mul_mat(ctx, w, x);
-    return b ? ggml_add(ctx, y, b) : y;
+    if (b) y = ggml_add(ctx, y, b);
+    if (p && p->a) y = ggml_add(ctx, y, ggml_scale(ctx, ggml_mul_mat(ctx, p->b, ggml_mul_mat(ctx, p->a, x)), scale));
+    return y;
 }
 
 forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const model & m, kv_cache & kv, const forward_params & p) {
@@ -54,13 +56,18 @@ forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const m
     ggml_tensor * x = ggml_get_rows(ctx, m.tok_embd, in.tokens);  // [E, T]
     const float kq_scale = 1.0f / std::sqrt((float) hd);
 
+    const float ls = p.lora ? p.lora->scale() : 0.0f;
     for (int64_t il = 0; il < hp.n_layer; il++) {
         const layer_weights & L = m.layers[il];
+        const lora_pair * lp = p.lora ? p.lora->layers[il].data() : nullptr;
+        auto lin = [&](ggml_tensor * w, ggml_tensor * b, ggml_tensor * in, int target) {
+            return qwen2_linear(ctx, w, b, in, lp ? &lp[target] : nullptr, ls);
+        };
         ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
 
-        ggml_tensor * q = ggml_reshape_3d(ctx, linear(ctx, L.wq, L.bq, cur), hd, hp.n_head, n_tokens);
-        ggml_tensor * k = ggml_reshape_3d(ctx, linear(ctx, L.wk, L.bk, cur), hd, hp.n_head_kv, n_tokens);
-        ggml_tensor * v = linear(ctx, L.wv, L.bv, cur);  // [KV, T]
+        ggml_tensor * q = ggml_reshape_3d(ctx, lin(L.wq, L.bq, cur, LORA_Q), hd, hp.n_head, n_tokens);
+        ggml_tensor * k = ggml_reshape_3d(ctx, lin(L.wk, L.bk, cur, LORA_K), hd, hp.n_head_kv, n_tokens);
+        ggml_tensor * v = lin(L.wv, L.bv, cur, LORA_V);  // [KV, T]
         q = ggml_rope_ext(ctx, q, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
         k = ggml_rope_ext(ctx, k, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
 
@@ -84,11 +91,11 @@ forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const m
         ggml_flash_attn_ext_set_prec(attn, GGML_PREC_F32);
         attn = ggml_reshape_2d(ctx, attn, hp.n_embd_q(), n_tokens);
 
-        x = ggml_add(ctx, x, ggml_mul_mat(ctx, L.wo, attn));
+        x = ggml_add(ctx, x, lin(L.wo, nullptr, attn, LORA_O));
 
         cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
-        ggml_tensor * h = ggml_swiglu_split(ctx, ggml_mul_mat(ctx, L.ffn_gate, cur), ggml_mul_mat(ctx, L.ffn_up, cur));
-        x = ggml_add(ctx, x, ggml_mul_mat(ctx, L.ffn_down, h));
+        ggml_tensor * h = ggml_swiglu_split(ctx, lin(L.ffn_gate, nullptr, cur, LORA_GATE), lin(L.ffn_up, nullptr, cur, LORA_UP));
+        x = ggml_add(ctx, x, lin(L.ffn_down, nullptr, h, LORA_DOWN));
     }
 
     if (p.n_out > 0) {

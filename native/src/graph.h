@@ -2,7 +2,7 @@
 // per-sequence KV cache, SwiGLU, QKV bias, tied or separate output.
 #pragma once
 
-#include "model.h"
+#include "lora.h"
 
 namespace sqlr1 {
 
@@ -36,8 +36,10 @@ struct forward_params {
     int64_t n_kv = 256;
     int64_t n_out = 1;                 // rows of logits; 0 = no output projection
     bool all_outputs = false;
+    const lora_adapter * lora = nullptr;  // applied when set (null: the base model, e.g. the reference policy)
     bool operator==(const forward_params & o) const {
-        return s0 == o.s0 && ns == o.ns && nt == o.nt && n_kv == o.n_kv && n_out == o.n_out && all_outputs == o.all_outputs;
+        return s0 == o.s0 && ns == o.ns && nt == o.nt && n_kv == o.n_kv && n_out == o.n_out && all_outputs == o.all_outputs &&
+               lora == o.lora;
     }
 };
 
@@ -45,6 +47,9 @@ struct forward_result {
     batch_inputs in;
     ggml_tensor * logits = nullptr;    // F32 [n_vocab, n_out]
 };
+
+// y = W x (+ b) (+ scale * B (A x) when `p` has tensors): every linear layer of the graph.
+ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, const lora_pair * p, float scale);
 
 forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const model & m, kv_cache & kv, const forward_params & p);
 

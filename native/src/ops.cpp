@@ -1,6 +1,6 @@
 #include "ops.h"
 
-#include "model.h"
+#include "graph.h"
 
 #include "ggml-alloc.h"
 
@@ -73,6 +73,15 @@ op_result op_run(const op_request & req) {
         expect(t[0]->ne[0] == t[1]->ne[0] && t[1]->type == GGML_TYPE_F32, op, "a [K, N] (any type) and b [K, M] f32 required");
         expect(t[1]->ne[2] % t[0]->ne[2] == 0 && t[1]->ne[3] % t[0]->ne[3] == 0, op, "b's batch dims must be multiples of a's");
         out = ggml_mul_mat(g.ctx, t[0], t[1]);
+    } else if (req.op == "lora") {
+        // W [in, out] (any type), x [in, T], A [in, r], B [r, out]: y = W x + scale * B (A x)
+        n_in(4);
+        expect(t[0]->ne[0] == t[1]->ne[0] && t[1]->type == GGML_TYPE_F32, op, "W [in, out] and x [in, T] f32 required");
+        expect(t[2]->type == GGML_TYPE_F32 && t[3]->type == GGML_TYPE_F32, op, "A and B must be f32");
+        expect(t[2]->ne[0] == t[0]->ne[0] && t[3]->ne[0] == t[2]->ne[1] && t[3]->ne[1] == t[0]->ne[1], op, "A must be [in, r] and B [r, out]");
+        expect(ggml_n_dims(t[0]) <= 2 && ggml_n_dims(t[1]) <= 2, op, "W and x must be 2-d");
+        lora_pair pair{t[2], t[3]};
+        out = qwen2_linear(g.ctx, t[0], nullptr, t[1], &pair, (float) param(0, 1.0));
     } else if (req.op == "dequant" || req.op == "get_rows") {
         if (req.op == "dequant") {
             n_in(1);

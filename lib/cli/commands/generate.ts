@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
-import { Sqlr1Error } from '../../errors.js';
-import { generate, loadModel } from '../../model/index.js';
+import { generate, loadLora, loadModel } from '../../model/index.js';
 import { parseChoice, parseFloatArg, parseIntArg, printJson } from '../util.js';
 
 export function register(program: Command): void {
@@ -20,14 +19,14 @@ export function register(program: Command): void {
     .option('--json', 'print { prompt_tokens, tokens, text }')
     .action(async (o: { model: string; prompt: string; lora?: string; device: 'auto' | 'cpu' | 'cuda'; raw?: boolean; maxTokens: number;
       temperature: number; topK: number; topP: number; seed: number; json?: boolean }) => {
-      if (o.lora) throw new Sqlr1Error('ERR_INVALID_ARG', '--lora: adapters are not supported by this version yet');
       const model = await loadModel(o.model, { device: o.device });
       try {
+        const lora = o.lora ? await loadLora(model, o.lora) : null;
         const promptTokens = o.raw
           ? model.tokenizer.encode(o.prompt, { addSpecial: false, parseSpecial: false })
           : model.encodeChat([{ role: 'user', content: o.prompt }]);
         const { completions } = await generate(model, {
-          prompts: [promptTokens], maxNewTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
+          prompts: [promptTokens], lora, maxNewTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed,
         });
         const c = completions[0]!;
         if (o.json) printJson({ prompt_tokens: promptTokens, tokens: c.tokens, text: c.text });

@@ -1,0 +1,192 @@
+#include "lora.h"
+
+#include "ggml-alloc.h"
+#include "gguf.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
+
+namespace sqlr1 {
+
+const char * const LORA_TARGET_TENSOR[LORA_N_TARGETS] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+const char * const LORA_TARGET_NAME[LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+lora_adapter::~lora_adapter() {
+    if (buf) ggml_backend_buffer_free(buf);
+    if (ctx) ggml_free(ctx);
+}
+
+std::vector<ggml_tensor *> lora_adapter::tensors() const {
+    std::vector<ggml_tensor *> out;
+    for (const auto & l : layers) for (const auto & p : l) if (p.a) { out.push_back(p.a); out.push_back(p.b); }
+    return out;
+}
+
+ggml_tensor * lora_target_weight(const model & m, int64_t il, int target) {
+    const layer_weights & L = m.layers[il];
+    switch (target) {
+        case LORA_Q: return L.wq;
+        case LORA_K: return L.wk;
+        case LORA_V: return L.wv;
+        case LORA_O: return L.wo;
+        case LORA_GATE: return L.ffn_gate;
+        case LORA_UP: return L.ffn_up;
+        case LORA_DOWN: return L.ffn_down;
+        default: return nullptr;
+    }
+}
+
+static std::string tensor_name(int64_t il, int target, char ab) {
+    return "blk." + std::to_string(il) + "." + LORA_TARGET_TENSOR[target] + ".weight.lora_" + ab;
+}
+
+// Creates the adapter's tensors (uninitialized) on the model's device.
+static std::shared_ptr<lora_adapter> lora_adapter_alloc(std::shared_ptr<model> m, int64_t rank, float alpha, uint32_t targets) {
+    if (rank < 1 || rank > 4096) fail("ERR_INVALID_ARG", "LoRA rank must be in [1, 4096], got %lld", (long long) rank);
+    if (!(alpha > 0) || !std::isfinite(alpha)) fail("ERR_INVALID_ARG", "LoRA alpha must be a positive number, got %g", alpha);
+    if (targets == 0 || targets >= (1u << LORA_N_TARGETS)) fail("ERR_INVALID_ARG", "LoRA needs at least one target layer");
+    auto a = std::make_shared<lora_adapter>();
+    a->m = m;
+    a->rank = rank;
+    a->alpha = alpha;
+    a->targets = targets;
+    const int64_t n_layer = m->hp.n_layer;
+    ggml_init_params ip = { ggml_tensor_overhead() * (size_t) (2 * LORA_N_TARGETS * n_layer + 8), nullptr, true };
+    a->ctx = ggml_init(ip);
+    a->layers.resize(n_layer);
+    for (int64_t il = 0; il < n_layer; il++) {
+        for (int t = 0; t < LORA_N_TARGETS; t++) {
+            if (!(targets & (1u << t))) continue;
+            const ggml_tensor * w = lora_target_weight(*m, il, t);
+            lora_pair & p = a->layers[il][t];
+            p.a = ggml_new_tensor_2d(a->ctx, GGML_TYPE_F32, w->ne[0], rank);
+            p.b = ggml_new_tensor_2d(a->ctx, GGML_TYPE_F32, rank, w->ne[1]);
+            ggml_set_name(p.a, tensor_name(il, t, 'a').c_str());
+            ggml_set_name(p.b, tensor_name(il, t, 'b').c_str());
+        }
+    }
+    a->buf = ggml_backend_alloc_ctx_tensors(a->ctx, m->backends->primary);
+    if (!a->buf) fail("ERR_OUT_OF_MEMORY", "could not allocate the LoRA adapter on %s", m->backends->device.c_str());
+    return a;
+}
+
+std::shared_ptr<lora_adapter> lora_adapter_init(std::shared_ptr<model> m, int64_t rank, float alpha, uint32_t targets, uint64_t seed) {
+    auto a = lora_adapter_alloc(m, rank, alpha, targets);
+    ggml_backend_buffer_clear(a->buf, 0);  // B = 0
+    uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 1;
+    std::vector<float> data;
+    for (const auto & l : a->layers) {
+        for (const auto & p : l) {
+            if (!p.a) continue;
+            // PEFT: kaiming_uniform_(A, a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)).
+            const float bound = 1.0f / std::sqrt((float) p.a->ne[0]);
+            data.resize(ggml_nelements(p.a));
+            for (float & x : data) {
+                s += 0x9e3779b97f4a7c15ULL;
+                uint64_t z = s;
+                z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+                z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+                z ^= z >> 31;
+                x = bound * (2.0f * ((float) (z >> 40) * (1.0f / 16777216.0f)) - 1.0f);
+            }
+            ggml_backend_tensor_set(p.a, data.data(), 0, ggml_nbytes(p.a));
+        }
+    }
+    return a;
+}
+
+void lora_adapter_save(const lora_adapter & a, const std::string & path) {
+    gguf_context * g = gguf_init_empty();
+    struct guard { gguf_context * g; ~guard() { gguf_free(g); } } gg{g};
+    gguf_set_val_str(g, "general.architecture", a.m->hp.arch_name.c_str());
+    gguf_set_val_str(g, "general.type", "adapter");
+    gguf_set_val_str(g, "adapter.type", "lora");
+    gguf_set_val_f32(g, "adapter.lora.alpha", a.alpha);
+    gguf_set_val_u32(g, "adapter.lora.rank", (uint32_t) a.rank);
+    const auto ts = a.tensors();
+    std::vector<std::vector<uint8_t>> data(ts.size());
+    for (size_t i = 0; i < ts.size(); i++) {
+        gguf_add_tensor(g, ts[i]);
+        data[i].resize(ggml_nbytes(ts[i]));
+        ggml_backend_tensor_get(ts[i], data[i].data(), 0, data[i].size());
+        gguf_set_tensor_data(g, ggml_get_name(ts[i]), data[i].data());
+    }
+    const std::string tmp = path + ".tmp" + std::to_string((long) getpid());
+    if (!gguf_write_to_file(g, tmp.c_str(), false)) {
+        remove(tmp.c_str());
+        fail("ERR_INVALID_ARG", "could not write %s", tmp.c_str());
+    }
+    if (rename(tmp.c_str(), path.c_str()) != 0) {
+        remove(tmp.c_str());
+        fail("ERR_INVALID_ARG", "could not rename %s to %s", tmp.c_str(), path.c_str());
+    }
+}
+
+std::shared_ptr<lora_adapter> lora_adapter_load(std::shared_ptr<model> m, const std::string & path) {
+    FILE * f = fopen(path.c_str(), "rb");
+    if (!f) fail("ERR_GGUF_NOT_FOUND", "adapter file not found: %s", path.c_str());
+    char magic[4] = {0};
+    const size_t got = fread(magic, 1, 4, f);
+    fclose(f);
+    if (got != 4 || memcmp(magic, "GGUF", 4) != 0) fail("ERR_ADAPTER_INVALID", "%s is not a GGUF file", path.c_str());
+    ggml_context * meta = nullptr;
+    gguf_init_params ip = { false, &meta };  // small: read the data too
+    gguf_context * g = gguf_init_from_file(path.c_str(), ip);
+    if (!g) fail("ERR_ADAPTER_INVALID", "%s could not be parsed as GGUF: %s", path.c_str(), log_last_error().c_str());
+    struct guard { gguf_context * g; ggml_context * c; ~guard() { gguf_free(g); if (c) ggml_free(c); } } gg{g, meta};
+    auto str = [&](const char * key) -> std::string {
+        const int64_t id = gguf_find_key(g, key);
+        return id >= 0 && gguf_get_kv_type(g, id) == GGUF_TYPE_STRING ? gguf_get_val_str(g, id) : "";
+    };
+    if (str("general.type") != "adapter" || str("adapter.type") != "lora")
+        fail("ERR_ADAPTER_INVALID", "%s is not a LoRA adapter (general.type '%s', adapter.type '%s')", path.c_str(), str("general.type").c_str(), str("adapter.type").c_str());
+    if (str("general.architecture") != m->hp.arch_name)
+        fail("ERR_ADAPTER_INVALID", "adapter architecture '%s' does not match the model's '%s'", str("general.architecture").c_str(), m->hp.arch_name.c_str());
+    const int64_t alpha_id = gguf_find_key(g, "adapter.lora.alpha");
+    if (alpha_id < 0 || gguf_get_kv_type(g, alpha_id) != GGUF_TYPE_FLOAT32) fail("ERR_ADAPTER_INVALID", "%s has no f32 adapter.lora.alpha", path.c_str());
+    const float alpha = gguf_get_val_f32(g, alpha_id);
+
+    // Find which targets are present and the rank; every tensor must match the model's weight shapes.
+    uint32_t targets = 0;
+    int64_t rank = -1;
+    const int64_t n = gguf_get_n_tensors(g);
+    for (int64_t i = 0; i < n; i++) {
+        const std::string name = gguf_get_tensor_name(g, i);
+        int layer = -1, t = -1;
+        char ab = 0;
+        for (int k = 0; k < LORA_N_TARGETS && t < 0; k++) {
+            char suffix_a[96];
+            snprintf(suffix_a, sizeof(suffix_a), ".%s.weight.lora_", LORA_TARGET_TENSOR[k]);
+            const size_t pos = name.find(suffix_a);
+            if (name.rfind("blk.", 0) == 0 && pos != std::string::npos && pos + strlen(suffix_a) + 1 == name.size()) {
+                layer = atoi(name.c_str() + 4);
+                t = k;
+                ab = name.back();
+            }
+        }
+        if (t < 0 || layer < 0 || layer >= m->hp.n_layer || (ab != 'a' && ab != 'b'))
+            fail("ERR_ADAPTER_INVALID", "unexpected tensor '%s' in %s", name.c_str(), path.c_str());
+        if (gguf_get_tensor_type(g, i) != GGML_TYPE_F32) fail("ERR_ADAPTER_INVALID", "tensor '%s' should be f32", name.c_str());
+        const int64_t * ne = gguf_get_tensor_ne(g, i);
+        const int64_t r = ab == 'a' ? ne[1] : ne[0];
+        if (rank < 0) rank = r;
+        if (r != rank) fail("ERR_ADAPTER_INVALID", "tensor '%s' has rank %lld, others %lld", name.c_str(), (long long) r, (long long) rank);
+        targets |= 1u << t;
+    }
+    if (rank < 1) fail("ERR_ADAPTER_INVALID", "%s holds no LoRA tensors", path.c_str());
+    auto a = lora_adapter_alloc(m, rank, alpha, targets);
+    for (ggml_tensor * t : a->tensors()) {
+        ggml_tensor * src = ggml_get_tensor(meta, ggml_get_name(t));
+        if (!src) fail("ERR_ADAPTER_INVALID", "%s lacks tensor '%s' (every adapted layer needs lora_a and lora_b)", path.c_str(), ggml_get_name(t));
+        if (!ggml_are_same_shape(src, t))
+            fail("ERR_ADAPTER_INVALID", "tensor '%s' has shape [%lld, %lld], the model needs [%lld, %lld]", ggml_get_name(t),
+                 (long long) src->ne[0], (long long) src->ne[1], (long long) t->ne[0], (long long) t->ne[1]);
+        ggml_backend_tensor_set(t, src->data, 0, ggml_nbytes(t));
+    }
+    if ((int64_t) a->tensors().size() != n) fail("ERR_ADAPTER_INVALID", "%s has tensors for some layers but not others", path.c_str());
+    return a;
+}
+
+} // namespace sqlr1

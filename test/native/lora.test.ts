@@ -1,0 +1,114 @@
+/**
+ * LoRA adapters: the linear-layer formula against a plain loop, a new adapter leaves the model unchanged,
+ * switching it off gives the base model exactly, and files round-trip bit-exactly in llama.cpp's format.
+ *
+ * Tolerances: the op test uses the same per-type bounds as ops.test.ts (the LoRA branch is F32: 1e-7 for an
+ * F32 base; a quantized base contributes its 5e-4). Model-level checks are exact: adding B (A x) with B = 0
+ * adds zeros, and a disabled adapter builds the base graph itself.
+ */
+import t from 'tap';
+import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { createLora, loadLora, loadModel, type Model } from '../../lib/model/index.js';
+import { readGgufMetadata, ggufString, ggufNumber } from '../../lib/gguf/reader.js';
+import { binding, nmse, randomArray, tempDir, testDevices, tinyModel } from '../helpers/native.js';
+import { writeGguf } from '../helpers/gguf-writer.js';
+
+const devices = testDevices();
+const tokens = [151644, 872, 198, 4340, 1657, 8256, 525, 1052, 30, 151645];
+
+async function logits(model: Model, lora: ReturnType<typeof createLora> | null): Promise<Float32Array> {
+  const ctx = model.createContext({ nSeq: 1, nCtx: 64 });
+  ctx.setLora(lora);
+  const r = await ctx.eval({ streams: Int32Array.of(0), tokens: Int32Array.from(tokens), nt: tokens.length, allLogits: true });
+  await ctx.dispose();
+  return r.logits!;
+}
+
+for (const device of devices) {
+  t.test(`lora linear op on ${device}`, async (t) => {
+    for (const [type, tol] of [['f32', 1e-7], ['q4_0', 5e-4]] as const) {
+      const K = 64, N = 48, T = 5, r = 4, scale = 2;
+      const w = randomArray(K * N, 11), x = randomArray(K * T, 12), a = randomArray(K * r, 13), b = randomArray(r * N, 14);
+      const wq = (await binding('cpu').runOp({ op: 'dequant', device: 'cpu', inputs: [{ data: w, shape: [K, N], type }] })).data;
+      const out = await binding(device).runOp({
+        op: 'lora', device, params: [scale],
+        inputs: [{ data: w, shape: [K, N], type }, { data: x, shape: [K, T] }, { data: a, shape: [K, r] }, { data: b, shape: [r, N] }],
+      });
+      const ref = new Float64Array(N * T);
+      for (let j = 0; j < T; j++) {
+        const ax = new Float64Array(r);
+        for (let q = 0; q < r; q++) for (let k = 0; k < K; k++) ax[q] += a[q * K + k]! * x[j * K + k]!;
+        for (let n = 0; n < N; n++) {
+          let s = 0;
+          for (let k = 0; k < K; k++) s += wq[n * K + k]! * x[j * K + k]!;
+          let l = 0;
+          for (let q = 0; q < r; q++) l += b[n * r + q]! * ax[q]!;
+          ref[j * N + n] = s + scale * l;
+        }
+      }
+      const e = nmse(out.data, ref);
+      t.ok(e <= tol, `LORA(type_w=${type},in=${K},out=${N},t=${T},r=${r}) nmse ${e.toExponential(2)} <= ${tol}`);
+    }
+  });
+
+  t.test(`adapters on a model on ${device}`, async (t) => {
+    const dir = tempDir(t);
+    const model = await loadModel(await tinyModel(dir, 'q8_0'), { device });
+    t.teardown(() => model.dispose());
+    const base = await logits(model, null);
+    const lora = createLora(model, { rank: 4, alpha: 8, seed: 3 });
+    t.same(lora.info().targets, ['q', 'k', 'v', 'o', 'gate', 'up', 'down']);
+    t.equal(lora.tensorNames().length, 2 * 7 * model.info.nLayer);
+    t.ok(lora.getTensor('blk.0.ffn_down.weight.lora_b').every((v) => v === 0), 'B starts at zero');
+    const a0 = lora.getTensor('blk.0.attn_q.weight.lora_a');
+    const bound = 1 / Math.sqrt(model.info.nEmbd);
+    t.ok(a0.every((v) => Math.abs(v) <= bound) && a0.some((v) => v !== 0), 'A is uniform in +-1/sqrt(in)');
+    t.same(Array.from(await logits(model, lora)), Array.from(base), 'a new adapter (B = 0) leaves the logits unchanged');
+
+    for (const name of lora.tensorNames()) {
+      if (name.endsWith('lora_b')) lora.setTensor(name, randomArray(lora.getTensor(name).length, name.length, 0.05));
+    }
+    const adapted = await logits(model, lora);
+    t.ok(nmse(adapted, base) > 1e-6, `a trained adapter changes the logits (nmse ${nmse(adapted, base).toExponential(2)})`);
+    lora.setEnabled(false);
+    t.same(Array.from(await logits(model, lora)), Array.from(base), 'switched off, the adapter gives the base model exactly');
+    lora.setEnabled(true);
+
+    const file = join(dir, 'adapter.gguf');
+    await lora.save(file);
+    const md = await readGgufMetadata(file);
+    t.equal(ggufString(md, 'general.type'), 'adapter');
+    t.equal(ggufString(md, 'adapter.type'), 'lora');
+    t.equal(ggufString(md, 'general.architecture'), 'qwen2');
+    t.equal(ggufNumber(md, 'adapter.lora.alpha'), 8);
+    const qa = md.tensors.find((x) => x.name === 'blk.0.attn_q.weight.lora_a');
+    const qb = md.tensors.find((x) => x.name === 'blk.0.attn_q.weight.lora_b');
+    t.same(qa?.dims, [model.info.nEmbd, 4], 'lora_a is [in, r]');
+    t.same(qb?.dims, [4, model.info.nHead * model.info.headDim], 'lora_b is [r, out]');
+    const again = await loadLora(model, file);
+    for (const name of lora.tensorNames()) {
+      t.same(Buffer.from(again.getTensor(name).buffer), Buffer.from(lora.getTensor(name).buffer), `${name} round-trips bit-exactly`);
+    }
+    t.same(Array.from(await logits(model, again)), Array.from(adapted), 'the loaded adapter gives the same logits');
+
+    // Subsets of targets, and bad files.
+    const qv = createLora(model, { rank: 2, targets: ['q', 'v'] });
+    t.equal(qv.tensorNames().length, 4 * model.info.nLayer);
+    await t.rejects(loadLora(model, join(dir, 'missing.gguf')), { code: 'ERR_GGUF_NOT_FOUND' });
+    const notAdapter = join(dir, 'not-adapter.gguf');
+    writeFileSync(notAdapter, writeGguf({ 'general.type': { type: 'str', value: 'model' } }, []));
+    await t.rejects(loadLora(model, notAdapter), { code: 'ERR_ADAPTER_INVALID' });
+    const badShape = join(dir, 'bad-shape.gguf');
+    writeFileSync(badShape, writeGguf({
+      'general.architecture': { type: 'str', value: 'qwen2' }, 'general.type': { type: 'str', value: 'adapter' },
+      'adapter.type': { type: 'str', value: 'lora' }, 'adapter.lora.alpha': { type: 'f32', value: 16 },
+    }, [
+      { name: 'blk.0.attn_q.weight.lora_a', ne: [63, 4], type: 0, data: new Uint8Array(63 * 4 * 4) },
+      { name: 'blk.0.attn_q.weight.lora_b', ne: [4, 64], type: 0, data: new Uint8Array(4 * 64 * 4) },
+    ]));
+    await t.rejects(loadLora(model, badShape), { code: 'ERR_ADAPTER_INVALID' });
+    t.throws(() => createLora(model, { rank: 0 }), { code: 'ERR_INVALID_ARG' });
+    t.throws(() => createLora(model, { targets: ['nope' as 'q'] }), { code: 'ERR_INVALID_ARG' });
+  });
+}
