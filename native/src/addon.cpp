@@ -5,6 +5,7 @@
 #include "lora.h"
 #include "ops.h"
 #include "synth.h"
+#include "tensor_graph.h"
 
 #include <napi.h>
 #ifdef SQLR1_WITH_CUDA
@@ -628,6 +629,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
     exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
     exports.Set("runOp", Napi::Function::New(env, RunOp));
+    tensor_graph_register(env, exports);
     return exports;
 }
 

@@ -1,0 +1,192 @@
+#include "adamw.h"
+
+#include "ggml-alloc.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace sqlr1 {
+
+int64_t param_entry::n_elements() const { return ggml_nelements(value); }
+
+param_entry::~param_entry() {
+    if (buf) ggml_backend_buffer_free(buf);
+    if (ctx) ggml_free(ctx);
+}
+
+param_store::~param_store() {
+    params.clear();  // before the backends go
+    if (buf_opt) ggml_backend_buffer_free(buf_opt);
+    if (ctx_opt) ggml_free(ctx_opt);
+}
+
+std::string param_shape_str(const std::vector<int64_t> & shape) {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); i++) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+int64_t param_shape_check(const std::vector<int64_t> & shape, const char * what) {
+    if (shape.size() > (size_t) PARAM_MAX_DIMS)
+        fail("ERR_INVALID_ARG", "%s: a shape has at most %d dimensions, got %s", what, PARAM_MAX_DIMS, param_shape_str(shape).c_str());
+    int64_t n = 1;
+    for (int64_t d : shape) {
+        if (d < 1 || d > PARAM_MAX_ELEMENTS)
+            fail("ERR_INVALID_ARG", "%s: dimensions must be integers >= 1, got %s", what, param_shape_str(shape).c_str());
+        n *= d;
+        if (n > PARAM_MAX_ELEMENTS)
+            fail("ERR_INVALID_ARG", "%s: shape %s has more than 2^31 elements", what, param_shape_str(shape).c_str());
+    }
+    return n;
+}
+
+std::shared_ptr<param_store> param_store_init(const std::string & device, int n_threads) {
+    auto s = std::make_shared<param_store>();
+    s->backends = backend_set_init(device, n_threads);
+    ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
+    s->ctx_opt = ggml_init(ip);
+    if (!s->ctx_opt) fail("ERR_OUT_OF_MEMORY", "could not create the parameter store's context");
+    s->adamw_params = ggml_new_tensor_1d(s->ctx_opt, GGML_TYPE_F32, 7);
+    ggml_set_name(s->adamw_params, "adamw_params");
+    s->buf_opt = ggml_backend_alloc_ctx_tensors(s->ctx_opt, s->backends->primary);
+    if (!s->buf_opt) fail("ERR_OUT_OF_MEMORY", "could not allocate the AdamW parameters on %s", device.c_str());
+    return s;
+}
+
+void param_store_add(param_store & s, const std::string & name, const std::vector<int64_t> & shape, const std::vector<float> & data) {
+    if (name.empty() || name.size() >= GGML_MAX_NAME - 8)
+        fail("ERR_INVALID_ARG", "ParamStore.add: a name has 1 to %d characters, got %zu", GGML_MAX_NAME - 9, name.size());
+    if (s.index.count(name)) fail("ERR_INVALID_ARG", "ParamStore.add: a parameter named '%s' already exists", name.c_str());
+    const int64_t n = param_shape_check(shape, "ParamStore.add");
+    if ((int64_t) data.size() != n)
+        fail("ERR_INVALID_ARG", "ParamStore.add('%s'): shape %s has %lld elements but data has %zu", name.c_str(),
+             param_shape_str(shape).c_str(), (long long) n, data.size());
+
+    auto e = std::make_unique<param_entry>();
+    e->name = name;
+    e->shape = shape;
+    ggml_init_params ip = { ggml_tensor_overhead() * 4, nullptr, true };
+    e->ctx = ggml_init(ip);
+    if (!e->ctx) fail("ERR_OUT_OF_MEMORY", "could not create a context for parameter '%s'", name.c_str());
+    int64_t ne[GGML_MAX_DIMS] = {1, 1, 1, 1};
+    for (size_t d = 0; d < shape.size(); d++) ne[d] = shape[shape.size() - 1 - d];
+    ggml_tensor ** slots[4] = { &e->value, &e->grad, &e->m, &e->v };
+    const char * suffix[4] = { "", ".grad", ".adam_m", ".adam_v" };
+    for (int i = 0; i < 4; i++) {
+        *slots[i] = ggml_new_tensor(e->ctx, GGML_TYPE_F32, GGML_MAX_DIMS, ne);
+        ggml_format_name(*slots[i], "%s%s", name.c_str(), suffix[i]);
+    }
+    ggml_set_param(e->value);
+    e->buf = ggml_backend_alloc_ctx_tensors(e->ctx, s.backends->primary);
+    if (!e->buf) fail("ERR_OUT_OF_MEMORY", "could not allocate parameter '%s' (%lld elements) on %s", name.c_str(), (long long) n, s.backends->device.c_str());
+    ggml_backend_buffer_clear(e->buf, 0);
+    ggml_backend_tensor_set(e->value, data.data(), 0, ggml_nbytes(e->value));
+    s.index[name] = s.params.size();
+    s.params.push_back(std::move(e));
+}
+
+param_entry & param_store_get(param_store & s, const std::string & name) {
+    auto it = s.index.find(name);
+    if (it == s.index.end()) {
+        std::string known;
+        for (size_t i = 0; i < s.params.size() && i < 8; i++) known += (i ? ", " : "") + s.params[i]->name;
+        if (s.params.size() > 8) known += ", ...";
+        fail("ERR_INVALID_ARG", "unknown parameter '%s' (the store has %s)", name.c_str(), known.empty() ? "none" : known.c_str());
+    }
+    return *s.params[it->second];
+}
+
+std::vector<float> param_store_read(const ggml_tensor * t) {
+    std::vector<float> out(ggml_nelements(t));
+    ggml_backend_tensor_get(t, out.data(), 0, ggml_nbytes(t));
+    return out;
+}
+
+void param_store_write(ggml_tensor * t, const std::vector<float> & data, const char * what) {
+    if ((int64_t) data.size() != ggml_nelements(t))
+        fail("ERR_INVALID_ARG", "%s: '%s' has %lld elements but data has %zu", what, ggml_get_name(t), (long long) ggml_nelements(t), data.size());
+    ggml_backend_tensor_set(t, data.data(), 0, ggml_nbytes(t));
+}
+
+double param_store_grad_norm(const param_store & s) {
+    double ss = 0.0;
+    for (const auto & e : s.params) {
+        if (!e->has_grad) continue;
+        for (float g : param_store_read(e->grad)) ss += (double) g * (double) g;
+    }
+    return std::sqrt(ss);
+}
+
+double param_store_clip_grad_norm(param_store & s, double max_norm) {
+    if (!(max_norm > 0.0) || !std::isfinite(max_norm)) fail("ERR_INVALID_ARG", "clipGradNorm: maxNorm must be a positive finite number, got %g", max_norm);
+    const double norm = param_store_grad_norm(s);
+    const double coef = max_norm / (norm + 1e-6);
+    if (!std::isfinite(norm) || coef >= 1.0) return norm;
+    for (auto & e : s.params) {
+        if (!e->has_grad) continue;
+        std::vector<float> g = param_store_read(e->grad);
+        for (float & x : g) x = (float) (x * coef);
+        ggml_backend_tensor_set(e->grad, g.data(), 0, ggml_nbytes(e->grad));
+    }
+    return norm;
+}
+
+void param_store_zero_grad(param_store & s) {
+    for (auto & e : s.params) {
+        ggml_backend_tensor_memset(e->grad, 0, 0, ggml_nbytes(e->grad));
+        e->has_grad = false;
+    }
+}
+
+void adamw_options_check(const adamw_options & o) {
+    auto bad = [](const char * what, double v, const char * range) {
+        fail("ERR_INVALID_ARG", "adamwStep: %s must be %s, got %g", what, range, v);
+    };
+    if (!(o.lr > 0.0) || !std::isfinite(o.lr)) bad("lr", o.lr, "a positive finite number");
+    if (!(o.beta1 >= 0.0 && o.beta1 < 1.0)) bad("beta1", o.beta1, "in [0, 1)");
+    if (!(o.beta2 >= 0.0 && o.beta2 < 1.0)) bad("beta2", o.beta2, "in [0, 1)");
+    if (!(o.eps > 0.0) || !std::isfinite(o.eps)) bad("eps", o.eps, "a positive finite number");
+    if (!(o.weight_decay >= 0.0 && o.weight_decay <= 1.0)) bad("weightDecay", o.weight_decay, "in [0, 1]");
+    if (!(o.lr * o.weight_decay <= 1.0)) bad("lr * weightDecay", o.lr * o.weight_decay, "at most 1");
+    if (o.step < 1) fail("ERR_INVALID_ARG", "adamwStep: step must be an integer >= 1, got %lld", (long long) o.step);
+}
+
+int64_t param_store_adamw_step(param_store & s, const adamw_options & o) {
+    adamw_options_check(o);
+    std::vector<param_entry *> todo;
+    for (auto & e : s.params) if (e->has_grad) todo.push_back(e.get());
+    if (todo.empty()) return 0;
+
+    // ggml-opt's layout and bias corrections: beta1h = 1 / (1 - beta1^t), beta2h = 1 / (1 - beta2^t).
+    const float p[7] = {
+        (float) o.lr, (float) o.beta1, (float) o.beta2, (float) o.eps, (float) o.weight_decay,
+        (float) (1.0 / (1.0 - std::pow(o.beta1, (double) o.step))),
+        (float) (1.0 / (1.0 - std::pow(o.beta2, (double) o.step))),
+    };
+    ggml_backend_tensor_set(s.adamw_params, p, 0, sizeof(p));
+
+    const size_t n_graph = std::max<size_t>(GGML_DEFAULT_GRAPH_SIZE, 2 * todo.size() + 16);
+    ggml_init_params ip = { ggml_tensor_overhead() * (todo.size() + 8) + ggml_graph_overhead_custom(n_graph, false), nullptr, true };
+    ggml_context * ctx = ggml_init(ip);
+    if (!ctx) fail("ERR_OUT_OF_MEMORY", "could not create the AdamW graph context");
+    struct ctx_free { ggml_context * c; ~ctx_free() { ggml_free(c); } } guard{ctx};
+
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_graph, false);
+    for (param_entry * e : todo) {
+        // The result is a view of the parameter, updated in place (as are m and v).
+        ggml_tensor * t = ggml_opt_step_adamw(ctx, e->value, e->grad, e->m, e->v, s.adamw_params);
+        if (ggml_backend_view_init(t) != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "could not set up the AdamW step of '%s'", e->name.c_str());
+        ggml_build_forward_expand(gf, t);
+    }
+    ggml_backend_t be = s.backends->primary;
+    for (int i = 0; i < ggml_graph_n_nodes(gf); i++) {
+        ggml_tensor * node = ggml_graph_node(gf, i);
+        if (!ggml_backend_supports_op(be, node))
+            fail("ERR_UNSUPPORTED_TYPE", "%s does not support %s", s.backends->device.c_str(), ggml_op_desc(node));
+    }
+    const ggml_status st = ggml_backend_graph_compute(be, gf);
+    if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "the AdamW step failed (status %d): %s", (int) st, log_last_error().c_str());
+    return (int64_t) todo.size();
+}
+
+} // namespace sqlr1
