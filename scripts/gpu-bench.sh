@@ -28,3 +28,5 @@ while kill -0 $ours_pid 2>/dev/null; do
 done
 wait $ours_pid
 node scripts/bench-compare.mjs "$OUT/sqlr1-bench.json" "$OUT/llama-batched-bench.jsonl" "$mem_ours" "$mem_llama" | tee "$OUT/bench-table.md"
+# The passes of a GRPO training step that exist so far (issue: training core), 8 x (512 + 256) tokens.
+node bin/sqlr1.js bench step --model "$model" --device cuda --sequences 8 --prompt-tokens 512 --completion-tokens 256 | tee -a "$OUT/bench-table.md"

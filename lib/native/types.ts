@@ -39,6 +39,10 @@ export interface NativeEvalRequest {
   allLogits?: boolean;
   wantLogits?: boolean;
   sample?: NativeSampleRequest;
+  /** Teacher forcing: one target id per token (-1 = none); the result has each target's log-prob. */
+  targets?: Int32Array;
+  /** Temperature of the teacher-forced log-probs (default 1). */
+  temperature?: number;
 }
 
 export interface NativeEvalResult {
@@ -46,6 +50,8 @@ export interface NativeEvalResult {
   nVocab?: number;
   tokens?: Int32Array;
   logprobs?: Float32Array;
+  /** Per token: log softmax(logits / T)[target] (NaN where the target was -1). */
+  targetLogprobs?: Float32Array;
 }
 
 export interface NativeDecodeRequest {

@@ -369,6 +369,10 @@ public:
         req.nt = (int64_t) get_number(o, "nt", 1);
         req.all_logits = o.Get("allLogits").ToBoolean();
         req.want_logits = o.Get("wantLogits").ToBoolean();
+        if (!o.Get("targets").IsUndefined()) {
+            req.targets = get_i32_array(o, "targets");
+            req.lp_temperature = (float) get_number(o, "temperature", 1.0);
+        }
         if (o.Get("sample").IsObject()) {
             Napi::Object s = o.Get("sample").As<Napi::Object>();
             req.sample = true;
@@ -394,6 +398,11 @@ public:
                     std::copy(r.logits.begin(), r.logits.end(), a.Data());
                     out.Set("logits", a);
                     out.Set("nVocab", (double) n_vocab);
+                }
+                if (!r.target_logprobs.empty()) {
+                    Napi::Float32Array a = Napi::Float32Array::New(env, r.target_logprobs.size());
+                    std::copy(r.target_logprobs.begin(), r.target_logprobs.end(), a.Data());
+                    out.Set("targetLogprobs", a);
                 }
                 if (!r.tokens.empty()) {
                     Napi::Int32Array t = Napi::Int32Array::New(env, r.tokens.size());

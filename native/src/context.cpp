@@ -70,6 +70,14 @@ void context::validate(const eval_request & req) const {
     for (int32_t t : req.tokens) {
         if (t < 0 || t >= m->hp.n_vocab) fail("ERR_TOKEN_RANGE", "token id %d out of range [0, %lld)", t, (long long) m->hp.n_vocab);
     }
+    if (!req.targets.empty()) {
+        if (req.targets.size() != req.tokens.size()) fail("ERR_INVALID_ARG", "expected %zu targets (one per token), got %zu", req.tokens.size(), req.targets.size());
+        for (int32_t t : req.targets) {
+            if (t < -1 || t >= m->hp.n_vocab) fail("ERR_TOKEN_RANGE", "target id %d out of range [0, %lld) (or -1 for none)", t, (long long) m->hp.n_vocab);
+        }
+        if (!(req.lp_temperature > 0.0f) || !std::isfinite(req.lp_temperature)) fail("ERR_INVALID_ARG", "temperature for log-probs must be > 0");
+        if (req.sample || req.want_logits || req.all_logits) fail("ERR_INVALID_ARG", "teacher-forced log-probs cannot be combined with logits or sampling");
+    }
     if (req.sample) {
         if ((int64_t) req.seeds.size() != ns) fail("ERR_INVALID_ARG", "expected %lld seeds, got %zu", (long long) ns, req.seeds.size());
         if (!(req.sp.temperature >= 0.0f) || !std::isfinite(req.sp.temperature)) fail("ERR_INVALID_ARG", "temperature must be a finite number >= 0");
@@ -81,6 +89,7 @@ void context::validate(const eval_request & req) const {
 eval_result context::eval(const eval_request & req) {
     validate(req);
     eval_result res;
+    if (!req.targets.empty()) res.target_logprobs.assign(req.targets.size(), NAN);
     // Long prompts run in chunks of at most n_batch tokens; only the last chunk makes outputs unless all are wanted.
     const int64_t ns = (int64_t) req.streams.size();
     const int64_t chunk = std::max<int64_t>(1, n_batch / ns);
@@ -107,6 +116,11 @@ void context::run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool l
     forward_params p;
     p.s0 = s_min; p.ns = ns; p.nt = nt; p.n_kv = n_kv;
     p.lora = lora && lora->enabled ? lora.get() : nullptr;
+    const bool teacher = !req.targets.empty();
+    if (teacher) {
+        p.logprobs = true;
+        p.inv_temp = 1.0f / req.lp_temperature;
+    }
     p.all_outputs = req.all_logits && ns == (int64_t) req.streams.size();
     std::vector<int32_t> out_rows;                   // token rows (range-major) that produce logits
     if (outputs) {
@@ -151,6 +165,20 @@ void context::run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool l
     ggml_backend_tensor_set(fr.in.kv_idx, idx.data(), 0, idx.size() * sizeof(int64_t));
     ggml_backend_tensor_set(fr.in.mask, mask.data(), 0, mask.size() * sizeof(ggml_fp16_t));
     if (fr.in.out_ids) ggml_backend_tensor_set(fr.in.out_ids, out_rows.data(), 0, out_rows.size() * sizeof(int32_t));
+    std::vector<int32_t> tgt(T, -1);  // range-major target of each token row
+    if (teacher) {
+        for (int64_t j = 0; j < ns; j++) {
+            if (slot_of[j] < 0) continue;
+            for (int64_t t = 0; t < nt; t++) tgt[j * nt + t] = req.targets[(size_t) slot_of[j] * req.nt + t0 + t];
+        }
+        const int64_t V = hp.n_vocab;
+        for (size_t c = 0; c < fr.lp_idx.size(); c++) {
+            const int64_t c0 = (int64_t) c * p.lp_chunk, n = fr.lp_idx[c]->ne[0];
+            std::vector<int32_t> flat(n);
+            for (int64_t i = 0; i < n; i++) flat[i] = (int32_t) (i * V + std::max(0, tgt[c0 + i]));
+            ggml_backend_tensor_set(fr.lp_idx[c], flat.data(), 0, n * sizeof(int32_t));
+        }
+    }
 
     const ggml_status st = ggml_backend_sched_graph_compute(sched, gf);
     if (st != GGML_STATUS_SUCCESS) {
@@ -158,6 +186,18 @@ void context::run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool l
         fail("ERR_INTERNAL", "graph compute failed (status %d): %s", (int) st, log_last_error().c_str());
     }
     for (int32_t s : req.streams) kv.len[s] += nt;
+    if (teacher) {
+        std::vector<float> lp(T);
+        for (size_t c = 0; c < fr.lp.size(); c++) {
+            ggml_backend_tensor_get(fr.lp[c], lp.data() + (int64_t) c * p.lp_chunk, 0, ggml_nbytes(fr.lp[c]));
+        }
+        for (int64_t j = 0; j < ns; j++) {
+            if (slot_of[j] < 0) continue;
+            for (int64_t t = 0; t < nt; t++) {
+                if (tgt[j * nt + t] >= 0) res.target_logprobs[(size_t) slot_of[j] * req.nt + t0 + t] = lp[j * nt + t];
+            }
+        }
+    }
 
     if (outputs) {
         const int64_t V = hp.n_vocab, n_out = p.n_out;

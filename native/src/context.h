@@ -18,12 +18,16 @@ struct eval_request {
     bool sample = false;
     sampling_params sp;
     std::vector<uint64_t> seeds;      // one per listed stream
+    // Teacher forcing: nt target ids per listed stream (stream-major, -1 = none); yields log-probs per token.
+    std::vector<int32_t> targets;
+    float lp_temperature = 1.0f;
 };
 
 struct eval_result {
     std::vector<float> logits;        // [n_out, n_vocab]
     std::vector<int32_t> tokens;      // one per listed stream (when sampling)
     std::vector<float> logprobs;
+    std::vector<float> target_logprobs;  // [streams][nt] (teacher forcing; NaN where the target was -1)
 };
 
 // Several sampling steps in one native call: each step feeds every live sequence its last token and draws the

@@ -98,7 +98,23 @@ forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const m
         x = ggml_add(ctx, x, lin(L.ffn_down, nullptr, h, LORA_DOWN));
     }
 
-    if (p.n_out > 0) {
+    if (p.logprobs) {
+        x = rms_norm(ctx, x, m.output_norm, hp.rms_eps);
+        const int64_t V = hp.n_vocab;
+        for (int64_t c0 = 0; c0 < n_tokens; c0 += p.lp_chunk) {
+            const int64_t n = std::min(p.lp_chunk, n_tokens - c0);
+            ggml_tensor * xc = ggml_view_2d(ctx, x, x->ne[0], n, x->nb[1], x->nb[1] * c0);
+            ggml_tensor * probs = ggml_soft_max(ctx, ggml_scale(ctx, ggml_mul_mat(ctx, m.output, xc), p.inv_temp));  // [V, n]
+            ggml_tensor * idx = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n);
+            ggml_set_input(idx);
+            // Gather each token's target probability: view the [V, n] block as V*n rows of one value.
+            ggml_tensor * lp = ggml_log(ctx, ggml_get_rows(ctx, ggml_reshape_2d(ctx, probs, 1, V * n), idx));
+            ggml_set_output(lp);
+            ggml_build_forward_expand(gf, lp);
+            r.lp_idx.push_back(idx);
+            r.lp.push_back(lp);
+        }
+    } else if (p.n_out > 0) {
         if (!p.all_outputs) {
             in.out_ids = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, p.n_out);
             ggml_set_input(in.out_ids);

@@ -37,15 +37,22 @@ struct forward_params {
     int64_t n_out = 1;                 // rows of logits; 0 = no output projection
     bool all_outputs = false;
     const lora_adapter * lora = nullptr;  // applied when set (null: the base model, e.g. the reference policy)
+    // Teacher-forced log-probs: for every token, log softmax(logits / T)[target], computed on the device in
+    // chunks of lp_chunk tokens so that no [tokens x vocab] buffer outlives its chunk.
+    bool logprobs = false;
+    float inv_temp = 1.0f;
+    int64_t lp_chunk = 512;
     bool operator==(const forward_params & o) const {
         return s0 == o.s0 && ns == o.ns && nt == o.nt && n_kv == o.n_kv && n_out == o.n_out && all_outputs == o.all_outputs &&
-               lora == o.lora;
+               lora == o.lora && logprobs == o.logprobs && inv_temp == o.inv_temp && lp_chunk == o.lp_chunk;
     }
 };
 
 struct forward_result {
     batch_inputs in;
     ggml_tensor * logits = nullptr;    // F32 [n_vocab, n_out]
+    std::vector<ggml_tensor *> lp_idx; // I32 [chunk]: flat index token * n_vocab + target, per chunk (inputs)
+    std::vector<ggml_tensor *> lp;     // F32 [chunk]: the log-probs, per chunk (outputs)
 };
 
 // y = W x (+ b) (+ scale * B (A x) when `p` has tensors): every linear layer of the graph.

@@ -101,29 +101,33 @@ export interface GradCheck {
  * `build` maps the input tensors to a scalar loss. Each input element x gets step h = 1e-3 * max(1, |x|) and
  * fd = (L(x + h) - L(x - h)) / (2h), each L a forward run of the same graph in float32.
  *
- * Tolerance, per element: |analytic - fd| <= 8 * 2^-24 * S / h + 1e-3 * |analytic| + 1e-6, where S is the sum
- * of |terms| of the loss (passed in by the caller, an upper bound of the float32 rounding scale). Why:
- *  - rounding: each of L(x+h), L(x-h) carries an absolute float32 error of at most a few ulps of S (the terms
- *    are rounded once each and summed with a double accumulator on the CPU, in float32 trees on CUDA);
- *    dividing their difference by 2h gives <= ~4 * 2^-24 * S / h; we allow twice that;
+ * Tolerance, per element: |analytic - fd| <= 8 * 2^-24 * S / h + 1e-3 * |analytic| + 1e-6, where S is the
+ * float32 rounding scale of the loss: S = |L| + sum over inputs of |x * dL/dx| + `scale` (the caller's sum of
+ * |terms| of the final reduction). A rounding error of eps |v| in any intermediate v moves L by about
+ * eps |v dL/dv|, and those sums bound that. Why the bound:
+ *  - rounding: each of L(x+h), L(x-h) carries an absolute float32 error of a few ulps of S; their difference
+ *    divided by 2h is then <= ~4 * 2^-24 * S / h; we allow twice that;
  *  - truncation: h^2/6 * |f'''|, with h <= 1e-3 relative and smooth ops on O(1) inputs, is ~1e-7 relative;
  *  - the analytic gradient itself is float32 (a few ulps relative), far below 1e-3.
  * Inputs are chosen away from kinks (clamp bounds, min/max ties, relu at 0) by much more than h.
  */
 export async function gradCheck(
-  inputs: Array<{ data: Float32Array; shape: number[] }>,
+  inputs: Array<{ data: Float32Array; shape: number[]; noGrad?: boolean }>,
   build: (xs: Tensor[]) => Tensor,
   scale: number,
   options: RunOptions = {},
 ): Promise<GradCheck> {
-  const xs = inputs.map((x) => Tensor.constant(x.data, x.shape, { requiresGrad: true }));
+  const xs = inputs.map((x) => Tensor.constant(x.data, x.shape, { requiresGrad: !x.noGrad }));
   const res = await backward(build(xs), options);
-  const analytic = xs.map((x) => res.grads.get(x)!);
+  const analytic = xs.map((x, k) => res.grads.get(x) ?? new Float32Array(inputs[k]!.data.length));
+  let S = Math.abs(res.loss) + scale;
+  inputs.forEach((x, k) => x.data.forEach((v, i) => { S += Math.abs(v * analytic[k]![i]!); }));
   const numeric: Float64Array[] = [];
   let worst = 0, where = '';
   for (let k = 0; k < inputs.length; k++) {
     const base = inputs[k]!;
     const fd = new Float64Array(base.data.length);
+    if (base.noGrad) { numeric.push(fd); continue; }
     for (let i = 0; i < base.data.length; i++) {
       const x0 = base.data[i]!;
       const h = 1e-3 * Math.max(1, Math.abs(x0));
@@ -137,7 +141,7 @@ export async function gradCheck(
       const plus = await evalAt(x0 + h), minus = await evalAt(x0 - h);
       fd[i] = (plus.value - minus.value) / (plus.x - minus.x);  // the float32-rounded step actually taken
       const a = analytic[k]![i]!;
-      const tol = 8 * 2 ** -24 * scale / h + 1e-3 * Math.abs(a) + 1e-6;
+      const tol = 8 * 2 ** -24 * S / h + 1e-3 * Math.abs(a) + 1e-6;
       const e = Math.abs(a - fd[i]!) / tol;
       if (!(e <= worst)) {
         worst = Number.isNaN(e) ? Infinity : e;

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { generate, loadModel, type Model } from '../../model/index.js';
+import { createLora, generate, loadModel, teacherForcedLogprobs, type Model } from '../../model/index.js';
 import { parseChoice, parseIntArg, parseIntList, printJson } from '../util.js';
 
 export interface GenerateBenchRow {
@@ -48,8 +48,44 @@ export async function benchGenerate(model: Model, batch: number, promptTokens: n
   }
 }
 
+export interface StepBenchRow {
+  name: string;
+  seconds: number;
+  gpuUsedMiB?: number;
+}
+
+/**
+ * The GRPO training step's passes over N sequences of `prompt` + `completion` tokens, LoRA on all seven linear
+ * layers: the reference forward (adapter off) and the policy forward (adapter on), each giving per-token
+ * log-probs. The backward pass and the optimizer step are not measured yet (the training core is in progress).
+ */
+export async function benchStep(model: Model, n: number, promptTokens: number, completionTokens: number, rank: number, alpha: number): Promise<StepBenchRow[]> {
+  const L = promptTokens + completionTokens;
+  const sequences = Array.from({ length: n }, (_, i) => randomPrompt(L, model.info.nVocab, 100 + i));
+  const completionStart = sequences.map(() => promptTokens);
+  const ctx = model.createContext({ nSeq: n, nCtx: L, nBatch: n * L });
+  const lora = createLora(model, { rank, alpha });
+  const rows: StepBenchRow[] = [];
+  const mem = () => (model.device === 'cuda' ? model.binding.cudaDevices()[0] : undefined);
+  try {
+    for (const [name, on] of [['reference forward (adapter off)', false], ['policy forward (adapter on, no grad)', true]] as const) {
+      lora.setEnabled(on);
+      await teacherForcedLogprobs(model, { sequences, completionStart, temperature: 0.7, lora, context: ctx });  // warm-up
+      const t0 = performance.now();
+      await teacherForcedLogprobs(model, { sequences, completionStart, temperature: 0.7, lora, context: ctx });
+      const d = mem();
+      rows.push({ name, seconds: (performance.now() - t0) / 1000, ...(d ? { gpuUsedMiB: (d.totalBytes - d.freeBytes) / 2 ** 20 } : {}) });
+    }
+  } finally {
+    await ctx.dispose();
+    lora.dispose();
+  }
+  return rows;
+}
+
 export function register(program: Command): void {
   const bench = program.command('bench').description('throughput benchmarks (GPU figures are the ones that count)');
+  registerStep(bench);
   bench
     .command('generate')
     .description('batched sampling from one shared prompt, like llama-batched-bench -pps')
@@ -79,5 +115,39 @@ export function register(program: Command): void {
         process.stdout.write(`| ${r.batch} | ${r.promptTokens} | ${r.newTokens} | ${r.prefillS.toFixed(3)} | ${r.decodeS.toFixed(3)} | ${r.totalS.toFixed(3)} | ` +
           `${r.decodeTokPerS.toFixed(1)} | ${r.gpuUsedMiB?.toFixed(0) ?? '-'} |\n`);
       }
+    });
+}
+
+export function registerStep(bench: Command): void {
+  bench
+    .command('step')
+    .description('the passes of one GRPO training step (LoRA on all linear layers): reference and policy forward')
+    .requiredOption('--model <file>', 'GGUF model')
+    .option('--device <device>', 'auto | cpu | cuda', parseChoice('--device', ['auto', 'cpu', 'cuda'] as const), 'auto')
+    .option('--sequences <n>', 'sequences per step', parseIntArg('--sequences', 1), 8)
+    .option('--prompt-tokens <n>', 'prompt tokens per sequence', parseIntArg('--prompt-tokens', 1), 512)
+    .option('--completion-tokens <n>', 'completion tokens per sequence', parseIntArg('--completion-tokens', 1), 256)
+    .option('--rank <r>', 'LoRA rank', parseIntArg('--rank', 1), 16)
+    .option('--alpha <a>', 'LoRA alpha', parseIntArg('--alpha', 1), 32)
+    .option('--json', 'machine-readable output')
+    .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; sequences: number; promptTokens: number; completionTokens: number;
+      rank: number; alpha: number; json?: boolean }) => {
+      const model = await loadModel(o.model, { device: o.device });
+      let rows: StepBenchRow[];
+      try {
+        rows = await benchStep(model, o.sequences, o.promptTokens, o.completionTokens, o.rank, o.alpha);
+      } finally {
+        model.dispose();
+      }
+      const gpu = model.device === 'cuda' ? model.binding.cudaDevices()[0]?.name : undefined;
+      if (o.json) {
+        printJson({ model: o.model, device: model.device, gpu, weightType: model.info.weightType, sequences: o.sequences,
+          promptTokens: o.promptTokens, completionTokens: o.completionTokens, rank: o.rank, alpha: o.alpha, rows });
+        return;
+      }
+      process.stdout.write(`device ${model.device}${gpu ? ` (${gpu})` : ''}, weights ${model.info.weightType}, ` +
+        `${o.sequences} x (${o.promptTokens} + ${o.completionTokens}) tokens, LoRA r=${o.rank} alpha=${o.alpha} on q,k,v,o,gate,up,down\n`);
+      process.stdout.write('| pass | seconds | GPU MiB in use |\n|---|---|---|\n');
+      for (const r of rows) process.stdout.write(`| ${r.name} | ${r.seconds.toFixed(3)} | ${r.gpuUsedMiB?.toFixed(0) ?? '-'} |\n`);
     });
 }
