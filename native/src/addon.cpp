@@ -3,6 +3,7 @@
 // Heavy calls run in AsyncWorkers and return Promises; each holds a reference on its owner.
 #include "context.h"
 #include "lora.h"
+#include "napi_helpers.h"
 #include "ops.h"
 #include "synth.h"
 #include "tensor_graph.h"
@@ -18,117 +19,6 @@
 namespace sqlr1 {
 
 namespace {
-
-Napi::Error make_error(Napi::Env env, const std::string & code, const std::string & msg) {
-    Napi::Error e = Napi::Error::New(env, msg);
-    e.Set("code", Napi::String::New(env, code));
-    return e;
-}
-
-// Runs `fn` and rethrows sqlr1::error as a JS error with a code.
-template <typename F>
-auto guarded(Napi::Env env, F && fn) -> decltype(fn()) {
-    try {
-        return fn();
-    } catch (const error & e) {
-        throw make_error(env, e.code, e.what());
-    } catch (const Napi::Error &) {
-        throw;
-    } catch (const std::exception & e) {
-        throw make_error(env, "ERR_INTERNAL", e.what());
-    }
-}
-
-[[noreturn]] void bad_arg(Napi::Env env, const std::string & msg) { throw make_error(env, "ERR_INVALID_ARG", msg); }
-
-Napi::Object need_object(const Napi::CallbackInfo & info, size_t i, const char * what) {
-    if (info.Length() <= i || !info[i].IsObject()) bad_arg(info.Env(), std::string(what) + " must be an object");
-    return info[i].As<Napi::Object>();
-}
-
-std::string get_string(Napi::Object o, const char * key, const std::string & def, bool required = false) {
-    Napi::Value v = o.Get(key);
-    if (v.IsUndefined()) {
-        if (required) bad_arg(o.Env(), std::string("option '") + key + "' is required");
-        return def;
-    }
-    if (!v.IsString()) bad_arg(o.Env(), std::string("option '") + key + "' must be a string");
-    return v.As<Napi::String>().Utf8Value();
-}
-
-double get_number(Napi::Object o, const char * key, double def) {
-    Napi::Value v = o.Get(key);
-    if (v.IsUndefined()) return def;
-    if (!v.IsNumber()) bad_arg(o.Env(), std::string("option '") + key + "' must be a number");
-    const double d = v.As<Napi::Number>().DoubleValue();
-    if (!std::isfinite(d)) bad_arg(o.Env(), std::string("option '") + key + "' must be finite");
-    return d;
-}
-
-std::vector<int32_t> get_i32_array(Napi::Object o, const char * key) {
-    Napi::Value v = o.Get(key);
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-        bad_arg(o.Env(), std::string("option '") + key + "' must be an Int32Array");
-    Napi::Int32Array a = v.As<Napi::Int32Array>();
-    return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
-}
-
-// A Promise-returning worker: `exec` runs off the main thread, `done` builds the JS value.
-template <typename R>
-class promise_worker : public Napi::AsyncWorker {
-public:
-    promise_worker(Napi::Env env, std::function<R()> exec, std::function<Napi::Value(Napi::Env, R &)> done,
-                   std::function<void()> finally = nullptr, Napi::Value keep = Napi::Value())
-        : Napi::AsyncWorker(env, "sqlr1"), deferred_(Napi::Promise::Deferred::New(env)),
-          exec_(std::move(exec)), done_(std::move(done)), finally_(std::move(finally)) {
-        if (!keep.IsEmpty() && keep.IsObject()) keep_ = Napi::Persistent(keep.As<Napi::Object>());
-    }
-    Napi::Promise promise() { return deferred_.Promise(); }
-
-protected:
-    void Execute() override {
-        try {
-            result_ = exec_();
-        } catch (const error & e) {
-            code_ = e.code;
-            SetError(e.what());
-        } catch (const std::exception & e) {
-            code_ = "ERR_INTERNAL";
-            SetError(e.what());
-        }
-    }
-    void OnOK() override {
-        if (finally_) finally_();
-        Napi::Env env = Env();
-        try {
-            deferred_.Resolve(done_(env, result_));
-        } catch (const Napi::Error & e) {
-            deferred_.Reject(e.Value());
-        }
-    }
-    void OnError(const Napi::Error & e) override {
-        if (finally_) finally_();
-        deferred_.Reject(make_error(Env(), code_, e.Message()).Value());
-    }
-
-private:
-    Napi::Promise::Deferred deferred_;
-    std::function<R()> exec_;
-    std::function<Napi::Value(Napi::Env, R &)> done_;
-    std::function<void()> finally_;
-    Napi::ObjectReference keep_;
-    R result_{};
-    std::string code_ = "ERR_INTERNAL";
-};
-
-template <typename R>
-Napi::Value queue(Napi::Env env, std::function<R()> exec, std::function<Napi::Value(Napi::Env, R &)> done,
-                  std::function<void()> finally = nullptr, Napi::Value keep = Napi::Value()) {
-    auto * w = new promise_worker<R>(env, std::move(exec), std::move(done), std::move(finally), keep);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {

@@ -297,25 +297,38 @@ void context::seq_copy(int32_t src, const std::vector<int32_t> & dsts) {
         for (int32_t d : dsts) kv.len[d] = n;
         return;
     }
-    // One graph of copies (2 per layer per destination), run on the cache's own backend.
-    const size_t n_nodes = kv.k.size() * 2 * dsts.size() * 4 + 16;  // two views and a copy each
-    ggml_init_params ip = { ggml_tensor_overhead() * n_nodes * 3 + ggml_graph_overhead_custom(n_nodes, false), nullptr, true };
+    // One graph: per layer and K/V, one repeat of the source cells into each run of consecutive destination
+    // streams, then one strided copy into the cache (not a copy per destination: launch costs add up at B=32).
+    std::vector<std::pair<int32_t, int32_t>> runs;  // [first, count)
+    std::vector<int32_t> sorted;
+    for (int32_t d : dsts) if (d != src) sorted.push_back(d);
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    for (int32_t d : sorted) {
+        if (!runs.empty() && runs.back().first + runs.back().second == d) runs.back().second++;
+        else runs.push_back({d, 1});
+    }
+    const size_t n_nodes = kv.k.size() * 2 * runs.size() * 6 + 16;
+    ggml_init_params ip = { ggml_tensor_overhead() * n_nodes * 2 + ggml_graph_overhead_custom(n_nodes, false), nullptr, true };
     ggml_context * ctx = ggml_init(ip);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_nodes, false);
-    const size_t row = ggml_row_size(GGML_TYPE_F16, m->hp.n_embd_kv());
-    for (int32_t d : dsts) {
-        if (d == src) continue;
+    const int64_t E = m->hp.n_embd_kv();
+    const size_t row = ggml_row_size(GGML_TYPE_F16, E), stream = row * kv.n_cells;
+    for (const auto & r : runs) {
         for (size_t il = 0; il < kv.k.size(); il++) {
             for (ggml_tensor * t : {kv.k[il], kv.v[il]}) {
-                ggml_tensor * a = ggml_view_2d(ctx, t, m->hp.n_embd_kv(), n, row, row * kv.n_cells * src);
-                ggml_tensor * b = ggml_view_2d(ctx, t, m->hp.n_embd_kv(), n, row, row * kv.n_cells * d);
-                ggml_build_forward_expand(gf, ggml_cpy(ctx, a, b));
+                ggml_tensor * a = ggml_view_3d(ctx, t, E, n, 1, row, stream, stream * src);
+                ggml_tensor * b = ggml_view_3d(ctx, t, E, n, r.second, row, stream, stream * r.first);
+                ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_repeat(ctx, a, b), b));
             }
         }
     }
-    const ggml_status st = ggml_backend_graph_compute(m->backends->primary, gf);
+    ggml_gallocr_t galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(m->backends->primary));
+    const bool ok = galloc && ggml_gallocr_alloc_graph(galloc, gf);
+    const ggml_status st = ok ? ggml_backend_graph_compute(m->backends->primary, gf) : GGML_STATUS_ALLOC_FAILED;
+    if (galloc) ggml_gallocr_free(galloc);
     ggml_free(ctx);
-    if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "KV copy failed (status %d)", (int) st);
+    if (st != GGML_STATUS_SUCCESS) fail(st == GGML_STATUS_ALLOC_FAILED ? "ERR_OUT_OF_MEMORY" : "ERR_INTERNAL", "KV copy failed (status %d)", (int) st);
     for (int32_t d : dsts) kv.len[d] = n;
 }
 

@@ -13,7 +13,9 @@ import { randomArray, tempDir, testDevices, tinyModel } from '../helpers/native.
 for (const device of testDevices()) {
   t.test(`teacher-forced log-probs on ${device}`, async (t) => {
     const dir = tempDir(t);
-    const model = await loadModel(await tinyModel(dir, 'q8_0'), { device });
+    // f32 weights: with quantized weights, CUDA's one-token and many-token kernels quantize activations
+    // differently (see model.test.ts), which would blur the comparison with the sampler.
+    const model = await loadModel(await tinyModel(dir, 'f32'), { device });
     t.teardown(() => model.dispose());
     const V = model.info.nVocab;
     const prompt = [151644, 872, 198, 4340, 1657, 8256, 30, 151645, 198, 151644, 77091, 198];

@@ -113,6 +113,18 @@ t.test('model graph', async (t) => {
       const alone = await generate(model, { ...opts, prompts: [prompts[0]!] });
       t.same(alone.completions.map((c) => c.tokens), s1.completions.filter((c) => c.promptIndex === 0).map((c) => c.tokens),
         'prompt 0 sampled alone == within the batch');
+      // Prefix sharing into streams that are not consecutive: every copy continues exactly like the source.
+      const ctx = model.createContext({ nSeq: 6, nCtx: 64 });
+      await ctx.eval({ streams: Int32Array.of(0), tokens: Int32Array.from(prompt), nt: prompt.length });
+      await ctx.seqCopy(0, [2, 3, 5]);
+      t.same([0, 1, 2, 3, 4, 5].map((s) => ctx.seqLength(s)), [prompt.length, 0, prompt.length, prompt.length, 0, prompt.length]);
+      const next = await ctx.eval({ streams: Int32Array.of(0, 2, 3, 5), tokens: Int32Array.of(9707, 9707, 9707, 9707), nt: 1, wantLogits: true });
+      const V = model.info.nVocab;
+      for (const j of [1, 2, 3]) {
+        const e = nmse(next.logits!.subarray(j * V, (j + 1) * V), next.logits!.subarray(0, V));
+        t.ok(e < 1e-10, `copied stream ${[0, 2, 3, 5][j]} continues like the source (nmse ${e.toExponential(2)})`);
+      }
+      await ctx.dispose();
       // Log-probs are log-probabilities.
       t.ok(s1.completions.every((c) => c.logprobs.every((x) => x <= 0 && Number.isFinite(x))), 'log-probs are finite and <= 0');
       // Top-k = 1 is greedy.

@@ -9,7 +9,7 @@
 import t from 'tap';
 import { AdamW, ParamStore, Tensor, backward, type AdamWOptions } from '../../lib/train/index.js';
 import { testDevices } from '../helpers/native.js';
-import { normal, uniform, type Dev } from './ref.js';
+import { normal, uniform, type Dev } from './fixtures/ref.js';
 
 const devices = testDevices();
 

@@ -118,7 +118,7 @@ t.test('malformed requests in a child process: it exits normally', async (t) => 
     const reqs = [
       { nodes: [{ op: 'const', shape: [3], data: new Float32Array(3) }, { op: 'add', inputs: [0, 0, 0] }] },
       { nodes: [{ op: 'const', shape: [3], data: new Float32Array(3) }, { op: 'sub', inputs: [0, 3] }] },
-      { loss: 1, nodes: [{ op: 'const', shape: [2], data: new Float32Array(2) }, { op: 'sum_rows', inputs: [0] }, { op: 'exp', inputs: [1] }] },
+      { loss: 0, nodes: [{ op: 'const', shape: [2], data: new Float32Array(2) }, { op: 'sum_rows', inputs: [0] }, { op: 'exp', inputs: [1] }] },
       { nodes: [{ op: 'mul', inputs: [1, 2] }, { op: 'neg', inputs: [2] }, { op: 'neg', inputs: [0] }] },
       { nodes: 'x' }, null, { nodes: [null] }, { nodes: [{ op: 'const', shape: 'x' }] },
     ];

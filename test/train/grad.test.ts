@@ -1,13 +1,13 @@
 /**
  * Gradients of every op from ggml's backward graph against central finite differences of the forward graph
- * (float32, step 1e-3 relative; the tolerance is derived in ref.ts gradCheck). Each check differentiates
+ * (float32, step 1e-3 relative; the tolerance is derived in fixtures/ref.ts gradCheck). Each check differentiates
  * L = sum(f(inputs) * W) with a seeded random W, so every output element carries its own weight. Inputs avoid
  * kinks (clamp bounds, min/max ties) by at least 0.02, far more than the step.
  */
 import t from 'tap';
 import { Tensor, evaluate } from '../../lib/train/index.js';
 import { testDevices } from '../helpers/native.js';
-import { bcastMap, bcastShape, gradCheck, size, uniform, type Dev } from './ref.js';
+import { bcastMap, bcastShape, gradCheck, size, uniform, type Dev } from './fixtures/ref.js';
 
 const devices = testDevices();
 

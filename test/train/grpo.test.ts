@@ -15,7 +15,7 @@
 import t from 'tap';
 import { Tensor, backward, grpoLoss, type GrpoLossType } from '../../lib/train/index.js';
 import { testDevices } from '../helpers/native.js';
-import { gradCheck, uniform, worstRatio } from './ref.js';
+import { gradCheck, uniform, worstRatio } from './fixtures/ref.js';
 
 const devices = testDevices();
 const N = 5, T = 7;

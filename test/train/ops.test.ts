@@ -10,7 +10,7 @@
 import t from 'tap';
 import { Tensor, evaluate } from '../../lib/train/index.js';
 import { nmse, testDevices } from '../helpers/native.js';
-import { bcastMap, refBinary, refSumRows, size, uniform, type Dev } from './ref.js';
+import { bcastMap, refBinary, refSumRows, size, uniform, type Dev } from './fixtures/ref.js';
 
 const devices = testDevices();
 const TOL = 1e-10;
