@@ -121,7 +121,8 @@ void context::run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool l
         p.logprobs = true;
         p.inv_temp = 1.0f / req.lp_temperature;
     }
-    p.all_outputs = req.all_logits && ns == (int64_t) req.streams.size();
+    // Every row is an output (no get_rows of output rows) when no slot is idle and all tokens or the only one count.
+    p.all_outputs = ns == (int64_t) req.streams.size() && (req.all_logits || nt == 1);
     std::vector<int32_t> out_rows;                   // token rows (range-major) that produce logits
     if (outputs) {
         for (int64_t j = 0; j < ns; j++) {
