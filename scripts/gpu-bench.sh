@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks on a CUDA machine (`npm run bench`): sqlr1's batched generation against llama.cpp's
-# llama-batched-bench built from the same ggml sources, same GPU, same model file, same run.
-# Expects the CUDA addon built with SQLR1_LLAMA_TOOLS=1 (scripts/gpu-check.sh does that).
+# llama-batched-bench built from the same ggml sources, same GPU, same model file, same run; then the passes
+# of a GRPO training step that exist so far. Expects the CUDA addon built with SQLR1_LLAMA_TOOLS=1
+# (scripts/gpu-check.sh does that).
 source "$(dirname "$0")/gpu-env.sh"
 build=bindings/cuda/build
 [ -d dist ] || tsc -p tsconfig.json
@@ -12,21 +13,23 @@ fi
 model=${SQLR1_BENCH_MODEL:-/tmp/sqlr1-bench/qwen2.5-3b-q4_0.gguf}
 [ -f "$model" ] || node bin/sqlr1.js make-model --shape qwen2.5-3b --type q4_0 --out "$model"
 pp=${SQLR1_BENCH_PP:-512}; tg=${SQLR1_BENCH_TG:-256}; npl=${SQLR1_BENCH_NPL:-8,32}
-"$build/bin/llama-batched-bench" -m "$model" -c $(( 32 * (pp + tg) + 1024 )) -b 2048 -ub 512 -npp "$pp" -ntg "$tg" -npl "$npl" \
-  -pps -fa on -ngl 99 --output-format jsonl > "$OUT/llama-batched-bench.jsonl" 2> "$OUT/llama-batched-bench.log" &
-llama_pid=$!
-mem_llama=0
-while kill -0 $llama_pid 2>/dev/null; do
-  m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1); [ "$m" -gt "$mem_llama" ] && mem_llama=$m; sleep 0.2
-done
-wait $llama_pid
-node bin/sqlr1.js bench generate --model "$model" --device cuda --prompt-tokens "$pp" --new-tokens "$tg" --batch "1,$npl" --json > "$OUT/sqlr1-bench.json" &
-ours_pid=$!
-mem_ours=0
-while kill -0 $ours_pid 2>/dev/null; do
-  m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1); [ "$m" -gt "$mem_ours" ] && mem_ours=$m; sleep 0.2
-done
-wait $ours_pid
+
+# peak_mem OUT CMD...: runs CMD in the background with its stdout in OUT (stderr in OUT.log) and prints the peak
+# GPU memory (MiB) seen while it runs (nvidia-smi every 0.2 s).
+peak_mem() {
+  local out=$1; shift
+  "$@" > "$out" 2> "$out.log" &
+  local pid=$! peak=0 m
+  while kill -0 $pid 2>/dev/null; do
+    m=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1); [ "$m" -gt "$peak" ] && peak=$m; sleep 0.2
+  done
+  wait $pid
+  echo $peak
+}
+mem_llama=$(peak_mem "$OUT/llama-batched-bench.jsonl" "$build/bin/llama-batched-bench" -m "$model" -c $(( 32 * (pp + tg) + 1024 )) \
+  -b 2048 -ub 512 -npp "$pp" -ntg "$tg" -npl "$npl" -pps -fa on -ngl 99 --output-format jsonl)
+mem_ours=$(peak_mem "$OUT/sqlr1-bench.json" node bin/sqlr1.js bench generate --model "$model" --device cuda \
+  --prompt-tokens "$pp" --new-tokens "$tg" --batch "1,$npl" --json)
 node scripts/bench-compare.mjs "$OUT/sqlr1-bench.json" "$OUT/llama-batched-bench.jsonl" "$mem_ours" "$mem_llama" | tee "$OUT/bench-table.md"
-# The passes of a GRPO training step that exist so far (issue: training core), 8 x (512 + 256) tokens.
+# The passes of a GRPO training step that exist so far, 8 x (512 + 256) tokens, LoRA r=16 on all linear layers.
 node bin/sqlr1.js bench step --model "$model" --device cuda --sequences 8 --prompt-tokens 512 --completion-tokens 256 | tee -a "$OUT/bench-table.md"

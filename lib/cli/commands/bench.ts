@@ -83,6 +83,18 @@ export async function benchStep(model: Model, n: number, promptTokens: number, c
   return rows;
 }
 
+/** Loads the model, runs `work`, frees the model, and returns the rows with the device facts. */
+async function withModel<R>(path: string, device: 'auto' | 'cpu' | 'cuda', work: (m: Model) => Promise<R>) {
+  const model = await loadModel(path, { device });
+  try {
+    const rows = await work(model);
+    const gpu = model.device === 'cuda' ? model.binding.cudaDevices()[0]?.name : undefined;
+    return { model: path, device: model.device, gpu, weightType: model.info.weightType, rows };
+  } finally {
+    model.dispose();
+  }
+}
+
 export function register(program: Command): void {
   const bench = program.command('bench').description('throughput benchmarks (GPU figures are the ones that count)');
   registerStep(bench);
@@ -96,20 +108,17 @@ export function register(program: Command): void {
     .option('--batch <list>', 'comma-separated batch sizes', parseIntList('--batch'), [1, 8, 32])
     .option('--json', 'machine-readable output')
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; promptTokens: number; newTokens: number; batch: number[]; json?: boolean }) => {
-      const model = await loadModel(o.model, { device: o.device });
-      const rows: GenerateBenchRow[] = [];
-      try {
+      const report = await withModel(o.model, o.device, async (model) => {
+        const rows: GenerateBenchRow[] = [];
         for (const b of o.batch) rows.push(await benchGenerate(model, b, o.promptTokens, o.newTokens));
-      } finally {
-        model.dispose();
-      }
-      const gpu = model.device === 'cuda' ? model.binding.cudaDevices()[0]?.name : undefined;
-      const report = { model: o.model, device: model.device, weightType: model.info.weightType, gpu, rows };
+        return rows;
+      });
       if (o.json) {
         printJson(report);
         return;
       }
-      process.stdout.write(`device ${model.device}${gpu ? ` (${gpu})` : ''}, weights ${model.info.weightType}\n`);
+      const { rows } = report;
+      process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}\n`);
       process.stdout.write('| B | prompt | new | prefill s | decode s | total s | decode tok/s | GPU MiB in use |\n|---|---|---|---|---|---|---|---|\n');
       for (const r of rows) {
         process.stdout.write(`| ${r.batch} | ${r.promptTokens} | ${r.newTokens} | ${r.prefillS.toFixed(3)} | ${r.decodeS.toFixed(3)} | ${r.totalS.toFixed(3)} | ` +
@@ -132,20 +141,13 @@ export function registerStep(bench: Command): void {
     .option('--json', 'machine-readable output')
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; sequences: number; promptTokens: number; completionTokens: number;
       rank: number; alpha: number; json?: boolean }) => {
-      const model = await loadModel(o.model, { device: o.device });
-      let rows: StepBenchRow[];
-      try {
-        rows = await benchStep(model, o.sequences, o.promptTokens, o.completionTokens, o.rank, o.alpha);
-      } finally {
-        model.dispose();
-      }
-      const gpu = model.device === 'cuda' ? model.binding.cudaDevices()[0]?.name : undefined;
+      const report = await withModel(o.model, o.device, (model) => benchStep(model, o.sequences, o.promptTokens, o.completionTokens, o.rank, o.alpha));
       if (o.json) {
-        printJson({ model: o.model, device: model.device, gpu, weightType: model.info.weightType, sequences: o.sequences,
-          promptTokens: o.promptTokens, completionTokens: o.completionTokens, rank: o.rank, alpha: o.alpha, rows });
+        printJson({ ...report, sequences: o.sequences, promptTokens: o.promptTokens, completionTokens: o.completionTokens, rank: o.rank, alpha: o.alpha });
         return;
       }
-      process.stdout.write(`device ${model.device}${gpu ? ` (${gpu})` : ''}, weights ${model.info.weightType}, ` +
+      const { rows } = report;
+      process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}, ` +
         `${o.sequences} x (${o.promptTokens} + ${o.completionTokens}) tokens, LoRA r=${o.rank} alpha=${o.alpha} on q,k,v,o,gate,up,down\n`);
       process.stdout.write('| pass | seconds | GPU MiB in use |\n|---|---|---|\n');
       for (const r of rows) process.stdout.write(`| ${r.name} | ${r.seconds.toFixed(3)} | ${r.gpuUsedMiB?.toFixed(0) ?? '-'} |\n`);
