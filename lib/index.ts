@@ -7,3 +7,5 @@ export { Tokenizer, StreamDecoder, renderChat, type ChatMessage } from './tokeni
 export { readGgufMetadata, type GgufMetadata } from './gguf/reader.js';
 export { probeCuda, type DeviceRequest, type Device } from './native/binding.js';
 export { createToyDatabase, TOY_EXAMPLES, type ToyExample } from './demo/toy-db.js';
+export * from './data.js';
+export * from './train/index.js';

@@ -2,6 +2,6 @@
  * Training building blocks: lazy tensor expressions with autodiff on ggml, parameters on a device, AdamW, and
  * the GRPO loss.
  */
-export { Tensor, backward, evaluate, broadcastsTo, type Shape, type TensorOp, type ConstantOptions, type RunOptions, type BackwardOptions, type BackwardResult } from './tensor.js';
+export { Tensor, backward, evaluate, broadcastsTo, type Shape, type TensorOp, type ConstantOptions, type RunOptions as TensorRunOptions, type BackwardOptions, type BackwardResult } from './tensor.js';
 export { ParamStore, AdamW, type ParamStoreOptions, type AdamwStepOptions, type AdamWOptions, type AdamWStepResult } from './params.js';
 export { grpoLoss, type GrpoLossOptions, type GrpoLossTensors, type GrpoLossType } from './grpo-loss.js';
