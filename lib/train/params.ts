@@ -8,7 +8,7 @@
  */
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync, getBinding, type Device, type DeviceRequest } from '../native/binding.js';
-import type { NativeGraphRequest, NativeGraphResult, NativeParamStore, NativeParamStoreInfo, NativeTrainBinding } from './native-types.js';
+import type { NativeAdamwOptions, NativeGraphRequest, NativeGraphResult, NativeParamStore, NativeParamStoreInfo, NativeTrainBinding } from './native-types.js';
 import { trainBinding } from './native-types.js';
 import { Tensor, type Shape } from './tensor.js';
 
@@ -30,15 +30,8 @@ export interface ParamStoreOptions {
   log?: (msg: string) => void;
 }
 
-export interface AdamwStepOptions {
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weightDecay: number;
-  /** 1-based step count, for the bias corrections 1 / (1 - beta^step). */
-  step: number;
-}
+/** One AdamW step's hyperparameters (the native layout; the step count is 1-based, for bias correction). */
+export type AdamwStepOptions = NativeAdamwOptions;
 
 /** Named F32 tensors on a device, with gradients and AdamW moments. Shapes are outermost first. */
 export class ParamStore {
