@@ -137,4 +137,8 @@ export interface NativeBinding {
   buildInfo(): { cuda: boolean; ggmlVersion: string; ggmlCommit: string };
   cudaDevices(): Array<{ name: string; freeBytes: number; totalBytes: number }>;
   runOp(req: NativeOpRequest): Promise<{ data: Float32Array; shape: number[] }>;
+  sampleRows(req: {
+    device: 'cpu' | 'cuda'; logits: Float32Array; nVocab: number; seeds: BigUint64Array; positions: BigUint64Array;
+    temperature: number; topK?: number; topP?: number;
+  }): { tokens: Int32Array; logprobs: Float32Array };
 }

@@ -432,6 +432,58 @@ Napi::Value MakeModel(const Napi::CallbackInfo & info) {
         [](Napi::Env env, double & n) -> Napi::Value { return Napi::Number::New(env, n); });
 }
 
+// sampleRows({ device, logits, nVocab, seeds, positions, temperature, topK, topP }): the sampler alone, on given
+// logits, so the tests can compare the CUDA kernel with the CPU loop and check draw frequencies.
+Napi::Value SampleRows(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = need_object(info, 0, "request");
+    const std::string device = get_string(o, "device", "cpu");
+    Napi::Value lv = o.Get("logits");
+    if (!lv.IsTypedArray() || lv.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) bad_arg(env, "logits must be a Float32Array");
+    Napi::Float32Array logits = lv.As<Napi::Float32Array>();
+    const int64_t V = (int64_t) get_number(o, "nVocab", 0);
+    if (V < 1 || logits.ElementLength() % (size_t) V != 0) bad_arg(env, "logits must hold whole rows of nVocab values");
+    const int64_t n = (int64_t) (logits.ElementLength() / V);
+    auto u64 = [&](const char * key) {
+        Napi::Value v = o.Get(key);
+        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array) bad_arg(env, std::string(key) + " must be a BigUint64Array");
+        Napi::TypedArrayOf<uint64_t> a = v.As<Napi::TypedArrayOf<uint64_t>>();
+        if ((int64_t) a.ElementLength() != n) bad_arg(env, std::string(key) + " needs one entry per row");
+        return std::vector<uint64_t>(a.Data(), a.Data() + a.ElementLength());
+    };
+    const auto seeds = u64("seeds"), positions = u64("positions");
+    sampling_params sp;
+    sp.temperature = (float) get_number(o, "temperature", 1.0);
+    sp.top_k = (int) get_number(o, "topK", 0);
+    sp.top_p = (float) get_number(o, "topP", 1.0);
+    std::vector<sample_row_params> rows(n);
+    for (int64_t r = 0; r < n; r++) rows[r] = { seeds[r], positions[r] };
+    std::vector<int32_t> tok(n);
+    std::vector<float> lp(n);
+    guarded(env, [&]() {
+        if (device == "cuda") {
+#ifdef SQLR1_WITH_CUDA
+            if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
+            if (sp.top_k > 0 || sp.top_p < 1.0f) fail("ERR_INVALID_ARG", "the CUDA sampler draws without top-k / top-p");
+            sample_rows_cuda_from_host(logits.Data(), V, n, rows.data(), sp.temperature, tok.data(), lp.data());
+#else
+            fail("ERR_NO_CUDA", "this binary was built without CUDA");
+#endif
+        } else {
+            sample_rows_cpu(logits.Data(), V, V, n, rows.data(), sp, tok.data(), lp.data());
+        }
+        return 0;
+    });
+    Napi::Object out = Napi::Object::New(env);
+    Napi::Int32Array t = Napi::Int32Array::New(env, n);
+    std::copy(tok.begin(), tok.end(), t.Data());
+    Napi::Float32Array l = Napi::Float32Array::New(env, n);
+    std::copy(lp.begin(), lp.end(), l.Data());
+    out.Set("tokens", t);
+    out.Set("logprobs", l);
+    return out;
+}
+
 Napi::Value BuildInfo(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
@@ -528,6 +580,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
     exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
     exports.Set("runOp", Napi::Function::New(env, RunOp));
+    exports.Set("sampleRows", Napi::Function::New(env, SampleRows));
     tensor_graph_register(env, exports);
     return exports;
 }

@@ -24,6 +24,9 @@ void sample_rows_cpu(const float * logits, int64_t n_vocab, int64_t stride, int6
 // CUDA: logits on the device; outputs copied back to host arrays. Greedy / plain temperature only.
 void sample_rows_cuda(const float * d_logits, int64_t n_vocab, int64_t stride, int64_t n_rows,
                       const sample_row_params * rows, float temperature, int32_t * out_tok, float * out_lp);
+// The same from host logits (uploads them first): for the tests that compare the kernel with the CPU loop.
+void sample_rows_cuda_from_host(const float * logits, int64_t n_vocab, int64_t n_rows, const sample_row_params * rows,
+                                float temperature, int32_t * out_tok, float * out_lp);
 #endif
 
 } // namespace sqlr1
