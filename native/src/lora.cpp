@@ -105,14 +105,8 @@ void lora_adapter_save(const lora_adapter & a, const std::string & path) {
     gguf_set_val_str(g, "adapter.type", "lora");
     gguf_set_val_f32(g, "adapter.lora.alpha", a.alpha);
     gguf_set_val_u32(g, "adapter.lora.rank", (uint32_t) a.rank);
-    const auto ts = a.tensors();
-    std::vector<std::vector<uint8_t>> data(ts.size());
-    for (size_t i = 0; i < ts.size(); i++) {
-        gguf_add_tensor(g, ts[i]);
-        data[i].resize(ggml_nbytes(ts[i]));
-        ggml_backend_tensor_get(ts[i], data[i].data(), 0, data[i].size());
-        gguf_set_tensor_data(g, ggml_get_name(ts[i]), data[i].data());
-    }
+    // gguf reads each tensor's data from its backend buffer while writing (host or device alike).
+    for (ggml_tensor * t : a.tensors()) gguf_add_tensor(g, t);
     const std::string tmp = path + ".tmp" + std::to_string((long) getpid());
     if (!gguf_write_to_file(g, tmp.c_str(), false)) {
         remove(tmp.c_str());

@@ -3,8 +3,9 @@
  * the log-probs the sampler reported for the same tokens (GRPO's old policy must equal a teacher-forced pass).
  *
  * Tolerances: vs the float64 log-softmax of the same device's logits, 1e-4 absolute (the device's F32 softmax
- * over 151,936 entries). vs the sampler: 2e-3 absolute, since decoding one token at a time and a full-sequence
- * pass use different matmul kernels (and, on CUDA, different activation quantization).
+ * over 151,936 entries). vs the sampler: 2e-3 absolute on the CPU, since decoding one token at a time and a full-sequence
+ * pass use different matmul kernels; 2e-2 on CUDA, where many-token F32 products run on tensor cores at TF32
+ * precision (10-bit mantissa) and one-token ones in full F32 (measured on an H100: up to 7e-3).
  */
 import t from 'tap';
 import { createLora, generate, loadModel, teacherForcedLogprobs } from '../../lib/model/index.js';
@@ -27,7 +28,8 @@ for (const device of testDevices()) {
     completions.forEach((c, i) => {
       t.equal(tf[i]!.length, c.tokens.length);
       const worst = Math.max(...c.logprobs.map((lp, j) => Math.abs(lp - tf[i]![j]!)));
-      t.ok(worst < 2e-3, `sequence ${i}: teacher-forced == sampled log-probs (max |diff| ${worst.toExponential(2)})`);
+      const tol = device === 'cuda' ? 2e-2 : 2e-3;
+      t.ok(worst < tol, `sequence ${i}: teacher-forced == sampled log-probs (max |diff| ${worst.toExponential(2)} < ${tol})`);
     });
 
     // Against a float64 log-softmax of the full logits of one sequence.
