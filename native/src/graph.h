@@ -58,6 +58,12 @@ struct forward_result {
 // y = W x (+ b) (+ scale * B (A x) when `p` has tensors): every linear layer of the graph.
 ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, const lora_pair * p, float scale);
 
+// dx = W^T dy for a frozen weight W [in, out] of any supported type and dy [out, T]: the input gradient of a
+// linear layer, all on the weight's device. W is dequantized (get_rows over `iota`, an I32 [>= out] tensor
+// holding 0, 1, 2, ...) and transposed into an F16 scratch [out, in], then multiplied with dy on the matrix
+// units (ggml's CUDA OUT_PROD, what its autodiff would use, takes only F32).
+ggml_tensor * frozen_input_grad(ggml_context * ctx, ggml_tensor * w, ggml_tensor * dy, ggml_tensor * iota);
+
 forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const model & m, kv_cache & kv, const forward_params & p);
 
 } // namespace sqlr1

@@ -82,6 +82,14 @@ op_result op_run(const op_request & req) {
         expect(ggml_n_dims(t[0]) <= 2 && ggml_n_dims(t[1]) <= 2, op, "W and x must be 2-d");
         lora_pair pair{t[2], t[3]};
         out = qwen2_linear(g.ctx, t[0], nullptr, t[1], &pair, (float) param(0, 1.0));
+    } else if (req.op == "input_grad") {
+        // W [in, out] (any type), dy [out, T]: dx = W^T dy
+        n_in(2);
+        expect(t[1]->type == GGML_TYPE_F32 && t[1]->ne[0] == t[0]->ne[1] && ggml_n_dims(t[0]) <= 2 && ggml_n_dims(t[1]) <= 2,
+               op, "W [in, out] and dy [out, T] f32 required");
+        ggml_tensor * iota = ggml_new_tensor_1d(g.ctx, GGML_TYPE_I32, t[0]->ne[1]);
+        t.push_back(iota);
+        out = frozen_input_grad(g.ctx, t[0], t[1], iota);
     } else if (req.op == "dequant" || req.op == "get_rows") {
         if (req.op == "dequant") {
             n_in(1);
@@ -145,10 +153,10 @@ op_result op_run(const op_request & req) {
         }
         ggml_backend_tensor_set(t[i], buf.data(), 0, buf.size());
     }
-    if (req.op == "dequant") {
+    if (req.op == "dequant" || req.op == "input_grad") {
         std::vector<int32_t> ids(t[0]->ne[1]);
         for (size_t i = 0; i < ids.size(); i++) ids[i] = (int32_t) i;
-        ggml_backend_tensor_set(t[1], ids.data(), 0, ids.size() * 4);
+        ggml_backend_tensor_set(t.back(), ids.data(), 0, ids.size() * 4);
     }
     const ggml_status st = ggml_backend_graph_compute(bs->primary, gf);
     if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "op compute failed (status %d)", (int) st);

@@ -16,7 +16,7 @@ struct op_input {
 };
 
 struct op_request {
-    std::string op;               // mul_mat, lora, rms_norm, rope, attn, swiglu, dequant, get_rows
+    std::string op;               // mul_mat, lora, input_grad, rms_norm, rope, attn, swiglu, dequant, get_rows
     std::string device = "cpu";
     std::vector<op_input> inputs;
     std::vector<double> params;

@@ -63,6 +63,30 @@ for (const device of devices) {
     }
   });
 
+  // The input gradient through a frozen weight, dx = W^T dy, for every weight type. The weight goes through an
+  // F16 scratch and dy is rounded to F16 for the matrix units: 5e-5 (the F16 bound), against float64 on the
+  // dequantized weights, so the quantization itself is not counted.
+  t.test(`input gradient through a frozen weight on ${device}`, async (t) => {
+    for (const type of Object.keys(MATMUL_TOL)) {
+      for (const [K, N, T] of [[256, 48, 7], [512, 13, 1]] as const) {
+        const seed = K + N * 3 + T;
+        const w = randomArray(K * N, seed);
+        const dy = randomArray(N * T, seed + 1);
+        const wq = (await run('cpu', 'dequant', [{ data: w, shape: [K, N], type }])).data;
+        const ref = new Float64Array(K * T);
+        for (let j = 0; j < T; j++) for (let k = 0; k < K; k++) {
+          let s = 0;
+          for (let n = 0; n < N; n++) s += wq[n * K + k]! * dy[j * N + n]!;
+          ref[j * K + k] = s;
+        }
+        const out = await run(device, 'input_grad', [{ data: w, shape: [K, N], type }, { data: dy, shape: [N, T] }]);
+        t.same(out.shape, [K, T, 1, 1]);
+        const e = nmse(out.data, ref);
+        t.ok(e <= 5e-5, `INPUT_GRAD(type_w=${type},in=${K},out=${N},t=${T}) nmse ${e.toExponential(2)}`);
+      }
+    }
+  });
+
   t.test(`rms_norm on ${device}`, async (t) => {
     for (const [E, T] of [[7, 3], [64, 5], [896, 17]] as const) {
       const x = randomArray(E * T, E + T, 3);
