@@ -28,7 +28,11 @@ grep -E "^(not )?ok|^# \{" "$OUT/test.log" || true
 grep -E "^ +not ok" "$OUT/test.log" | head -40 || true
 echo "tests done in $(( $(date +%s) - t1 )) s (exit $test_rc)"
 if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then wait; bash scripts/gpu-bench.sh || test_rc=1; fi
-# Few files come back from some machines: keep the summaries, pack the build logs.
-tar -cJf "$OUT/logs.tar.xz" -C "$OUT" $(cd "$OUT" && ls *.log *.jsonl *.json 2>/dev/null | grep -v -E '^(test|check)\.log$') 2>/dev/null \
-  && (cd "$OUT" && ls *.log *.jsonl *.json 2>/dev/null | grep -v -E '^(test|check)\.log$' | xargs -r rm -f)
+# Few files come back from some machines: keep the summaries, pack the other logs.
+shopt -s nullglob
+logs=()
+for f in "$OUT"/*.log "$OUT"/*.jsonl "$OUT"/*.json; do
+  case "$(basename "$f")" in test.log|check.log) ;; *) logs+=("$(basename "$f")") ;; esac
+done
+if [ ${#logs[@]} -gt 0 ]; then tar -cJf "$OUT/logs.tar.xz" -C "$OUT" "${logs[@]}" && (cd "$OUT" && rm -f "${logs[@]}"); fi
 exit $test_rc
