@@ -74,6 +74,17 @@ bool weight_type_supported(ggml_type t) {
     }
 }
 
+ggml_type weight_type_from_name(const std::string & name) {
+    static const std::pair<const char *, ggml_type> types[] = {
+        {"f32", GGML_TYPE_F32}, {"f16", GGML_TYPE_F16}, {"bf16", GGML_TYPE_BF16}, {"q8_0", GGML_TYPE_Q8_0},
+        {"q4_0", GGML_TYPE_Q4_0}, {"q4_k", GGML_TYPE_Q4_K}, {"q6_k", GGML_TYPE_Q6_K},
+    };
+    std::string lower = name;
+    for (auto & c : lower) c = (char) tolower((unsigned char) c);
+    for (const auto & p : types) if (lower == p.first) return p.second;
+    fail("ERR_UNSUPPORTED_TYPE", "unknown weight type '%s'; expected f32, f16, bf16, q8_0, q4_0, q4_K or q6_K", name.c_str());
+}
+
 model::~model() {
     if (buf_w) ggml_backend_buffer_free(buf_w);
     if (ctx_w) ggml_free(ctx_w);

@@ -75,5 +75,7 @@ struct model {
 std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<backend_set> backends);
 
 bool weight_type_supported(ggml_type t);
+// A supported weight type by name (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K; any case); ERR_UNSUPPORTED_TYPE otherwise.
+ggml_type weight_type_from_name(const std::string & name);
 
 } // namespace sqlr1

@@ -12,12 +12,7 @@ namespace sqlr1 {
 namespace {
 
 ggml_type type_from_name(const std::string & n) {
-    static const std::pair<const char *, ggml_type> types[] = {
-        {"f32", GGML_TYPE_F32}, {"f16", GGML_TYPE_F16}, {"bf16", GGML_TYPE_BF16}, {"q8_0", GGML_TYPE_Q8_0},
-        {"q4_0", GGML_TYPE_Q4_0}, {"q4_K", GGML_TYPE_Q4_K}, {"q6_K", GGML_TYPE_Q6_K}, {"i32", GGML_TYPE_I32},
-    };
-    for (const auto & p : types) if (n == p.first) return p.second;
-    fail("ERR_UNSUPPORTED_TYPE", "unknown tensor type '%s'", n.c_str());
+    return n == "i32" ? GGML_TYPE_I32 : weight_type_from_name(n);
 }
 
 struct op_graph {

@@ -29,17 +29,6 @@ synth_shape synth_shape_get(const std::string & name) {
     fail("ERR_INVALID_ARG", "unknown shape '%s'; expected tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b or qwen2.5-7b", name.c_str());
 }
 
-static ggml_type parse_type(const std::string & t) {
-    static const std::pair<const char *, ggml_type> types[] = {
-        {"f32", GGML_TYPE_F32}, {"f16", GGML_TYPE_F16}, {"bf16", GGML_TYPE_BF16}, {"q8_0", GGML_TYPE_Q8_0},
-        {"q4_0", GGML_TYPE_Q4_0}, {"q4_k", GGML_TYPE_Q4_K}, {"q6_k", GGML_TYPE_Q6_K},
-    };
-    std::string lower = t;
-    for (auto & c : lower) c = (char) tolower(c);
-    for (const auto & p : types) if (lower == p.first) return p.second;
-    fail("ERR_INVALID_ARG", "unknown type '%s'; expected f32, f16, bf16, q8_0, q4_0, q4_K or q6_K", t.c_str());
-}
-
 namespace {
 
 struct tensor_spec {
@@ -96,7 +85,7 @@ struct ctx_ptr { ggml_context * c; ~ctx_ptr() { if (c) ggml_free(c); } };
 
 uint64_t synth_model_write(const synth_options & o) {
     const synth_shape sh = synth_shape_get(o.shape);
-    const ggml_type wtype = parse_type(o.type);
+    const ggml_type wtype = weight_type_from_name(o.type);
     if (o.out.empty()) fail("ERR_INVALID_ARG", "an output path is required");
     const int64_t blck = ggml_blck_size(wtype);
     for (int64_t d : {sh.n_embd, sh.n_ff}) {
