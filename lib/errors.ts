@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'ERR_NATIVE_LOAD'
   | 'ERR_DISPOSED'
   | 'ERR_INVALID_ARG'
+  | 'ERR_INVALID_STATE'
   | 'ERR_SQL_TIMEOUT'
   | 'ERR_SQL_REJECTED'
   | 'ERR_SQL_ERROR'

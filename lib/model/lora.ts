@@ -9,6 +9,8 @@ import { dirname } from 'node:path';
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync } from '../native/binding.js';
 import type { NativeLoraAdapter, NativeLoraInfo } from '../native/types.js';
+import { ParamStore } from '../train/params.js';
+import { trainBinding } from '../train/native-types.js';
 import type { Model } from './model.js';
 
 export const LORA_TARGETS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
@@ -26,8 +28,23 @@ export interface LoraOptions {
 }
 
 export class LoraAdapter {
+  private store: ParamStore | undefined;
+
   /** @internal */
   constructor(readonly model: Model, /** @internal */ readonly native: NativeLoraAdapter) {}
+
+  /**
+   * The adapter's A and B tensors as trainable parameters (names as in the file, e.g.
+   * `blk.0.attn_q.weight.lora_a`): gradients from `LoraTrainer.backward` add up there, and `AdamW`, gradient
+   * clipping and the optimizer-state file work on it. Values are the adapter's own memory, nothing is copied.
+   */
+  params(): ParamStore {
+    if (!this.store) {
+      const native = callNativeSync(() => this.native.params());
+      this.store = new ParamStore({}, { binding: trainBinding(this.model.binding), device: this.model.device, native });
+    }
+    return this.store;
+  }
 
   info(): NativeLoraInfo {
     return callNativeSync(() => this.native.info());
@@ -57,6 +74,8 @@ export class LoraAdapter {
   }
 
   dispose(): void {
+    this.store?.dispose();
+    this.store = undefined;
     this.native.dispose();
   }
 }

@@ -99,6 +99,8 @@ export interface NativeLoraAdapter {
   getTensor(name: string): Float32Array;
   setTensor(name: string, data: Float32Array): void;
   save(path: string): Promise<void>;
+  /** The adapter's tensors as a ParamStore (the same store on every call while one is held). */
+  params(): import('../train/native-types.js').NativeParamStore;
   dispose(): void;
 }
 

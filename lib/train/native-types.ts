@@ -1,9 +1,10 @@
 /**
- * The exact shape of the addon's tensor-graph surface (native/src/tensor_graph.cpp, adamw.cpp): the
- * `ParamStore` class and `runGraph`. The training layer touches those exports only through these types.
+ * The exact shape of the addon's training surface (native/src/tensor_graph.cpp, adamw.cpp, train_napi.cpp):
+ * the `ParamStore` class, `runGraph` and `createTrainer`. The training layer touches those exports only
+ * through these types.
  */
 import { Sqlr1Error } from '../errors.js';
-import type { NativeBinding } from '../native/types.js';
+import type { NativeBinding, NativeLoraAdapter, NativeModel } from '../native/types.js';
 
 /** One node of a graph request. Shapes are outermost first (row-major); [] is a scalar. */
 export interface NativeGraphNode {
@@ -88,15 +89,43 @@ export interface NativeParamStore {
   dispose(): void;
 }
 
+export interface NativeTrainerForward {
+  tokens: Int32Array;
+  targets: Int32Array;
+  ns: number;
+  nt: number;
+  temperature: number;
+  adapter: boolean;
+  keep: boolean;
+}
+
+export interface NativeTrainerMemory {
+  /** The output weight converted to the compute type, and the dequantization index. */
+  fixed: number;
+  /** Saved activations (each layer's input) and gradient carriers. */
+  kept: number;
+  /** The compute buffer, sized by the largest graph so far. */
+  compute: number;
+}
+
+export interface NativeTrainer {
+  forward(req: NativeTrainerForward): Promise<Float32Array>;
+  backward(dlogp: Float32Array): Promise<void>;
+  memory(): NativeTrainerMemory;
+  release(): void;
+  dispose(): void;
+}
+
 export interface NativeTrainBinding {
   ParamStore: new (options: { device: 'cpu' | 'cuda'; threads?: number }) => NativeParamStore;
   runGraph(req: NativeGraphRequest): Promise<NativeGraphResult>;
+  createTrainer(model: NativeModel, lora: NativeLoraAdapter, options: { compute: 'f32' | 'bf16'; maxTokens: number }): Promise<NativeTrainer>;
 }
 
 /** The tensor-graph exports of a loaded addon; ERR_NATIVE_LOAD when the binary predates them. */
 export function trainBinding(binding: NativeBinding): NativeTrainBinding {
   const b = binding as unknown as Partial<NativeTrainBinding>;
-  if (typeof b.runGraph !== 'function' || typeof b.ParamStore !== 'function') {
+  if (typeof b.runGraph !== 'function' || typeof b.ParamStore !== 'function' || typeof b.createTrainer !== 'function') {
     throw new Sqlr1Error('ERR_NATIVE_LOAD', 'the native addon has no tensor-graph surface (ParamStore, runGraph): rebuild it with `npm run build:native`');
   }
   return b as NativeTrainBinding;

@@ -39,7 +39,13 @@ export class ParamStore {
   /** @internal */ readonly binding: NativeTrainBinding;
   private native: NativeParamStore | undefined;
 
-  constructor(options: ParamStoreOptions = {}) {
+  constructor(options: ParamStoreOptions = {}, /** @internal */ existing?: { binding: NativeTrainBinding; device: Device; native: NativeParamStore }) {
+    if (existing) {
+      this.binding = existing.binding;
+      this.device = existing.device;
+      this.native = existing.native;
+      return;
+    }
     const threads = options.threads ?? 0;
     if (!Number.isInteger(threads) || threads < 0 || threads > 1024) invalid(`ParamStore: threads must be an integer in [0, 1024], got ${String(threads)}`);
     const { binding, device } = getBinding(options.device ?? 'cpu', options.log);

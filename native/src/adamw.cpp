@@ -40,28 +40,29 @@ int64_t param_shape_check(const std::vector<int64_t> & shape, const char * what)
     return n;
 }
 
-std::shared_ptr<param_store> param_store_init(const std::string & device, int n_threads) {
+std::shared_ptr<param_store> param_store_init(std::shared_ptr<backend_set> backends) {
     auto s = std::make_shared<param_store>();
-    s->backends = backend_set_init(device, n_threads);
+    s->backends = std::move(backends);
     ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
     s->ctx_opt = ggml_init(ip);
     if (!s->ctx_opt) fail("ERR_OUT_OF_MEMORY", "could not create the parameter store's context");
     s->adamw_params = ggml_new_tensor_1d(s->ctx_opt, GGML_TYPE_F32, 7);
     ggml_set_name(s->adamw_params, "adamw_params");
     s->buf_opt = ggml_backend_alloc_ctx_tensors(s->ctx_opt, s->backends->primary);
-    if (!s->buf_opt) fail("ERR_OUT_OF_MEMORY", "could not allocate the AdamW parameters on %s", device.c_str());
+    if (!s->buf_opt) fail("ERR_OUT_OF_MEMORY", "could not allocate the AdamW parameters on %s", s->backends->device.c_str());
     return s;
 }
 
-void param_store_add(param_store & s, const std::string & name, const std::vector<int64_t> & shape, const std::vector<float> & data) {
+std::shared_ptr<param_store> param_store_init(const std::string & device, int n_threads) {
+    return param_store_init(backend_set_init(device, n_threads));
+}
+
+// Creates the entry's tensors: all four when `value` is null, else the gradient and moments of `value`.
+static void param_entry_make(param_store & s, const std::string & name, const std::vector<int64_t> & shape, ggml_tensor * value) {
     if (name.empty() || name.size() >= GGML_MAX_NAME - 8)
         fail("ERR_INVALID_ARG", "ParamStore.add: a name has 1 to %d characters, got %zu", GGML_MAX_NAME - 9, name.size());
     if (s.index.count(name)) fail("ERR_INVALID_ARG", "ParamStore.add: a parameter named '%s' already exists", name.c_str());
     const int64_t n = param_shape_check(shape, "ParamStore.add");
-    if ((int64_t) data.size() != n)
-        fail("ERR_INVALID_ARG", "ParamStore.add('%s'): shape %s has %lld elements but data has %zu", name.c_str(),
-             param_shape_str(shape).c_str(), (long long) n, data.size());
-
     auto e = std::make_unique<param_entry>();
     e->name = name;
     e->shape = shape;
@@ -72,17 +73,38 @@ void param_store_add(param_store & s, const std::string & name, const std::vecto
     for (size_t d = 0; d < shape.size(); d++) ne[d] = shape[shape.size() - 1 - d];
     ggml_tensor ** slots[4] = { &e->value, &e->grad, &e->m, &e->v };
     const char * suffix[4] = { "", ".grad", ".adam_m", ".adam_v" };
-    for (int i = 0; i < 4; i++) {
+    for (int i = value ? 1 : 0; i < 4; i++) {
         *slots[i] = ggml_new_tensor(e->ctx, GGML_TYPE_F32, GGML_MAX_DIMS, ne);
         ggml_format_name(*slots[i], "%s%s", name.c_str(), suffix[i]);
     }
-    ggml_set_param(e->value);
+    if (value) {
+        e->value = value;
+        e->external = true;
+    } else {
+        ggml_set_param(e->value);
+    }
     e->buf = ggml_backend_alloc_ctx_tensors(e->ctx, s.backends->primary);
     if (!e->buf) fail("ERR_OUT_OF_MEMORY", "could not allocate parameter '%s' (%lld elements) on %s", name.c_str(), (long long) n, s.backends->device.c_str());
     ggml_backend_buffer_clear(e->buf, 0);
-    ggml_backend_tensor_set(e->value, data.data(), 0, ggml_nbytes(e->value));
     s.index[name] = s.params.size();
     s.params.push_back(std::move(e));
+}
+
+void param_store_add(param_store & s, const std::string & name, const std::vector<int64_t> & shape, const std::vector<float> & data) {
+    const int64_t n = param_shape_check(shape, "ParamStore.add");
+    if ((int64_t) data.size() != n)
+        fail("ERR_INVALID_ARG", "ParamStore.add('%s'): shape %s has %lld elements but data has %zu", name.c_str(),
+             param_shape_str(shape).c_str(), (long long) n, data.size());
+    param_entry_make(s, name, shape, nullptr);
+    ggml_backend_tensor_set(s.params.back()->value, data.data(), 0, ggml_nbytes(s.params.back()->value));
+}
+
+void param_store_adopt(param_store & s, const std::string & name, ggml_tensor * value) {
+    if (!value || value->type != GGML_TYPE_F32 || !ggml_is_contiguous(value) || !value->buffer)
+        fail("ERR_INTERNAL", "ParamStore: '%s' is not an allocated contiguous F32 tensor", name.c_str());
+    std::vector<int64_t> shape;
+    for (int d = ggml_n_dims(value) - 1; d >= 0; d--) shape.push_back(value->ne[d]);
+    param_entry_make(s, name, shape, value);
 }
 
 param_entry & param_store_get(param_store & s, const std::string & name) {

@@ -29,6 +29,7 @@ struct param_entry {
     ggml_tensor * m = nullptr;             // AdamW first moment
     ggml_tensor * v = nullptr;             // AdamW second moment
     bool has_grad = false;                 // a backward added to `grad` since the last zero_grad
+    bool external = false;                 // `value` belongs to another owner (a LoRA adapter's tensor)
     int64_t n_elements() const;
     ~param_entry();
 };
@@ -41,6 +42,7 @@ struct param_store {
     ggml_backend_buffer_t buf_opt = nullptr;
     ggml_tensor * adamw_params = nullptr;                 // [alpha, beta1, beta2, eps, wd, beta1h, beta2h]
     bool busy = false;                                    // an async call (graph run, AdamW step) is using it
+    std::shared_ptr<void> owner;                          // keeps external parameter values alive
     ~param_store();
 };
 
@@ -55,12 +57,17 @@ struct adamw_options {
 
 // Device "cpu" or "cuda" (ERR_NO_CUDA on a CPU-only build or without a device).
 std::shared_ptr<param_store> param_store_init(const std::string & device, int n_threads);
+// A store on existing backends (a model's), for parameters that live with the model.
+std::shared_ptr<param_store> param_store_init(std::shared_ptr<backend_set> backends);
 
 // Validates a shape (0 to 4 dimensions, each >= 1; [] is a scalar) and returns its element count.
 int64_t param_shape_check(const std::vector<int64_t> & shape, const char * what);
 std::string param_shape_str(const std::vector<int64_t> & shape);
 
 void param_store_add(param_store & s, const std::string & name, const std::vector<int64_t> & shape, const std::vector<float> & data);
+// Adopts an existing contiguous F32 tensor on the store's device as a parameter (a LoRA adapter's A or B): the
+// store allocates its gradient and moments; the value stays where it is, owned by `s.owner`.
+void param_store_adopt(param_store & s, const std::string & name, ggml_tensor * value);
 // The entry of `name`, or ERR_INVALID_ARG naming the known parameters.
 param_entry & param_store_get(param_store & s, const std::string & name);
 std::vector<float> param_store_read(const ggml_tensor * t);

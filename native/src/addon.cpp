@@ -7,6 +7,8 @@
 #include "ops.h"
 #include "synth.h"
 #include "tensor_graph.h"
+#include "train.h"
+#include "train_napi.h"
 
 #include <napi.h>
 #ifdef SQLR1_WITH_CUDA
@@ -98,6 +100,7 @@ public:
             InstanceMethod("getTensor", &LoraWrap::GetTensor),
             InstanceMethod("setTensor", &LoraWrap::SetTensor),
             InstanceMethod("save", &LoraWrap::Save),
+            InstanceMethod("params", &LoraWrap::Params),
             InstanceMethod("dispose", &LoraWrap::Dispose),
         });
         ctor = Napi::Persistent(f);
@@ -167,6 +170,11 @@ public:
         return queue<int>(info.Env(), [ad, path]() { lora_adapter_save(*ad, path); return 0; },
             [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, nullptr, info.This());
     }
+    // The adapter's tensors as a ParamStore (gradients, AdamW moments); the same store on every call.
+    Napi::Value Params(const Napi::CallbackInfo & info) {
+        auto ad = get(info.Env());
+        return param_store_to_js(info.Env(), guarded(info.Env(), [&]() { return lora_adapter_params(ad); }));
+    }
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
         a.reset();
         return info.Env().Undefined();
@@ -209,6 +217,24 @@ Napi::Value LoadLora(const Napi::CallbackInfo & info) {
     const std::string path = info[1].As<Napi::String>().Utf8Value();
     return queue<std::shared_ptr<lora_adapter>>(env, [m, path]() { return lora_adapter_load(m, path); },
         [](Napi::Env, std::shared_ptr<lora_adapter> & a) -> Napi::Value { return LoraWrap::wrap(a); });
+}
+
+// createTrainer(model, lora, { compute: 'f32' | 'bf16', maxTokens })
+Napi::Value CreateTrainer(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    auto m = model_arg(info);
+    if (info.Length() < 2 || !info[1].IsObject() || !info[1].As<Napi::Object>().InstanceOf(LoraWrap::ctor.Value()))
+        bad_arg(env, "the second argument must be a LoraAdapter");
+    auto ad = LoraWrap::Unwrap(info[1].As<Napi::Object>())->get(env);
+    Napi::Object o = need_object(info, 2, "options");
+    const std::string compute = get_string(o, "compute", "f32");
+    if (compute != "f32" && compute != "bf16") bad_arg(env, "compute must be 'f32' or 'bf16', got '" + compute + "'");
+    const double max_tokens = get_number(o, "maxTokens", 16384);
+    if (!(max_tokens >= 1 && max_tokens <= (1 << 20) && std::floor(max_tokens) == max_tokens)) bad_arg(env, "maxTokens must be an integer in [1, 1048576]");
+    const ggml_type type = compute == "bf16" ? GGML_TYPE_BF16 : GGML_TYPE_F32;
+    return queue<std::shared_ptr<trainer>>(env,
+        [m, ad, type, max_tokens]() { return std::shared_ptr<trainer>(trainer_init(m, ad, type, (int64_t) max_tokens)); },
+        [](Napi::Env env, std::shared_ptr<trainer> & t) -> Napi::Value { return trainer_to_js(env, t); });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -575,6 +601,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("LoraAdapter", LoraWrap::Init(env));
     exports.Set("createLora", Napi::Function::New(env, CreateLora));
     exports.Set("loadLora", Napi::Function::New(env, LoadLora));
+    exports.Set("createTrainer", Napi::Function::New(env, CreateTrainer));
     exports.Set("loadModel", Napi::Function::New(env, LoadModel));
     exports.Set("makeModel", Napi::Function::New(env, MakeModel));
     exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
@@ -582,6 +609,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("runOp", Napi::Function::New(env, RunOp));
     exports.Set("sampleRows", Napi::Function::New(env, SampleRows));
     tensor_graph_register(env, exports);
+    train_register(env, exports);
     return exports;
 }
 

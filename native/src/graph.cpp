@@ -40,13 +40,15 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
     return y;
 }
 
-ggml_tensor * frozen_input_grad(ggml_context * ctx, ggml_tensor * w, ggml_tensor * dy, ggml_tensor * iota) {
-    const int64_t in = w->ne[0], out = w->ne[1];
-    ggml_tensor * rows = ggml_view_1d(ctx, iota, out, 0);
-    ggml_tensor * wd = ggml_get_rows(ctx, w, rows);                              // F32 [in, out]
-    ggml_tensor * wt = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, out, in);
-    wt = ggml_cpy(ctx, ggml_transpose(ctx, wd), wt);                             // F16 [out, in]
-    return ggml_mul_mat(ctx, wt, dy);                                            // F32 [in, T]
+ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed) {
+    if (!transposed && w->type == type) return w;
+    ggml_tensor * wf = w->type == GGML_TYPE_F32 ? w : ggml_get_rows(ctx, w, ggml_view_1d(ctx, iota, w->ne[1], 0));  // F32 [in, out]
+    if (!transposed) return type == GGML_TYPE_F32 ? wf : ggml_cast(ctx, wf, type);
+    return ggml_cpy(ctx, ggml_transpose(ctx, wf), ggml_new_tensor_2d(ctx, type, w->ne[1], w->ne[0]));      // [out, in]
+}
+
+ggml_tensor * frozen_input_grad(ggml_context * ctx, ggml_tensor * w, ggml_tensor * dy, ggml_tensor * iota, ggml_type type) {
+    return ggml_mul_mat(ctx, frozen_weight(ctx, w, iota, type, true), dy);   // F32 [in, T]
 }
 
 forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const model & m, kv_cache & kv, const forward_params & p) {

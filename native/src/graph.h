@@ -58,11 +58,15 @@ struct forward_result {
 // y = W x (+ b) (+ scale * B (A x) when `p` has tensors): every linear layer of the graph.
 ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, const lora_pair * p, float scale);
 
+// A frozen weight W [in, out] of any supported type as `type` for a matrix product: W itself when it already
+// has that type, else dequantized (get_rows over `iota`, an I32 [>= out] tensor holding 0, 1, 2, ...) and
+// converted. Transposed: W^T as a contiguous [out, in] scratch copy, for input gradients.
+ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed);
+
 // dx = W^T dy for a frozen weight W [in, out] of any supported type and dy [out, T]: the input gradient of a
-// linear layer, all on the weight's device. W is dequantized (get_rows over `iota`, an I32 [>= out] tensor
-// holding 0, 1, 2, ...) and transposed into an F16 scratch [out, in], then multiplied with dy on the matrix
-// units (ggml's CUDA OUT_PROD, what its autodiff would use, takes only F32).
-ggml_tensor * frozen_input_grad(ggml_context * ctx, ggml_tensor * w, ggml_tensor * dy, ggml_tensor * iota);
+// linear layer, all on the weight's device, through frozen_weight's transposed copy in `type` (F16 or BF16
+// run on the matrix units; ggml's CUDA OUT_PROD, what its autodiff would use, takes only F32).
+ggml_tensor * frozen_input_grad(ggml_context * ctx, ggml_tensor * w, ggml_tensor * dy, ggml_tensor * iota, ggml_type type = GGML_TYPE_F16);
 
 forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const model & m, kv_cache & kv, const forward_params & p);
 

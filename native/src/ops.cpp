@@ -84,7 +84,11 @@ op_result op_run(const op_request & req) {
                op, "W [in, out] and dy [out, T] f32 required");
         ggml_tensor * iota = ggml_new_tensor_1d(g.ctx, GGML_TYPE_I32, t[0]->ne[1]);
         t.push_back(iota);
-        out = frozen_input_grad(g.ctx, t[0], t[1], iota);
+        // params[0]: the scratch type, 0 = f16 (default), 1 = bf16, 2 = f32
+        const int kind = (int) param(0, 0);
+        expect(kind >= 0 && kind <= 2, op, "the scratch type must be 0 (f16), 1 (bf16) or 2 (f32)");
+        const ggml_type types[3] = { GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_F32 };
+        out = frozen_input_grad(g.ctx, t[0], t[1], iota, types[kind]);
     } else if (req.op == "dequant" || req.op == "get_rows") {
         if (req.op == "dequant") {
             n_in(1);

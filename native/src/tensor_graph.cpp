@@ -242,6 +242,10 @@ tensor_graph_result tensor_graph_run(const tensor_graph_request & req) {
 
     std::vector<ggml_tensor *> t(n, nullptr);
     std::vector<bool> external(n, false);   // a store tensor, not allocated here
+    struct unflag {
+        std::vector<ggml_tensor *> list;
+        ~unflag() { for (ggml_tensor * x : list) x->flags &= ~GGML_TENSOR_FLAG_PARAM; }
+    } flagged;
     bool any_grad = false;
     for (size_t i : order) {
         const tensor_graph_node & nd = req.nodes[i];
@@ -258,7 +262,14 @@ tensor_graph_result tensor_graph_run(const tensor_graph_request & req) {
                 any_grad = true;
             }
         } else if (op == "param") {
-            r = param_store_get(*req.store, nd.param).value;
+            param_entry & e = param_store_get(*req.store, nd.param);
+            r = e.value;
+            if (e.external && !(r->flags & GGML_TENSOR_FLAG_PARAM)) {
+                // Adopted tensors (LoRA A/B) are flagged only while this graph is built: model graphs that read
+                // them must keep treating them as plain leaves.
+                ggml_set_param(r);
+                flagged.list.push_back(r);
+            }
             external[i] = true;
             any_grad = true;
         } else if (op == "add" || op == "mul") {
@@ -495,6 +506,10 @@ public:
     // new ParamStore({ device, threads })
     ParamStoreWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<ParamStoreWrap>(info) {
         Napi::Env env = info.Env();
+        if (info.Length() > 0 && info[0].IsExternal()) {  // param_store_to_js: wrap an existing store
+            s = *info[0].As<Napi::External<std::shared_ptr<param_store>>>().Data();
+            return;
+        }
         Napi::Object o = info.Length() > 0 && info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
         const std::string device = get_string(o, "device", "cpu");
         const double threads = get_number(o, "threads", 0);
@@ -737,6 +752,11 @@ Napi::Value RunGraph(const Napi::CallbackInfo & info) {
 }
 
 } // namespace
+
+Napi::Object param_store_to_js(Napi::Env env, std::shared_ptr<param_store> s) {
+    std::shared_ptr<param_store> tmp = std::move(s);
+    return ParamStoreWrap::ctor.New({ Napi::External<std::shared_ptr<param_store>>::New(env, &tmp) });
+}
 
 void tensor_graph_register(Napi::Env env, Napi::Object exports) {
     exports.Set("ParamStore", ParamStoreWrap::Init(env));

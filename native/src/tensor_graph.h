@@ -75,6 +75,9 @@ std::vector<std::vector<int64_t>> tensor_graph_validate(const tensor_graph_reque
 // Validates, builds and runs the graph. Parameter gradients are added to the store's accumulators.
 tensor_graph_result tensor_graph_run(const tensor_graph_request & req);
 
+// A JS ParamStore object for an existing store (a LoRA adapter's parameters).
+Napi::Object param_store_to_js(Napi::Env env, std::shared_ptr<param_store> s);
+
 // Exports ParamStore (class) and runGraph (function) on the addon.
 void tensor_graph_register(Napi::Env env, Napi::Object exports);
 

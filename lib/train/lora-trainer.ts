@@ -1,0 +1,185 @@
+/**
+ * Training a LoRA adapter on a frozen base: teacher-forced per-token log-probs of completions (the policy with
+ * the adapter, the reference without it) and the backward pass from d loss / d logp into the adapter's tensors.
+ *
+ *   const tr = await LoraTrainer.create(model, adapter);
+ *   const batch = tr.pack({ sequences, completionStart });
+ *   const ref = await tr.logprobs(batch, { adapter: false, temperature });   // [N, C], no activations kept
+ *   const pol = await tr.logprobs(batch, { keep: true, temperature });       // keeps each layer's input
+ *   ... compose the loss from `pol` (a constant with requiresGrad) and get d loss / d pol ...
+ *   await tr.backward(grad);                     // adds into adapter.params() gradients
+ *   await new AdamW(adapter.params()).step();
+ *
+ * Log-prob arrays are completion-aligned, [N, C] row-major with C the longest completion: entry (i, j) is the
+ * log-prob of completion token j of sequence i; entries past a completion's end are 0 (mask them).
+ * The backward recomputes one layer at a time from the saved inputs (activation checkpointing), so memory
+ * grows with the depth only by one [hidden x tokens] F32 tensor per layer.
+ */
+import { Sqlr1Error } from '../errors.js';
+import { callNative, callNativeSync } from '../native/binding.js';
+import type { LoraAdapter } from '../model/lora.js';
+import type { Model } from '../model/model.js';
+import type { NativeTrainer, NativeTrainerMemory } from './native-types.js';
+import { trainBinding } from './native-types.js';
+import type { ParamStore } from './params.js';
+
+export type TrainCompute = 'f32' | 'bf16';
+
+export interface LoraTrainerOptions {
+  /**
+   * The type frozen weights are converted to for matrix products (default: 'bf16' on CUDA, 'f32' on the CPU).
+   * 'bf16' runs on the GPU's matrix units with F32 accumulation; 'f32' is exact (checks, CPU training).
+   */
+  compute?: TrainCompute;
+  /** Most tokens (sequences x padded length) one batch may hold (default 16384). */
+  maxTokens?: number;
+}
+
+export interface TrainBatchInput {
+  /** Each sequence: prompt tokens followed by completion tokens. */
+  sequences: readonly (readonly number[])[];
+  /** Index in each sequence where its completion starts (>= 1). */
+  completionStart: readonly number[];
+}
+
+/** A batch in the trainer's layout (sequences padded at the end to one length). */
+export interface TrainBatch {
+  readonly n: number;
+  /** Padded sequence length. */
+  readonly length: number;
+  /** Longest completion: the C of [N, C] arrays. */
+  readonly maxCompletion: number;
+  readonly completionStart: readonly number[];
+  readonly completionLength: readonly number[];
+  /** 1 on completion tokens, 0 past each completion's end, [N, C]. */
+  readonly mask: Float32Array;
+  /** @internal */ readonly tokens: Int32Array;
+  /** @internal */ readonly targets: Int32Array;
+}
+
+export interface LogprobOptions {
+  /** Apply the adapter (default true); false gives the frozen base, GRPO's reference policy. */
+  adapter?: boolean;
+  /** Temperature the log-probs are taken at (default 1; use the sampling temperature for GRPO). */
+  temperature?: number;
+  /** Save the activations for one `backward` (default false; needs the adapter on). */
+  keep?: boolean;
+}
+
+function invalid(msg: string): never {
+  throw new Sqlr1Error('ERR_INVALID_ARG', msg);
+}
+
+export class LoraTrainer {
+  private native: NativeTrainer | undefined;
+  private kept: TrainBatch | undefined;
+
+  private constructor(readonly model: Model, readonly adapter: LoraAdapter, readonly compute: TrainCompute, native: NativeTrainer) {
+    this.native = native;
+  }
+
+  static async create(model: Model, adapter: LoraAdapter, options: LoraTrainerOptions = {}): Promise<LoraTrainer> {
+    const compute = options.compute ?? (model.device === 'cuda' ? 'bf16' : 'f32');
+    if (compute !== 'f32' && compute !== 'bf16') invalid(`LoraTrainer: compute must be 'f32' or 'bf16', got ${String(compute)}`);
+    const maxTokens = options.maxTokens ?? 16384;
+    if (!Number.isInteger(maxTokens) || maxTokens < 2) invalid(`LoraTrainer: maxTokens must be an integer >= 2, got ${String(maxTokens)}`);
+    if (adapter.model !== model) invalid('LoraTrainer: the adapter belongs to another model');
+    const binding = trainBinding(model.binding);
+    const native = await callNative(() => binding.createTrainer(model.nativeModel, adapter.native, { compute, maxTokens }));
+    return new LoraTrainer(model, adapter, compute, native);
+  }
+
+  /** The adapter's parameters (where `backward` adds gradients). */
+  get params(): ParamStore {
+    return this.adapter.params();
+  }
+
+  private handle(): NativeTrainer {
+    if (!this.native) throw new Sqlr1Error('ERR_DISPOSED', 'the trainer was disposed');
+    return this.native;
+  }
+
+  /** Packs sequences into the trainer's layout; validates token ids and completion starts. */
+  pack(input: TrainBatchInput): TrainBatch {
+    const { sequences, completionStart } = input;
+    const N = sequences.length;
+    if (N === 0) invalid('pack: at least one sequence is needed');
+    if (!Array.isArray(completionStart) || completionStart.length !== N) invalid(`pack: completionStart needs ${N} entries, got ${String(completionStart?.length)}`);
+    const V = this.model.info.nVocab;
+    let L = 2;
+    let C = 1;
+    const lengths: number[] = [];
+    sequences.forEach((s, i) => {
+      const c = completionStart[i]!;
+      if (!Number.isInteger(c) || c < 1 || c >= s.length) invalid(`pack: completionStart[${i}] must be in [1, ${s.length - 1}] (a completion of >= 1 token after >= 1 prompt token), got ${String(c)}`);
+      for (const tok of s) if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new Sqlr1Error('ERR_TOKEN_RANGE', `pack: token id ${String(tok)} in sequence ${i} is out of range [0, ${V})`);
+      L = Math.max(L, s.length);
+      C = Math.max(C, s.length - c);
+      lengths.push(s.length - c);
+    });
+    const tokens = new Int32Array(N * L);
+    const targets = new Int32Array(N * L).fill(-1);
+    const mask = new Float32Array(N * C);
+    sequences.forEach((s, i) => {
+      tokens.set(s, i * L);
+      const c = completionStart[i]!;
+      for (let p = c - 1; p < s.length - 1; p++) targets[i * L + p] = s[p + 1]!;
+      mask.fill(1, i * C, i * C + lengths[i]!);
+    });
+    return { n: N, length: L, maxCompletion: C, completionStart: [...completionStart], completionLength: lengths, mask, tokens, targets };
+  }
+
+  /** Per-token log-probs of each completion, [N, C] (0 past a completion's end). */
+  async logprobs(batch: TrainBatch, options: LogprobOptions = {}): Promise<Float32Array> {
+    const temperature = options.temperature ?? 1;
+    if (typeof temperature !== 'number' || !(temperature > 0) || !Number.isFinite(temperature)) invalid(`logprobs: temperature must be a positive number, got ${String(temperature)}`);
+    const adapter = options.adapter ?? true;
+    const keep = options.keep ?? false;
+    if (keep && !adapter) invalid('logprobs: keep (for a backward pass) needs the adapter on');
+    const lp = await callNative(() => this.handle().forward({ tokens: batch.tokens, targets: batch.targets, ns: batch.n, nt: batch.length, temperature, adapter, keep }));
+    this.kept = keep ? batch : undefined;
+    const C = batch.maxCompletion;
+    const out = new Float32Array(batch.n * C);
+    for (let i = 0; i < batch.n; i++) {
+      const from = i * batch.length + batch.completionStart[i]! - 1;
+      out.set(lp.subarray(from, from + batch.completionLength[i]!), i * C);
+    }
+    return out;
+  }
+
+  /**
+   * Backward from d loss / d logp ([N, C], the layout `logprobs` returned; entries past a completion's end are
+   * ignored) into the adapter: gradients add to `adapter.params()`. Needs the last `logprobs` call to have
+   * kept its activations; each such call serves one backward.
+   */
+  async backward(gradLogp: Float32Array): Promise<void> {
+    const batch = this.kept;
+    if (!batch) throw new Sqlr1Error('ERR_INVALID_STATE', 'backward needs a logprobs call with keep: true first (each serves one backward)');
+    if (!(gradLogp instanceof Float32Array) || gradLogp.length !== batch.n * batch.maxCompletion) {
+      invalid(`backward: expected a Float32Array of ${batch.n * batch.maxCompletion} values ([${batch.n}, ${batch.maxCompletion}]), got ${gradLogp instanceof Float32Array ? gradLogp.length : typeof gradLogp}`);
+    }
+    const C = batch.maxCompletion;
+    const full = new Float32Array(batch.n * batch.length);
+    for (let i = 0; i < batch.n; i++) {
+      full.set(gradLogp.subarray(i * C, i * C + batch.completionLength[i]!), i * batch.length + batch.completionStart[i]! - 1);
+    }
+    this.kept = undefined;
+    await callNative(() => this.handle().backward(full));
+  }
+
+  /** Bytes of device memory the trainer holds. */
+  memory(): NativeTrainerMemory {
+    return callNativeSync(() => this.handle().memory());
+  }
+
+  /** Frees the saved activations and compute memory (made again by the next call). */
+  release(): void {
+    this.kept = undefined;
+    callNativeSync(() => this.handle().release());
+  }
+
+  dispose(): void {
+    if (this.native) callNativeSync(() => this.native!.dispose());
+    this.native = undefined;
+  }
+}

@@ -1,0 +1,84 @@
+// Training the LoRA adapter of a frozen base model: teacher-forced log-probs with the activations saved for a
+// backward pass, and the backward pass itself, into the adapter's tensors only.
+//
+// The training graph is its own (the sampling graph's flash attention and KV cache have no backward):
+//  - attention is written out (K^T Q, softmax with a causal mask, V P), so that its backward is plain ops;
+//  - frozen weights of any type enter matrix products converted to one compute type: dequantized with
+//    get_rows and, for the input gradient W^T dy, transposed into a scratch copy. BF16 runs on the GPU's
+//    matrix units with F32 accumulation (ggml's cuBLAS path); F32 is exact, for the CPU and for checks;
+//  - activation checkpointing: the forward keeps only each layer's input; the backward recomputes one layer
+//    at a time from it, so activation memory is one layer's, whatever the depth;
+//  - the output head runs in token chunks: no [tokens x vocab] buffer outlives its chunk.
+// Gradients are written by hand per op (RMSNorm, RoPE, softmax, SwiGLU and LoRA), each checked against
+// finite differences in test/train/model-grad.test.ts; they add into the adapter's param_store.
+#pragma once
+
+#include "adamw.h"
+#include "graph.h"
+
+#include <atomic>
+
+namespace sqlr1 {
+
+// The adapter's A and B tensors as the parameters of a store (one store per adapter, made on first use and
+// shared while anything holds it): gradients, AdamW moments, clipping and the optimizer-state file come from it.
+std::shared_ptr<param_store> lora_adapter_params(const std::shared_ptr<lora_adapter> & a);
+
+struct train_batch {
+    int64_t ns = 0, nt = 0;           // sequences, tokens per sequence (padded at the end)
+    std::vector<int32_t> tokens;      // [ns * nt], sequence-major
+    std::vector<int32_t> targets;     // [ns * nt]: the next token at each position, -1 for none
+    float inv_temp = 1.0f;            // log-probs of softmax(logits / T)
+};
+
+struct trainer {
+    std::shared_ptr<model> m;
+    std::shared_ptr<lora_adapter> lora;
+    std::shared_ptr<param_store> params;
+    ggml_type compute = GGML_TYPE_F32;  // F32 or BF16
+    int64_t lp_chunk = 512;
+    int64_t max_tokens = 16384;
+
+    // Persistent: an iota for dequantizing (0, 1, 2, ...) and the output weight in the compute type, both
+    // directions (converted once; the base is frozen).
+    ggml_context * ctx_fixed = nullptr;
+    ggml_backend_buffer_t buf_fixed = nullptr;
+    ggml_tensor * iota = nullptr;
+    ggml_tensor * head_w = nullptr;   // [E, V]
+    ggml_tensor * head_wt = nullptr;  // [V, E]
+
+    // Saved by a forward with keep: each layer's input and the final hidden state, plus two gradient carriers.
+    ggml_context * ctx_keep = nullptr;
+    ggml_backend_buffer_t buf_keep = nullptr;
+    std::vector<ggml_tensor *> ckpt;  // n_layer + 1, F32 [E, T]
+    ggml_tensor * grad_a = nullptr, * grad_b = nullptr;
+    int64_t keep_capacity = 0;        // tokens the saved tensors hold
+    bool kept = false;
+    train_batch kept_batch;
+
+    ggml_gallocr_t galloc = nullptr;  // compute memory, reused by every graph
+    std::atomic<bool> busy{false};
+    ~trainer();
+};
+
+std::unique_ptr<trainer> trainer_init(std::shared_ptr<model> m, std::shared_ptr<lora_adapter> lora, ggml_type compute, int64_t max_tokens);
+
+void trainer_validate(const trainer & t, const train_batch & b);
+
+// Per-position log-probs of the targets (NaN where the target is -1). `use_lora` false runs the frozen base
+// (the reference policy). `keep` saves the activations for trainer_backward (needs use_lora).
+std::vector<float> trainer_forward(trainer & t, const train_batch & b, bool use_lora, bool keep);
+
+// d loss / d logp per position ([ns * nt], the kept batch's layout; ignored where the target is -1) -> the
+// gradients of every adapter tensor, added to the store's accumulators. Consumes the kept activations.
+void trainer_backward(trainer & t, const std::vector<float> & dlogp);
+
+struct trainer_memory {
+    size_t fixed = 0, kept = 0, compute = 0;
+};
+trainer_memory trainer_memory_use(const trainer & t);
+
+// Frees the kept activations and the compute memory (they are made again on the next call).
+void trainer_release(trainer & t);
+
+} // namespace sqlr1

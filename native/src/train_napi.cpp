@@ -1,0 +1,115 @@
+#include "train_napi.h"
+
+#include "napi_helpers.h"
+
+#include <cstring>
+
+namespace sqlr1 {
+
+namespace {
+
+class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
+public:
+    static Napi::FunctionReference ctor;
+    std::shared_ptr<trainer> t;
+
+    static Napi::Function Init(Napi::Env env) {
+        Napi::Function f = DefineClass(env, "Trainer", {
+            InstanceMethod("forward", &TrainerWrap::Forward),
+            InstanceMethod("backward", &TrainerWrap::Backward),
+            InstanceMethod("memory", &TrainerWrap::Memory),
+            InstanceMethod("release", &TrainerWrap::Release),
+            InstanceMethod("dispose", &TrainerWrap::Dispose),
+        });
+        ctor = Napi::Persistent(f);
+        return f;
+    }
+    TrainerWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<TrainerWrap>(info) {}
+
+    // Marks the trainer and the adapter's store busy for one async call (AdamW must not run in between).
+    std::shared_ptr<trainer> acquire(Napi::Env env) {
+        if (!t) throw make_error(env, "ERR_DISPOSED", "the trainer was disposed");
+        if (t->busy || t->params->busy) throw make_error(env, "ERR_INVALID_ARG", "the trainer or its adapter's parameters are busy with another call; await it first");
+        t->busy = true;
+        t->params->busy = true;
+        return t;
+    }
+    static std::function<void()> releaser(std::shared_ptr<trainer> t) {
+        return [t]() { t->busy = false; t->params->busy = false; };
+    }
+
+    // forward({ tokens, targets, ns, nt, temperature, adapter, keep }) -> Promise<Float32Array>
+    Napi::Value Forward(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        if (!t) throw make_error(env, "ERR_DISPOSED", "the trainer was disposed");
+        Napi::Object o = need_object(info, 0, "forward options");
+        train_batch b;
+        b.tokens = get_i32_array(o, "tokens");
+        b.targets = get_i32_array(o, "targets");
+        const double ns = get_number(o, "ns", NAN), nt = get_number(o, "nt", NAN);
+        if (!(ns >= 1 && ns <= 65536 && std::floor(ns) == ns)) bad_arg(env, "ns must be an integer in [1, 65536]");
+        if (!(nt >= 1 && nt <= (1 << 20) && std::floor(nt) == nt)) bad_arg(env, "nt must be an integer in [1, 1048576]");
+        b.ns = (int64_t) ns;
+        b.nt = (int64_t) nt;
+        const double temp = get_number(o, "temperature", 1.0);
+        if (!(temp > 0)) bad_arg(env, "temperature must be > 0");
+        b.inv_temp = (float) (1.0 / temp);
+        const bool use_lora = o.Get("adapter").IsUndefined() ? true : o.Get("adapter").ToBoolean();
+        const bool keep = o.Get("keep").ToBoolean();
+        guarded(env, [&]() { trainer_validate(*t, b); return 0; });
+        auto tr = acquire(env);
+        return queue<std::vector<float>>(env,
+            [tr, b, use_lora, keep]() { return trainer_forward(*tr, b, use_lora, keep); },
+            [](Napi::Env env, std::vector<float> & v) -> Napi::Value {
+                Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+                std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
+                return a;
+            },
+            releaser(tr), info.This());
+    }
+    // backward(dlogp: Float32Array) -> Promise<void>
+    Napi::Value Backward(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        if (!t) throw make_error(env, "ERR_DISPOSED", "the trainer was disposed");
+        if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+            bad_arg(env, "backward(dlogp: Float32Array)");
+        Napi::Float32Array d = info[0].As<Napi::Float32Array>();
+        std::vector<float> dl(d.Data(), d.Data() + d.ElementLength());
+        auto tr = acquire(env);
+        return queue<int>(env, [tr, dl]() { trainer_backward(*tr, dl); return 0; },
+            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, releaser(tr), info.This());
+    }
+    Napi::Value Memory(const Napi::CallbackInfo & info) {
+        if (!t) throw make_error(info.Env(), "ERR_DISPOSED", "the trainer was disposed");
+        const trainer_memory mu = trainer_memory_use(*t);
+        Napi::Object o = Napi::Object::New(info.Env());
+        o.Set("fixed", (double) mu.fixed);
+        o.Set("kept", (double) mu.kept);
+        o.Set("compute", (double) mu.compute);
+        return o;
+    }
+    Napi::Value Release(const Napi::CallbackInfo & info) {
+        if (t && !t->busy) trainer_release(*t);
+        return info.Env().Undefined();
+    }
+    Napi::Value Dispose(const Napi::CallbackInfo & info) {
+        if (t && t->busy) throw make_error(info.Env(), "ERR_INVALID_ARG", "cannot dispose a trainer while a call is running");
+        t.reset();
+        return info.Env().Undefined();
+    }
+};
+Napi::FunctionReference TrainerWrap::ctor;
+
+} // namespace
+
+Napi::Object trainer_to_js(Napi::Env, std::shared_ptr<trainer> t) {
+    Napi::Object obj = TrainerWrap::ctor.New({});
+    TrainerWrap::Unwrap(obj)->t = std::move(t);
+    return obj;
+}
+
+void train_register(Napi::Env env, Napi::Object exports) {
+    exports.Set("Trainer", TrainerWrap::Init(env));
+}
+
+} // namespace sqlr1
