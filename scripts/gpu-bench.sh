@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks on a CUDA machine (`npm run bench`): sqlr1's batched generation against llama.cpp's
-# llama-batched-bench built from the same ggml sources, same GPU, same model file, same run; then the passes
-# of a GRPO training step that exist so far. Expects the CUDA addon built with SQLR1_LLAMA_TOOLS=1
+# llama-batched-bench built from the same ggml sources, same GPU, same model file, same run; then one GRPO
+# training step pass by pass. Expects the CUDA addon built with SQLR1_LLAMA_TOOLS=1
 # (scripts/gpu-check.sh does that).
 source "$(dirname "$0")/gpu-env.sh"
 build=bindings/cuda/build
@@ -31,5 +31,8 @@ mem_llama=$(peak_mem "$OUT/llama-batched-bench.jsonl" "$build/bin/llama-batched-
 mem_ours=$(peak_mem "$OUT/sqlr1-bench.json" node bin/sqlr1.js bench generate --model "$model" --device cuda \
   --prompt-tokens "$pp" --new-tokens "$tg" --batch "1,$npl" --json)
 node scripts/bench-compare.mjs "$OUT/sqlr1-bench.json" "$OUT/llama-batched-bench.jsonl" "$mem_ours" "$mem_llama" | tee "$OUT/bench-table.md"
-# The passes of a GRPO training step that exist so far, 8 x (512 + 256) tokens, LoRA r=16 on all linear layers.
-node bin/sqlr1.js bench step --model "$model" --device cuda --sequences 8 --prompt-tokens 512 --completion-tokens 256 | tee -a "$OUT/bench-table.md"
+# One GRPO training step, 8 x (512 + 256) tokens, LoRA r=16 alpha=32 on all linear layers, pass by pass, with the
+# peak GPU memory of the whole process; targets: policy forward + backward + step <= 0.46 s, peak <= 11 GiB.
+mem_step=$(peak_mem "$OUT/bench-step.md" node bin/sqlr1.js bench step --model "$model" --device cuda --sequences 8 \
+  --prompt-tokens 512 --completion-tokens 256 --rank 16 --alpha 32)
+{ cat "$OUT/bench-step.md"; echo "peak GPU memory of the whole bench-step process (nvidia-smi every 0.2 s): $mem_step MiB (target <= 11264 MiB)"; } | tee -a "$OUT/bench-table.md"

@@ -88,6 +88,15 @@ export class Model {
     return this.tokenizer.encode(this.renderChat(messages), { addSpecial: true, parseSpecial: true });
   }
 
+  /**
+   * A 64-bit FNV-1a digest (hex) of every weight tensor's bytes, read back from the device: training must
+   * leave all of them unchanged.
+   */
+  weightDigests(): Record<string, string> {
+    this.check();
+    return callNativeSync(() => this.native.weightDigests());
+  }
+
   /** @internal */
   get nativeModel(): NativeModel {
     this.check();

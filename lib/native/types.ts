@@ -22,6 +22,8 @@ export interface NativeModelInfo {
 
 export interface NativeModel {
   info(): NativeModelInfo;
+  /** 64-bit FNV-1a digest (hex) of every weight tensor's bytes, read back from the device. */
+  weightDigests(): Record<string, string>;
   dispose(): void;
 }
 

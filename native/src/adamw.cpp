@@ -193,6 +193,18 @@ int64_t param_store_adamw_step(param_store & s, const adamw_options & o) {
     if (!ctx) fail("ERR_OUT_OF_MEMORY", "could not create the AdamW graph context");
     struct ctx_free { ggml_context * c; ~ctx_free() { ggml_free(c); } } guard{ctx};
 
+    // ggml_opt_step_adamw asserts the parameter flag; adopted tensors (LoRA A/B) carry it only while stepping,
+    // so that model graphs keep treating them as plain leaves.
+    struct unflag {
+        std::vector<ggml_tensor *> list;
+        ~unflag() { for (ggml_tensor * x : list) x->flags &= ~GGML_TENSOR_FLAG_PARAM; }
+    } flagged;
+    for (param_entry * e : todo) {
+        if (e->external && !(e->value->flags & GGML_TENSOR_FLAG_PARAM)) {
+            ggml_set_param(e->value);
+            flagged.list.push_back(e->value);
+        }
+    }
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_graph, false);
     for (param_entry * e : todo) {
         // The result is a view of the parameter, updated in place (as are m and v).

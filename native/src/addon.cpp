@@ -31,6 +31,7 @@ public:
     static Napi::Function Init(Napi::Env env) {
         Napi::Function f = DefineClass(env, "Model", {
             InstanceMethod("info", &ModelWrap::Info),
+            InstanceMethod("weightDigests", &ModelWrap::WeightDigests),
             InstanceMethod("dispose", &ModelWrap::Dispose),
         });
         ctor = Napi::Persistent(f);
@@ -61,6 +62,23 @@ public:
         o.Set("weightBytes", (double) mm->weight_bytes);
         o.Set("tiedOutput", mm->output == mm->tok_embd);
         o.Set("weightType", ggml_type_name(mm->layers[0].wq->type));
+        return o;
+    }
+    // { name: 64-bit FNV-1a of the tensor's bytes as hex } for every weight, read back from the device: lets a
+    // caller check that training left the frozen base bit-identical.
+    Napi::Value WeightDigests(const Napi::CallbackInfo & info) {
+        auto mm = get(info.Env());
+        Napi::Object o = Napi::Object::New(info.Env());
+        std::vector<uint8_t> buf;
+        for (ggml_tensor * t = ggml_get_first_tensor(mm->ctx_w); t; t = ggml_get_next_tensor(mm->ctx_w, t)) {
+            buf.resize(ggml_nbytes(t));
+            ggml_backend_tensor_get(t, buf.data(), 0, buf.size());
+            uint64_t h = 0xcbf29ce484222325ULL;
+            for (uint8_t c : buf) h = (h ^ c) * 0x100000001b3ULL;
+            char hex[17];
+            snprintf(hex, sizeof(hex), "%016llx", (unsigned long long) h);
+            o.Set(ggml_get_name(t), hex);
+        }
         return o;
     }
     Napi::Value Dispose(const Napi::CallbackInfo & info) {

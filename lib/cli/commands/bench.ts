@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { createLora, generate, loadModel, teacherForcedLogprobs, type Model } from '../../model/index.js';
+import { createLora, generate, loadModel, type Model } from '../../model/index.js';
+import { AdamW, LoraTrainer, Tensor, backward, grpoLoss, type TrainCompute } from '../../train/index.js';
 import { parseChoice, parseIntArg, parseIntList, printJson } from '../util.js';
 
 export interface GenerateBenchRow {
@@ -50,37 +51,84 @@ export async function benchGenerate(model: Model, batch: number, promptTokens: n
 
 export interface StepBenchRow {
   name: string;
+  /** Median over the measured steps. */
   seconds: number;
+  /** Device memory in use (total - free) after this pass of the last step; CUDA only. */
   gpuUsedMiB?: number;
 }
 
+export interface StepBenchResult {
+  compute: TrainCompute;
+  steps: number;
+  rows: StepBenchRow[];
+  /** Policy forward + loss + backward + clip + AdamW, per step (median). */
+  policySeconds: number;
+  /** The most device memory in use after any pass of any step (ggml keeps its pools, so this is the peak). */
+  peakGpuMiB?: number;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
 /**
- * The GRPO training step's passes over N sequences of `prompt` + `completion` tokens, LoRA on all seven linear
- * layers: the reference forward (adapter off) and the policy forward (adapter on), each giving per-token
- * log-probs. The backward pass and the optimizer step are not measured yet (the training core is in progress).
+ * One GRPO training step over N sequences of `prompt` + `completion` tokens, LoRA on all seven linear layers,
+ * pass by pass: the reference forward (adapter off, no activations kept), the policy forward (activations
+ * kept), the GRPO loss and its gradient w.r.t. the log-probs (clip 0.2, KL 0.05), the backward pass into the
+ * adapter, gradient-norm clipping and the AdamW step. One warm-up step, then `steps` measured ones.
  */
-export async function benchStep(model: Model, n: number, promptTokens: number, completionTokens: number, rank: number, alpha: number): Promise<StepBenchRow[]> {
+export async function benchStep(model: Model, n: number, promptTokens: number, completionTokens: number, rank: number, alpha: number,
+  options: { compute?: TrainCompute; steps?: number } = {}): Promise<StepBenchResult> {
   const L = promptTokens + completionTokens;
   const sequences = Array.from({ length: n }, (_, i) => randomPrompt(L, model.info.nVocab, 100 + i));
-  const completionStart = sequences.map(() => promptTokens);
-  const ctx = model.createContext({ nSeq: n, nCtx: L, nBatch: n * L });
   const lora = createLora(model, { rank, alpha });
-  const rows: StepBenchRow[] = [];
-  const mem = () => (model.device === 'cuda' ? model.binding.cudaDevices()[0] : undefined);
+  const trainer = await LoraTrainer.create(model, lora, { ...(options.compute ? { compute: options.compute } : {}), maxTokens: Math.max(16384, n * L) });
+  const opt = new AdamW(lora.params(), { lr: 5e-6, weightDecay: 0.01, maxGradNorm: 1.0 });
+  const batch = trainer.pack({ sequences, completionStart: sequences.map(() => promptTokens) });
+  const C = batch.maxCompletion;
+  const advantages = Tensor.constant(Float32Array.from({ length: n }, (_, i) => (i % 2 ? -1 : 1) * (0.5 + i / n)), [n]);
+  const mask = Tensor.constant(batch.mask, [n, C]);
+  const mem = () => {
+    const d = model.device === 'cuda' ? model.binding.cudaDevices()[0] : undefined;
+    return d ? (d.totalBytes - d.freeBytes) / 2 ** 20 : undefined;
+  };
+  const names = ['reference forward (adapter off)', 'policy forward (activations kept)', 'GRPO loss + d loss / d logp',
+    'backward into the adapter', 'clip grad norm + AdamW step'] as const;
+  const times: number[][] = names.map(() => []);
+  const used: (number | undefined)[] = names.map(() => undefined);
+  let peak: number | undefined;
+  const steps = options.steps ?? 3;
   try {
-    for (const [name, on] of [['reference forward (adapter off)', false], ['policy forward (adapter on, no grad)', true]] as const) {
-      lora.setEnabled(on);
-      await teacherForcedLogprobs(model, { sequences, completionStart, temperature: 0.7, lora, context: ctx });  // warm-up
-      const t0 = performance.now();
-      await teacherForcedLogprobs(model, { sequences, completionStart, temperature: 0.7, lora, context: ctx });
-      const d = mem();
-      rows.push({ name, seconds: (performance.now() - t0) / 1000, ...(d ? { gpuUsedMiB: (d.totalBytes - d.freeBytes) / 2 ** 20 } : {}) });
+    for (let s = 0; s <= steps; s++) {
+      const lap: number[] = [];
+      let t0 = performance.now();
+      const mark = (k: number) => {
+        const t1 = performance.now();
+        lap.push((t1 - t0) / 1000);
+        t0 = t1;
+        used[k] = mem();
+        if (used[k] !== undefined) peak = Math.max(peak ?? 0, used[k]!);
+      };
+      const ref = await trainer.logprobs(batch, { adapter: false, temperature: 0.7 });
+      mark(0);
+      const lp = await trainer.logprobs(batch, { keep: true, temperature: 0.7 });
+      mark(1);
+      const logp = Tensor.constant(lp, [n, C], { requiresGrad: true });
+      const loss = grpoLoss({ logp, oldLogp: Tensor.constant(lp, [n, C]), refLogp: Tensor.constant(ref, [n, C]), advantages, mask, beta: 0.05 });
+      const g = (await backward(loss.loss)).grads.get(logp)!;
+      mark(2);
+      await trainer.backward(g);
+      mark(3);
+      await opt.step();
+      opt.zeroGrad();
+      mark(4);
+      if (s > 0) lap.forEach((x, k) => times[k]!.push(x));  // step 0 warms up (kernels, buffers)
     }
   } finally {
-    await ctx.dispose();
+    trainer.dispose();
     lora.dispose();
   }
-  return rows;
+  const rows = names.map((name, k) => ({ name, seconds: median(times[k]!), ...(used[k] !== undefined ? { gpuUsedMiB: used[k] } : {}) }));
+  const perStep = times[1]!.map((_, i) => times[1]![i]! + times[2]![i]! + times[3]![i]! + times[4]![i]!);
+  return { compute: trainer.compute, steps, rows, policySeconds: median(perStep), ...(peak !== undefined ? { peakGpuMiB: peak } : {}) };
 }
 
 /** Loads the model, runs `work`, frees the model, and returns the rows with the device facts. */
@@ -130,7 +178,7 @@ export function register(program: Command): void {
 export function registerStep(bench: Command): void {
   bench
     .command('step')
-    .description('the passes of one GRPO training step (LoRA on all linear layers): reference and policy forward')
+    .description('one GRPO training step (LoRA on all linear layers), pass by pass: reference forward, policy forward, loss, backward, AdamW')
     .requiredOption('--model <file>', 'GGUF model')
     .option('--device <device>', 'auto | cpu | cuda', parseChoice('--device', ['auto', 'cpu', 'cuda'] as const), 'auto')
     .option('--sequences <n>', 'sequences per step', parseIntArg('--sequences', 1), 8)
@@ -138,18 +186,24 @@ export function registerStep(bench: Command): void {
     .option('--completion-tokens <n>', 'completion tokens per sequence', parseIntArg('--completion-tokens', 1), 256)
     .option('--rank <r>', 'LoRA rank', parseIntArg('--rank', 1), 16)
     .option('--alpha <a>', 'LoRA alpha', parseIntArg('--alpha', 1), 32)
+    .option('--compute <type>', 'type frozen weights are converted to for products: f32 | bf16 (default bf16 on CUDA, f32 on the CPU)',
+      parseChoice('--compute', ['f32', 'bf16'] as const))
+    .option('--steps <n>', 'measured steps after one warm-up step (medians are reported)', parseIntArg('--steps', 1), 3)
     .option('--json', 'machine-readable output')
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; sequences: number; promptTokens: number; completionTokens: number;
-      rank: number; alpha: number; json?: boolean }) => {
-      const report = await withModel(o.model, o.device, (model) => benchStep(model, o.sequences, o.promptTokens, o.completionTokens, o.rank, o.alpha));
+      rank: number; alpha: number; compute?: TrainCompute; steps: number; json?: boolean }) => {
+      const report = await withModel(o.model, o.device, (model) =>
+        benchStep(model, o.sequences, o.promptTokens, o.completionTokens, o.rank, o.alpha, { ...(o.compute ? { compute: o.compute } : {}), steps: o.steps }));
       if (o.json) {
         printJson({ ...report, sequences: o.sequences, promptTokens: o.promptTokens, completionTokens: o.completionTokens, rank: o.rank, alpha: o.alpha });
         return;
       }
-      const { rows } = report;
-      process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}, ` +
-        `${o.sequences} x (${o.promptTokens} + ${o.completionTokens}) tokens, LoRA r=${o.rank} alpha=${o.alpha} on q,k,v,o,gate,up,down\n`);
-      process.stdout.write('| pass | seconds | GPU MiB in use |\n|---|---|---|\n');
-      for (const r of rows) process.stdout.write(`| ${r.name} | ${r.seconds.toFixed(3)} | ${r.gpuUsedMiB?.toFixed(0) ?? '-'} |\n`);
+      const r = report.rows;
+      process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}, compute ${r.compute}, ` +
+        `${o.sequences} x (${o.promptTokens} + ${o.completionTokens}) tokens, LoRA r=${o.rank} alpha=${o.alpha} on q,k,v,o,gate,up,down, ` +
+        `median of ${r.steps} steps\n`);
+      process.stdout.write('| pass | seconds | GPU MiB in use after |\n|---|---|---|\n');
+      for (const row of r.rows) process.stdout.write(`| ${row.name} | ${row.seconds.toFixed(3)} | ${row.gpuUsedMiB?.toFixed(0) ?? '-'} |\n`);
+      process.stdout.write(`| policy forward + loss + backward + step | ${r.policySeconds.toFixed(3)} | peak ${r.peakGpuMiB?.toFixed(0) ?? '-'} |\n`);
     });
 }

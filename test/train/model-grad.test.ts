@@ -1,0 +1,237 @@
+/**
+ * The LoRA trainer's backward pass through the whole model (RMSNorm, RoPE, causal grouped-query attention,
+ * SwiGLU, the LoRA products and the chunked output head), checked by central finite differences on a tiny F32
+ * model (hidden 64, 2 layers, 4 query and 2 KV heads, rank 4), for A and B of every target in every layer.
+ *
+ * Finite differences: the random tiny model is strongly curved (a step of 2e-2 moves a central difference by
+ * ~1% through the h^2 term), so each check uses Richardson's extrapolation R = (4 D(h/2) - D(h)) / 3 with
+ * h = 2e-2, whose error is O(h^4). What remains is float32 rounding of the loss (|loss| ~ 50, a few ulps
+ * ~ 1e-5, divided by h/2 and amplified 5/3 by the extrapolation: ~2e-3 absolute), hence the bound
+ * |R - analytic| <= 2e-2 |analytic| + 3e-3. A wrong formula is off by O(1) relative on the large entries.
+ *
+ * Also: log-probs against the inference graph, a new adapter (B = 0) giving the base exactly, and a few AdamW
+ * steps changing every adapter tensor while every base tensor stays bit-identical. On CUDA, log-probs and
+ * gradients against the CPU (see the bounds there).
+ */
+import t from 'tap';
+import { createLora, loadModel, teacherForcedLogprobs, type LoraAdapter, type Model } from '../../lib/model/index.js';
+import { AdamW, LoraTrainer, Tensor, backward, evaluate, grpoLoss, type TrainBatch } from '../../lib/train/index.js';
+import { nmse, randomArray, tempDir, testDevices, tinyModel } from '../helpers/native.js';
+
+const SEQUENCES = [[151644, 872, 198, 4340, 1657, 8256, 30, 151645, 198, 3000, 17, 42], [7, 8, 9, 10, 11, 12, 13]];
+const STARTS = [9, 3];
+const TEMP = 0.7;
+
+/** An adapter with non-zero B (with B = 0 every gradient of A vanishes and the check would be weak). */
+function adapterWithB(model: Model, seed: number): LoraAdapter {
+  const lora = createLora(model, { rank: 4, alpha: 8, seed });
+  lora.tensorNames().forEach((name, k) => {
+    if (name.endsWith('lora_b')) lora.setTensor(name, randomArray(lora.getTensor(name).length, 100 + k, 0.05));
+  });
+  return lora;
+}
+
+function weights(b: TrainBatch): Float32Array {
+  return Float32Array.from({ length: b.n * b.maxCompletion }, (_, i) => Math.cos(i * 1.3) * b.mask[i]!);
+}
+
+function dot(a: Float32Array, w: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) if (w[i] !== 0) s += a[i]! * w[i]!;
+  return s;
+}
+
+interface Checker { ok(v: unknown, msg: string): void; fail(msg: string): void }
+
+/** Checks d f / d p against Richardson-extrapolated central differences at three entries of every adapter tensor. */
+async function fdCheck(t: Checker, lora: LoraAdapter, f: () => Promise<number>, what: string): Promise<void> {
+  const P = lora.params();
+  const h = 2e-2;
+  let worst = 0;
+  let checked = 0;
+  for (const name of P.names()) {
+    const g = P.grad(name);
+    t.ok(g, `${what}: ${name} received a gradient`);
+    if (!g) continue;
+    const v = P.get(name);
+    // The largest-gradient entry (a strong check) and two fixed ones.
+    let big = 0;
+    for (let i = 1; i < g.length; i++) if (Math.abs(g[i]!) > Math.abs(g[big]!)) big = i;
+    for (const i of new Set([big, 1, Math.floor(g.length / 2) + 1])) {
+      const orig = v[i]!;
+      const at = async (d: number) => {
+        v[i] = orig + d;
+        P.set(name, v);
+        return f();
+      };
+      const D = async (s: number) => ((await at(s)) - (await at(-s))) / (2 * s);
+      const r = (4 * (await D(h / 2)) - (await D(h))) / 3;
+      v[i] = orig;
+      P.set(name, v);
+      const err = Math.abs(r - g[i]!);
+      const bound = 2e-2 * Math.abs(g[i]!) + 3e-3;
+      worst = Math.max(worst, err / bound);
+      checked++;
+      if (err > bound) t.fail(`${what}: ${name}[${i}] analytic ${g[i]} vs finite differences ${r}`);
+    }
+  }
+  t.ok(checked >= 28 * 2, `${what}: ${checked} entries of ${P.names().length} tensors checked`);
+  t.ok(worst <= 1, `${what}: worst |error| / bound = ${worst.toFixed(3)}`);
+}
+
+t.test('backward through the tiny model by finite differences (cpu, f32)', async (t) => {
+  const dir = tempDir(t);
+  const model = await loadModel(await tinyModel(dir, 'f32'), { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  t.equal(model.info.nLayer * 7 * 2, 28, 'tiny shape: 2 layers x 7 targets x (A, B)');
+  const lora = adapterWithB(model, 1);
+  const tr = await LoraTrainer.create(model, lora, { compute: 'f32' });
+  t.teardown(() => tr.dispose());
+  const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
+  const P = lora.params();
+
+  await t.test('a weighted sum of log-probs', async (t) => {
+    const w = weights(batch);
+    await tr.logprobs(batch, { keep: true, temperature: TEMP });
+    P.zeroGrad();
+    await tr.backward(w);
+    await fdCheck(t, lora, async () => dot(await tr.logprobs(batch, { temperature: TEMP }), w), 'sum w logp');
+  });
+
+  await t.test('the GRPO loss: both sides of the clip boundary, with the KL term', async (t) => {
+    const N = batch.n, C = batch.maxCompletion;
+    const lp0 = await tr.logprobs(batch, { keep: true, temperature: TEMP });
+    // Ratios r = exp(logp - old) cycle through 0.5 and 0.7 (below 1 - eps), 0.95 and 1.05 (inside), 1.5
+    // (above 1 + eps); finite-difference steps move a log-prob by < 1e-2, so no ratio crosses a bound.
+    const ratios = [0.5, 0.95, 1.5, 1.05, 0.7];
+    const old = Float32Array.from(lp0, (v, i) => v - Math.log(ratios[i % ratios.length]!));
+    const ref = Float32Array.from(lp0, (v, i) => v + 0.3 * Math.sin(i));
+    const adv = Float32Array.of(0.8, -1.2);
+    const lossOf = (lp: Float32Array, requiresGrad: boolean) => {
+      const logp = Tensor.constant(lp, [N, C], { requiresGrad });
+      const l = grpoLoss({ logp, oldLogp: Tensor.constant(old, [N, C]), refLogp: Tensor.constant(ref, [N, C]),
+        advantages: Tensor.constant(adv, [N]), mask: Tensor.constant(batch.mask, [N, C]), beta: 0.05, epsLow: 0.2 });
+      return { logp, l };
+    };
+    const { logp, l } = lossOf(lp0, true);
+    const res = await backward(l.loss, { outputs: [l.clipLow, l.clipHigh] });
+    t.ok(res.values.get(l.clipLow)![0]! > 0 && res.values.get(l.clipHigh)![0]! > 0, 'tokens are clipped on both sides');
+    const g = res.grads.get(logp)!;
+    P.zeroGrad();
+    await tr.backward(g);
+    await fdCheck(t, lora, async () => {
+      const { l } = lossOf(await tr.logprobs(batch, { temperature: TEMP }), false);
+      return (await evaluate([l.loss]))[0]![0]!;
+    }, 'GRPO loss');
+  });
+});
+
+for (const device of testDevices()) for (const type of ['f32', 'q4_0'] as const) {
+  t.test(`log-probs, a new adapter, and steps that leave the base bit-identical (${device}, ${type} base)`, async (t) => {
+    const dir = tempDir(t);
+    const model = await loadModel(await tinyModel(dir, type), { device });
+    t.teardown(() => model.dispose());
+    const lora = createLora(model, { rank: 4, seed: 2 });
+    const tr = await LoraTrainer.create(model, lora, { compute: 'f32' });
+    t.teardown(() => tr.dispose());
+    const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
+
+    const base = await tr.logprobs(batch, { adapter: false, temperature: TEMP });
+    const fresh = await tr.logprobs(batch, { temperature: TEMP });
+    t.ok(Buffer.from(base.buffer).equals(Buffer.from(fresh.buffer)), 'a new adapter (B = 0) gives the base log-probs exactly');
+
+    if (type === 'f32') {
+      // Against the inference graph (flash attention over an F16 KV cache): K and V rounded to F16 move a
+      // log-prob by ~2e-3 on this model; 1e-2 bounds it. (With quantized weights the inference kernels also
+      // quantize activations, which the training graph does not: not comparable to this precision.)
+      const tf = await teacherForcedLogprobs(model, { sequences: SEQUENCES, completionStart: STARTS, temperature: TEMP });
+      let worst = 0;
+      tf.forEach((row, i) => row.forEach((v, j) => { worst = Math.max(worst, Math.abs(v - base[i * batch.maxCompletion + j]!)); }));
+      t.ok(worst < 1e-2, `== the inference graph's teacher-forced log-probs (max |diff| ${worst.toExponential(2)})`);
+    }
+
+    const digests = model.weightDigests();
+    const before = new Map(lora.tensorNames().map((n) => [n, lora.getTensor(n)]));
+    const opt = new AdamW(lora.params(), { lr: 1e-2 });
+    const w = weights(batch);
+    for (let step = 0; step < 3; step++) {
+      await tr.logprobs(batch, { keep: true, temperature: TEMP });
+      opt.zeroGrad();
+      await tr.backward(w);
+      const r = await opt.step();
+      t.equal(r.updated, lora.tensorNames().length, `step ${r.step}: every adapter tensor had a gradient`);
+    }
+    const unchanged = lora.tensorNames().filter((n) => Buffer.from(before.get(n)!.buffer).equals(Buffer.from(lora.getTensor(n).buffer)));
+    t.same(unchanged, [], 'every adapter tensor changed');
+    t.same(model.weightDigests(), digests, `every base tensor is bit-identical (${Object.keys(digests).length} tensors)`);
+    const after = await tr.logprobs(batch, { adapter: false, temperature: TEMP });
+    t.ok(Buffer.from(after.buffer).equals(Buffer.from(base.buffer)), 'the reference policy is unchanged');
+    const trained = await tr.logprobs(batch, { temperature: TEMP });
+    t.ok(dot(trained, w) < dot(base, w) - 1, `three steps lowered the loss sum(w logp) (${dot(base, w).toFixed(3)} -> ${dot(trained, w).toFixed(3)})`);
+  });
+}
+
+if (testDevices().includes('cuda')) {
+  // CUDA against the CPU on the same graph. F32 compute: products in float32 (on tensor cores the large ones
+  // may round like TF32, nmse ~1e-7, as in ops.test.ts), bound 1e-5 on log-probs and gradients. BF16 compute:
+  // weights and activations rounded to 8-bit mantissas (relative 2^-9 each) through two layers and the head,
+  // bound 1e-3 (log-probs) and 1e-2 (gradients, which compound the rounding of forward and backward).
+  for (const type of ['f32', 'q4_0', 'q4_K', 'q6_K'] as const) {
+    t.test(`CUDA vs CPU gradients, ${type} base`, async (t) => {
+      const dir = tempDir(t);
+      const path = await tinyModel(dir, type);
+      const run = async (device: 'cpu' | 'cuda', compute: 'f32' | 'bf16') => {
+        const model = await loadModel(path, { device });
+        const lora = adapterWithB(model, 5);
+        const tr = await LoraTrainer.create(model, lora, { compute });
+        const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
+        const lp = await tr.logprobs(batch, { keep: true, temperature: TEMP });
+        await tr.backward(weights(batch));
+        const P = lora.params();
+        const grads = new Map(P.names().map((n) => [n, P.grad(n)!]));
+        tr.dispose();
+        lora.dispose();
+        model.dispose();
+        return { lp, grads };
+      };
+      const cpu = await run('cpu', 'f32');
+      for (const [compute, lpTol, gTol] of [['f32', 1e-5, 1e-5], ['bf16', 1e-3, 1e-2]] as const) {
+        const gpu = await run('cuda', compute);
+        const e = nmse(gpu.lp, cpu.lp);
+        t.ok(e <= lpTol, `${compute}: log-probs nmse ${e.toExponential(2)} <= ${lpTol}`);
+        let worst = 0;
+        for (const [name, g] of cpu.grads) worst = Math.max(worst, nmse(gpu.grads.get(name)!, g));
+        t.ok(worst <= gTol, `${compute}: worst gradient nmse over ${cpu.grads.size} tensors ${worst.toExponential(2)} <= ${gTol}`);
+      }
+    });
+  }
+}
+
+t.test('trainer errors', async (t) => {
+  const dir = tempDir(t);
+  const model = await loadModel(await tinyModel(dir, 'f32'), { device: 'cpu' });
+  t.teardown(() => model.dispose());
+  const lora = createLora(model, { rank: 2 });
+  const tr = await LoraTrainer.create(model, lora, { maxTokens: 64 });
+  t.teardown(() => tr.dispose());
+  const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
+  await t.rejects(tr.backward(new Float32Array(batch.n * batch.maxCompletion)), { code: 'ERR_INVALID_STATE' }, 'backward before a kept forward');
+  await tr.logprobs(batch, { keep: true });
+  await t.rejects(tr.backward(new Float32Array(3)), { code: 'ERR_INVALID_ARG' }, 'gradient of the wrong size');
+  await tr.backward(new Float32Array(batch.n * batch.maxCompletion));
+  await t.rejects(tr.backward(new Float32Array(batch.n * batch.maxCompletion)), { code: 'ERR_INVALID_STATE' }, 'a kept forward serves one backward');
+  t.throws(() => tr.pack({ sequences: [[1, 2, 3]], completionStart: [3] }), { code: 'ERR_INVALID_ARG' }, 'empty completion');
+  t.throws(() => tr.pack({ sequences: [[1, 2, 1e9]], completionStart: [1] }), { code: 'ERR_TOKEN_RANGE' }, 'token out of range');
+  await t.rejects(tr.logprobs(batch, { adapter: false, keep: true }), { code: 'ERR_INVALID_ARG' }, 'keep needs the adapter');
+  await t.rejects(tr.logprobs(batch, { temperature: 0 }), { code: 'ERR_INVALID_ARG' }, 'temperature 0');
+  const long = tr.pack({ sequences: [Array.from({ length: 80 }, (_, i) => i + 1)], completionStart: [40] });
+  await t.rejects(tr.logprobs(long), { code: 'ERR_INVALID_ARG' }, 'more tokens than maxTokens');
+  await tr.logprobs(batch, { keep: true });
+  const busy = tr.backward(new Float32Array(batch.n * batch.maxCompletion));
+  await t.rejects(lora.params().adamwStep({ lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 }), { code: 'ERR_INVALID_ARG' }, 'AdamW while a backward runs');
+  await busy;
+  const other = createLora(await loadModel(await tinyModel(dir, 'f32', 'tiny', 8), { device: 'cpu' }), { rank: 2 });
+  await t.rejects(LoraTrainer.create(model, other), { code: 'ERR_INVALID_ARG' }, 'an adapter of another model');
+  tr.dispose();
+  await t.rejects(tr.logprobs(batch), { code: 'ERR_DISPOSED' }, 'after dispose');
+});
