@@ -24,6 +24,7 @@ export type ErrorCode =
   | 'ERR_TOKENIZER'
   | 'ERR_TEMPLATE'
   | 'ERR_ADAPTER_INVALID'
+  | 'ERR_STATE_INVALID'
   | 'ERR_ABORTED'
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_INTERNAL';

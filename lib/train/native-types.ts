@@ -61,6 +61,12 @@ export interface NativeAdamwOptions {
   step: number;
 }
 
+/** The optimizer's own state in an optimizer-state file: steps taken (0 before the first) and the lr. */
+export interface NativeOptimizerState {
+  step: number;
+  lr: number;
+}
+
 export interface NativeParamStoreInfo {
   device: 'cpu' | 'cuda';
   threads: number;
@@ -86,6 +92,10 @@ export interface NativeParamStore {
   zeroGrad(): void;
   /** Resolves to the number of parameters updated. */
   adamwStep(options: NativeAdamwOptions): Promise<number>;
+  /** Writes every parameter's moments plus the optimizer's step count and lr as GGUF (temporary file, rename). */
+  saveState(path: string, state: NativeOptimizerState): Promise<void>;
+  /** Checks the whole file against the store before writing any moment; resolves to the saved step and lr. */
+  loadState(path: string): Promise<NativeOptimizerState>;
   dispose(): void;
 }
 

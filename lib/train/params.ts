@@ -6,9 +6,11 @@
  * One training step reads as: `await backward(loss)` (gradients add up in the store) -> `clipGradNorm` ->
  * `await opt.step()` -> `zeroGrad()`.
  */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync, getBinding, type Device, type DeviceRequest } from '../native/binding.js';
-import type { NativeAdamwOptions, NativeGraphRequest, NativeGraphResult, NativeParamStore, NativeParamStoreInfo, NativeTrainBinding } from './native-types.js';
+import type { NativeAdamwOptions, NativeGraphRequest, NativeGraphResult, NativeOptimizerState, NativeParamStore, NativeParamStoreInfo, NativeTrainBinding } from './native-types.js';
 import { trainBinding } from './native-types.js';
 import { Tensor, type Shape } from './tensor.js';
 
@@ -143,6 +145,28 @@ export class ParamStore {
     return callNative(() => this.handle().adamwStep({ ...options }));
   }
 
+  /**
+   * Writes every parameter's AdamW moments with the optimizer's `step` and `lr` to an optimizer-state file
+   * (GGUF, kept apart from the adapter so the adapter stays a plain llama.cpp file). Prefer `AdamW.save`.
+   */
+  async saveState(path: string, state: NativeOptimizerState): Promise<void> {
+    if (typeof path !== 'string' || path.length === 0) invalid('ParamStore.saveState: the path must be a non-empty string');
+    const { step, lr } = state ?? {};
+    if (!Number.isSafeInteger(step) || step < 0) invalid(`ParamStore.saveState: step must be a non-negative integer, got ${String(step)}`);
+    if (typeof lr !== 'number' || !(lr > 0) || !Number.isFinite(lr)) invalid(`ParamStore.saveState: lr must be a positive finite number, got ${String(lr)}`);
+    mkdirSync(dirname(path), { recursive: true });
+    await callNative(() => this.handle().saveState(path, { step, lr }));
+  }
+
+  /**
+   * Loads the moments from an optimizer-state file and resolves to its step and lr. The file must hold exactly
+   * this store's parameters and shapes (ERR_STATE_INVALID otherwise); a failed load leaves the store untouched.
+   */
+  async loadState(path: string): Promise<NativeOptimizerState> {
+    if (typeof path !== 'string' || path.length === 0) invalid('ParamStore.loadState: the path must be a non-empty string');
+    return callNative(() => this.handle().loadState(path));
+  }
+
   info(): NativeParamStoreInfo {
     return callNativeSync(() => this.handle().info());
   }
@@ -257,5 +281,28 @@ export class AdamW {
     if (state.lr !== undefined) AdamW.check(state.lr, this.beta1, this.beta2, this.eps, this.weightDecay);
     this.t = state.step;
     if (state.lr !== undefined) this.lr = state.lr;
+  }
+
+  /**
+   * Writes the optimizer-state file: the store's moments, the step count and the current lr, which together
+   * with the adapter let training resume exactly where it stopped. The hyperparameters are not saved: the
+   * resuming code constructs its AdamW with them, as it did the first time.
+   */
+  async save(path: string): Promise<void> {
+    await this.store.saveState(path, this.state());
+  }
+
+  /**
+   * Restores the moments, the step count and the lr from `save`'s file (the saved lr replaces the current one,
+   * so a schedule resumes where it was). The file is checked against the store first (ERR_STATE_INVALID).
+   */
+  async load(path: string): Promise<void> {
+    const { step, lr } = await this.store.loadState(path);
+    // The native side checked lr > 0; only this optimizer's weight decay can still reject it.
+    if (lr * this.weightDecay > 1) {
+      throw new Sqlr1Error('ERR_STATE_INVALID', `AdamW.load: the saved lr ${lr} times this optimizer's weightDecay ${this.weightDecay} exceeds 1 (the moments were loaded, the step count and lr were not)`);
+    }
+    this.t = step;
+    this.lr = lr;
   }
 }

@@ -1,9 +1,12 @@
 #include "adamw.h"
 
 #include "ggml-alloc.h"
+#include "gguf.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <unistd.h>
 
 namespace sqlr1 {
 
@@ -221,6 +224,173 @@ int64_t param_store_adamw_step(param_store & s, const adamw_options & o) {
     const ggml_status st = ggml_backend_graph_compute(be, gf);
     if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "the AdamW step failed (status %d): %s", (int) st, log_last_error().c_str());
     return (int64_t) todo.size();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The optimizer-state file
+
+// Steps beyond 2^53 would not survive the trip through a JS number.
+constexpr int64_t STATE_MAX_STEP = int64_t(1) << 53;
+static const char * const STATE_SUFFIX[2] = {".adam_m", ".adam_v"};
+
+void param_store_save_state(const param_store & s, const std::string & path, int64_t step, double lr) {
+    if (path.empty()) fail("ERR_INVALID_ARG", "saveState: the path must not be empty");
+    if (step < 0 || step > STATE_MAX_STEP) fail("ERR_INVALID_ARG", "saveState: step must be an integer in [0, 2^53], got %lld", (long long) step);
+    if (!(lr > 0.0) || !std::isfinite(lr)) fail("ERR_INVALID_ARG", "saveState: lr must be a positive finite number, got %g", lr);
+    gguf_context * g = gguf_init_empty();
+    struct guard { gguf_context * g; ~guard() { gguf_free(g); } } gg{g};
+    gguf_set_val_str(g, "general.type", "optimizer");
+    gguf_set_val_str(g, "sqlr1.optimizer.kind", "adamw");
+    gguf_set_val_u64(g, "sqlr1.optimizer.step", (uint64_t) step);
+    gguf_set_val_f64(g, "sqlr1.optimizer.lr", lr);
+    gguf_set_val_u64(g, "sqlr1.optimizer.count", (uint64_t) s.params.size());
+    // The moments are already named <name>.adam_m / .adam_v (param_entry_make); gguf reads their data from the
+    // backend buffer while writing (host or device alike).
+    for (const auto & e : s.params) {
+        gguf_add_tensor(g, e->m);
+        gguf_add_tensor(g, e->v);
+    }
+    const std::string tmp = path + ".tmp" + std::to_string((long) getpid());
+    if (!gguf_write_to_file(g, tmp.c_str(), false)) {
+        remove(tmp.c_str());
+        fail("ERR_INVALID_ARG", "could not write %s", tmp.c_str());
+    }
+    if (rename(tmp.c_str(), path.c_str()) != 0) {
+        remove(tmp.c_str());
+        fail("ERR_INVALID_ARG", "could not rename %s to %s", tmp.c_str(), path.c_str());
+    }
+}
+
+// Outermost-first shape of a GGUF tensor's ne (trailing 1s of ne dropped, as ggml_n_dims does).
+static std::string state_shape_str(const int64_t * ne) {
+    int n = GGML_MAX_DIMS;
+    while (n > 1 && ne[n - 1] == 1) n--;
+    std::vector<int64_t> shape;
+    for (int d = n - 1; d >= 0; d--) shape.push_back(ne[d]);
+    return param_shape_str(shape);
+}
+
+optimizer_state param_store_load_state(param_store & s, const std::string & path) {
+    FILE * f = fopen(path.c_str(), "rb");
+    if (!f) fail("ERR_GGUF_NOT_FOUND", "optimizer state file not found: %s", path.c_str());
+    struct file_guard { FILE * f; ~file_guard() { fclose(f); } } fg{f};
+    char magic[4] = {0};
+    if (fread(magic, 1, 4, f) != 4 || memcmp(magic, "GGUF", 4) != 0) fail("ERR_STATE_INVALID", "%s is not a GGUF file", path.c_str());
+    if (fseeko(f, 0, SEEK_END) != 0) fail("ERR_STATE_INVALID", "could not read %s", path.c_str());
+    const int64_t file_size = (int64_t) ftello(f);
+
+    // Metadata only: each tensor's byte range is checked against the file size before anything is read, so a
+    // truncated or hostile file cannot make gguf allocate or read past the end.
+    gguf_init_params ip = { true, nullptr };
+    gguf_context * g = gguf_init_from_file(path.c_str(), ip);
+    if (!g) fail("ERR_STATE_INVALID", "%s could not be parsed as GGUF: %s", path.c_str(), log_last_error().c_str());
+    struct guard { gguf_context * g; ~guard() { gguf_free(g); } } gg{g};
+    auto str = [&](const char * key) -> std::string {
+        const int64_t id = gguf_find_key(g, key);
+        return id >= 0 && gguf_get_kv_type(g, id) == GGUF_TYPE_STRING ? gguf_get_val_str(g, id) : "";
+    };
+    // A non-negative integer of any width, or -1 when absent, negative or not an integer.
+    auto integer = [&](const char * key) -> int64_t {
+        const int64_t id = gguf_find_key(g, key);
+        if (id < 0) return -1;
+        switch (gguf_get_kv_type(g, id)) {
+            case GGUF_TYPE_UINT32: return gguf_get_val_u32(g, id);
+            case GGUF_TYPE_INT32: return std::max<int64_t>(gguf_get_val_i32(g, id), -1);
+            case GGUF_TYPE_UINT64: return gguf_get_val_u64(g, id) > (uint64_t) INT64_MAX ? -1 : (int64_t) gguf_get_val_u64(g, id);
+            case GGUF_TYPE_INT64: return std::max<int64_t>(gguf_get_val_i64(g, id), -1);
+            default: return -1;
+        }
+    };
+    if (str("general.type") != "optimizer" || str("sqlr1.optimizer.kind") != "adamw")
+        fail("ERR_STATE_INVALID", "%s is not an AdamW optimizer state: expected general.type 'optimizer' and sqlr1.optimizer.kind 'adamw', found '%s' and '%s'",
+             path.c_str(), str("general.type").c_str(), str("sqlr1.optimizer.kind").c_str());
+    optimizer_state out;
+    out.step = integer("sqlr1.optimizer.step");
+    if (out.step < 0 || out.step > STATE_MAX_STEP)
+        fail("ERR_STATE_INVALID", "%s: sqlr1.optimizer.step must be an integer in [0, 2^53]", path.c_str());
+    const int64_t lr_id = gguf_find_key(g, "sqlr1.optimizer.lr");
+    const gguf_type lr_type = lr_id >= 0 ? gguf_get_kv_type(g, lr_id) : GGUF_TYPE_COUNT;
+    out.lr = lr_type == GGUF_TYPE_FLOAT64 ? gguf_get_val_f64(g, lr_id) : lr_type == GGUF_TYPE_FLOAT32 ? gguf_get_val_f32(g, lr_id) : NAN;
+    if (!(out.lr > 0.0) || !std::isfinite(out.lr))
+        fail("ERR_STATE_INVALID", "%s: sqlr1.optimizer.lr must be a positive finite float, found %g", path.c_str(), out.lr);
+    const int64_t count = integer("sqlr1.optimizer.count");
+    if (count < 0) fail("ERR_STATE_INVALID", "%s has no integer sqlr1.optimizer.count", path.c_str());
+
+    const int64_t n_tensors = gguf_get_n_tensors(g);
+    auto file_names = [&]() {
+        std::string names;
+        for (int64_t i = 0; i < n_tensors && i < 6; i++) names += (i ? ", " : "") + std::string(gguf_get_tensor_name(g, i));
+        if (n_tensors > 6) names += ", ...";
+        return names.empty() ? std::string("none") : names;
+    };
+
+    // Every parameter of the store needs both moments, F32, with exactly its shape, inside the file.
+    struct pending { ggml_tensor * dst; uint64_t offset; size_t nbytes; };
+    std::vector<pending> todo;
+    const uint64_t data_offset = gguf_get_data_offset(g);
+    for (const auto & e : s.params) {
+        for (int k = 0; k < 2; k++) {
+            ggml_tensor * dst = k == 0 ? e->m : e->v;
+            const std::string name = e->name + STATE_SUFFIX[k];
+            const int64_t id = gguf_find_tensor(g, name.c_str());
+            if (id < 0)
+                fail("ERR_STATE_INVALID", "%s has no tensor '%s' for the store's parameter '%s' %s (the file has %lld tensors: %s)", path.c_str(),
+                     name.c_str(), e->name.c_str(), param_shape_str(e->shape).c_str(), (long long) n_tensors, file_names().c_str());
+            const ggml_type type = gguf_get_tensor_type(g, id);
+            if (type != GGML_TYPE_F32)
+                fail("ERR_STATE_INVALID", "tensor '%s' in %s should be f32, found %s", name.c_str(), path.c_str(), ggml_type_name(type));
+            const int64_t * ne = gguf_get_tensor_ne(g, id);
+            for (int d = 0; d < GGML_MAX_DIMS; d++) {
+                if (ne[d] != dst->ne[d])
+                    fail("ERR_STATE_INVALID", "tensor '%s' in %s has shape %s, the store's parameter '%s' has shape %s", name.c_str(), path.c_str(),
+                         state_shape_str(ne).c_str(), e->name.c_str(), param_shape_str(e->shape).c_str());
+            }
+            const size_t nbytes = gguf_get_tensor_size(g, id);
+            const uint64_t offset = data_offset + (uint64_t) gguf_get_tensor_offset(g, id);
+            if (offset > (uint64_t) file_size || nbytes > (uint64_t) file_size - offset)
+                fail("ERR_STATE_INVALID", "%s is truncated: tensor '%s' needs bytes up to %llu, the file has %lld", path.c_str(), name.c_str(),
+                     (unsigned long long) (offset + nbytes), (long long) file_size);
+            todo.push_back({dst, offset, nbytes});
+        }
+    }
+    // All 2 x count names were found and gguf rejects duplicate names, so any other tensor is unknown.
+    if (n_tensors != 2 * (int64_t) s.params.size()) {
+        for (int64_t i = 0; i < n_tensors; i++) {
+            const std::string name = gguf_get_tensor_name(g, i);
+            bool known = false;
+            for (const char * suffix : STATE_SUFFIX) {
+                const size_t n = strlen(suffix);
+                if (name.size() > n && name.compare(name.size() - n, n, suffix) == 0 && s.index.count(name.substr(0, name.size() - n))) known = true;
+            }
+            if (!known) {
+                std::string names;
+                for (size_t j = 0; j < s.params.size() && j < 6; j++) names += (j ? ", " : "") + s.params[j]->name;
+                if (s.params.size() > 6) names += ", ...";
+                fail("ERR_STATE_INVALID", "%s holds tensor '%s', which is not a moment of any of the store's %zu parameters (%s)", path.c_str(),
+                     name.c_str(), s.params.size(), names.empty() ? "none" : names.c_str());
+            }
+        }
+    }
+    if (count != (int64_t) s.params.size())
+        fail("ERR_STATE_INVALID", "%s: sqlr1.optimizer.count says %lld parameters, the file has moments for %zu", path.c_str(), (long long) count, s.params.size());
+
+    // Read everything before writing anything: a read error must leave the store as it was.
+    size_t total = 0;
+    for (const pending & p : todo) total += p.nbytes;
+    std::vector<uint8_t> data(total);
+    size_t pos = 0;
+    for (size_t i = 0; i < todo.size(); i++) {
+        const pending & p = todo[i];
+        if (fseeko(f, (off_t) p.offset, SEEK_SET) != 0 || fread(data.data() + pos, 1, p.nbytes, f) != p.nbytes)
+            fail("ERR_STATE_INVALID", "could not read tensor '%s' from %s", ggml_get_name(p.dst), path.c_str());
+        pos += p.nbytes;
+    }
+    pos = 0;
+    for (const pending & p : todo) {
+        ggml_backend_tensor_set(p.dst, data.data() + pos, 0, p.nbytes);
+        pos += p.nbytes;
+    }
+    return out;
 }
 
 } // namespace sqlr1

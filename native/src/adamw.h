@@ -84,4 +84,19 @@ void adamw_options_check(const adamw_options & o);
 // One AdamW step (ggml_opt_step_adamw) on every parameter with a gradient; returns how many were updated.
 int64_t param_store_adamw_step(param_store & s, const adamw_options & o);
 
+// The optimizer-state file: AdamW's moments, step count and learning rate as GGUF, apart from the LoRA adapter
+// so that the adapter file stays a plain llama.cpp adapter and resuming training restores the optimizer exactly.
+// Keys general.type = "optimizer", sqlr1.optimizer.{kind = "adamw", step, lr, count}; tensors <name>.adam_m and
+// <name>.adam_v (F32, the parameter's shape) for every parameter.
+struct optimizer_state {
+    int64_t step = 0;   // steps taken so far (0 before the first)
+    double lr = 0.0;
+};
+
+// Writes through a temporary file and a rename, so that a failed save never leaves a half-written file.
+void param_store_save_state(const param_store & s, const std::string & path, int64_t step, double lr);
+// Checks the whole file against the store (ERR_GGUF_NOT_FOUND, ERR_STATE_INVALID) before writing any moment, so
+// that a failed load leaves the store as it was; returns the saved step and lr.
+optimizer_state param_store_load_state(param_store & s, const std::string & path);
+
 } // namespace sqlr1

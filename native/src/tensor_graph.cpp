@@ -497,6 +497,8 @@ public:
             InstanceMethod("clipGradNorm", &ParamStoreWrap::ClipGradNorm),
             InstanceMethod("zeroGrad", &ParamStoreWrap::ZeroGrad),
             InstanceMethod("adamwStep", &ParamStoreWrap::AdamwStep),
+            InstanceMethod("saveState", &ParamStoreWrap::SaveState),
+            InstanceMethod("loadState", &ParamStoreWrap::LoadState),
             InstanceMethod("dispose", &ParamStoreWrap::Dispose),
         });
         ctor = Napi::Persistent(f);
@@ -641,6 +643,45 @@ public:
         return queue<double>(env,
             [keep, ao]() { return (double) param_store_adamw_step(*keep, ao); },
             [](Napi::Env env, double & n) -> Napi::Value { return Napi::Number::New(env, n); },
+            [keep]() { keep->busy = false; }, info.This());
+    }
+    // saveState(path, { step, lr }) -> Promise<void>: the moments plus the optimizer's step count and lr, as GGUF.
+    Napi::Value SaveState(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        param_store & st = get(env);
+        if (info.Length() < 1 || !info[0].IsString()) bad_arg(env, "saveState(path: string, { step, lr })");
+        const std::string path = info[0].As<Napi::String>().Utf8Value();
+        if (path.empty()) bad_arg(env, "saveState: the path must not be empty");
+        Napi::Object o = need_object(info, 1, "saveState options");
+        const double step = get_number(o, "step", NAN);
+        if (!(step >= 0 && step <= 9.0e15 && std::floor(step) == step)) bad_arg(env, "saveState: step must be an integer >= 0");
+        const double lr = get_number(o, "lr", NAN);
+        if (!(lr > 0)) bad_arg(env, "saveState: lr must be a positive finite number");
+        // The moments are read on the worker thread: nothing may step or load into them meanwhile.
+        st.busy = true;
+        std::shared_ptr<param_store> keep = s;
+        return queue<int>(env,
+            [keep, path, step, lr]() { param_store_save_state(*keep, path, (int64_t) step, lr); return 0; },
+            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); },
+            [keep]() { keep->busy = false; }, info.This());
+    }
+    // loadState(path) -> Promise<{ step, lr }>: the file is checked against the store before any moment is written.
+    Napi::Value LoadState(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        param_store & st = get(env);
+        if (info.Length() < 1 || !info[0].IsString()) bad_arg(env, "loadState(path: string)");
+        const std::string path = info[0].As<Napi::String>().Utf8Value();
+        if (path.empty()) bad_arg(env, "loadState: the path must not be empty");
+        st.busy = true;
+        std::shared_ptr<param_store> keep = s;
+        return queue<optimizer_state>(env,
+            [keep, path]() { return param_store_load_state(*keep, path); },
+            [](Napi::Env env, optimizer_state & r) -> Napi::Value {
+                Napi::Object out = Napi::Object::New(env);
+                out.Set("step", (double) r.step);
+                out.Set("lr", r.lr);
+                return out;
+            },
             [keep]() { keep->busy = false; }, info.This());
     }
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
