@@ -121,7 +121,7 @@ export class ParamStore {
     });
   }
 
-  /** Global L2 norm of the gradients (float64 accumulation on the host). */
+  /** Global L2 norm of the gradients (per-tensor sums of squares in float32 on the device, added in float64). */
   gradNorm(): number {
     return callNativeSync(() => this.handle().gradNorm());
   }

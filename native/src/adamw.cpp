@@ -133,13 +133,52 @@ void param_store_write(ggml_tensor * t, const std::vector<float> & data, const c
     ggml_backend_tensor_set(t, data.data(), 0, ggml_nbytes(t));
 }
 
-double param_store_grad_norm(const param_store & s) {
-    double ss = 0.0;
-    for (const auto & e : s.params) {
-        if (!e->has_grad) continue;
-        for (float g : param_store_read(e->grad)) ss += (double) g * (double) g;
+namespace {
+
+// A small graph over a store's tensors, run on its device with intermediates in a throwaway allocator.
+struct store_graph {
+    ggml_context * ctx = nullptr;
+    ggml_cgraph * gf = nullptr;
+    ggml_gallocr_t alloc = nullptr;
+    store_graph(size_t n_nodes, const char * what) {
+        ggml_init_params ip = { ggml_tensor_overhead() * n_nodes + ggml_graph_overhead_custom(n_nodes, false), nullptr, true };
+        ctx = ggml_init(ip);
+        if (!ctx) fail("ERR_OUT_OF_MEMORY", "could not create the %s graph context", what);
+        gf = ggml_new_graph_custom(ctx, n_nodes, false);
     }
-    return std::sqrt(ss);
+    ~store_graph() {
+        if (alloc) ggml_gallocr_free(alloc);
+        ggml_free(ctx);
+    }
+    void run(const param_store & s, const char * what) {
+        ggml_backend_t be = s.backends->primary;
+        alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(be));
+        if (!alloc || !ggml_gallocr_alloc_graph(alloc, gf)) fail("ERR_OUT_OF_MEMORY", "could not allocate the %s graph on %s", what, s.backends->device.c_str());
+        const ggml_status st = ggml_backend_graph_compute(be, gf);
+        if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "the %s graph failed (status %d): %s", what, (int) st, log_last_error().c_str());
+    }
+};
+
+} // namespace
+
+double param_store_grad_norm(const param_store & s) {
+    std::vector<param_entry *> todo;
+    for (const auto & e : s.params) if (e->has_grad) todo.push_back(e.get());
+    if (todo.empty()) return 0.0;
+    // Each gradient's sum of squares is taken on the device in float32; only those values come back and are
+    // added up in float64 (a LoRA adapter's gradients are 100+ MB: reading them back would dominate a step).
+    store_graph g(4 * todo.size() + 16, "gradient norm");
+    ggml_tensor * out = ggml_new_tensor_1d(g.ctx, GGML_TYPE_F32, (int64_t) todo.size());
+    for (size_t i = 0; i < todo.size(); i++) {
+        ggml_tensor * ss = ggml_sum(g.ctx, ggml_sqr(g.ctx, todo[i]->grad));
+        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, ss, ggml_view_1d(g.ctx, out, 1, i * sizeof(float))));
+    }
+    g.run(s, "gradient norm");
+    std::vector<float> sums(todo.size());
+    ggml_backend_tensor_get(out, sums.data(), 0, ggml_nbytes(out));
+    double total = 0.0;
+    for (float v : sums) total += (double) v;
+    return std::sqrt(total);
 }
 
 double param_store_clip_grad_norm(param_store & s, double max_norm) {
@@ -147,12 +186,11 @@ double param_store_clip_grad_norm(param_store & s, double max_norm) {
     const double norm = param_store_grad_norm(s);
     const double coef = max_norm / (norm + 1e-6);
     if (!std::isfinite(norm) || coef >= 1.0) return norm;
-    for (auto & e : s.params) {
-        if (!e->has_grad) continue;
-        std::vector<float> g = param_store_read(e->grad);
-        for (float & x : g) x = (float) (x * coef);
-        ggml_backend_tensor_set(e->grad, g.data(), 0, ggml_nbytes(e->grad));
-    }
+    std::vector<param_entry *> todo;
+    for (const auto & e : s.params) if (e->has_grad) todo.push_back(e.get());
+    store_graph g(2 * todo.size() + 16, "gradient clipping");
+    for (param_entry * e : todo) ggml_build_forward_expand(g.gf, ggml_scale_inplace(g.ctx, e->grad, (float) coef));
+    g.run(s, "gradient clipping");
     return norm;
 }
 

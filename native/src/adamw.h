@@ -73,7 +73,8 @@ param_entry & param_store_get(param_store & s, const std::string & name);
 std::vector<float> param_store_read(const ggml_tensor * t);
 void param_store_write(ggml_tensor * t, const std::vector<float> & data, const char * what);
 
-// Global L2 norm over the gradients of the parameters that have one (float64 accumulation on the host).
+// Global L2 norm over the gradients of the parameters that have one: per-tensor sums of squares in float32 on
+// the device, added up in float64 on the host.
 double param_store_grad_norm(const param_store & s);
 // Scales the gradients by max_norm / (norm + 1e-6) when that is below 1 (PyTorch's clip_grad_norm_); returns
 // the norm before clipping. A non-finite norm leaves the gradients as they are.

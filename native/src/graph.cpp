@@ -43,8 +43,16 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
 ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed) {
     if (!transposed && w->type == type) return w;
     ggml_tensor * wf = w->type == GGML_TYPE_F32 ? w : ggml_get_rows(ctx, w, ggml_view_1d(ctx, iota, w->ne[1], 0));  // F32 [in, out]
-    if (!transposed) return type == GGML_TYPE_F32 ? wf : ggml_cast(ctx, wf, type);
-    return ggml_cpy(ctx, ggml_transpose(ctx, wf), ggml_new_tensor_2d(ctx, type, w->ne[1], w->ne[0]));      // [out, in]
+    ggml_tensor * wc = type == GGML_TYPE_F32 ? wf : ggml_cast(ctx, wf, type);
+    return transposed ? transpose01(ctx, wc) : wc;
+}
+
+ggml_tensor * transpose01(ggml_context * ctx, ggml_tensor * x) {
+    // As a 3-d same-type copy, ggml's CUDA backend transposes in shared-memory tiles (coalesced both ways).
+    const int64_t n2 = x->ne[2] * x->ne[3];
+    ggml_tensor * v = ggml_transpose(ctx, ggml_reshape_3d(ctx, x, x->ne[0], x->ne[1], n2));
+    ggml_tensor * out = ggml_cpy(ctx, v, ggml_new_tensor_3d(ctx, x->type, x->ne[1], x->ne[0], n2));
+    return ggml_reshape_4d(ctx, out, x->ne[1], x->ne[0], x->ne[2], x->ne[3]);
 }
 
 ggml_tensor * frozen_input_grad(ggml_context * ctx, ggml_tensor * w, ggml_tensor * dy, ggml_tensor * iota, ggml_type type) {

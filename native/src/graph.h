@@ -63,6 +63,9 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
 // converted. Transposed: W^T as a contiguous [out, in] scratch copy, for input gradients.
 ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed);
 
+// A contiguous tensor with dimensions 0 and 1 swapped (same type; x contiguous).
+ggml_tensor * transpose01(ggml_context * ctx, ggml_tensor * x);
+
 // dx = W^T dy for a frozen weight W [in, out] of any supported type and dy [out, T]: the input gradient of a
 // linear layer, all on the weight's device, through frozen_weight's transposed copy in `type` (F16 or BF16
 // run on the matrix units; ggml's CUDA OUT_PROD, what its autodiff would use, takes only F32).

@@ -1,6 +1,12 @@
 #include "train.h"
 
+#include "ggml-impl.h"
+
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -55,9 +61,11 @@ struct graph_ctx {
 struct graph_inputs {
     ggml_tensor * pos = nullptr;      // I32 [T]: 0..nt-1 per sequence
     ggml_tensor * mask = nullptr;     // F32 [nt, nt]: 0 where key <= query, -inf above
+    ggml_tensor * mask_f16 = nullptr; // the same in F16, for flash attention
     std::vector<std::pair<ggml_tensor *, std::vector<int32_t>>> i32;
     std::vector<std::pair<ggml_tensor *, std::vector<int64_t>>> i64;
     std::vector<std::pair<ggml_tensor *, std::vector<float>>> f32;
+    std::vector<std::pair<ggml_tensor *, std::vector<ggml_fp16_t>>> f16;
 };
 
 struct builder {
@@ -96,7 +104,12 @@ struct builder {
         in.pos = input_i32(T(), std::move(pos));
         std::vector<float> mask(nt * nt);
         for (int64_t q = 0; q < nt; q++) for (int64_t k = 0; k < nt; k++) mask[q * nt + k] = k <= q ? 0.0f : -INFINITY;
+        std::vector<ggml_fp16_t> mask16(mask.size());
+        for (size_t i = 0; i < mask.size(); i++) mask16[i] = ggml_fp32_to_fp16(mask[i]);
         in.mask = input_f32_2d(nt, nt, std::move(mask));
+        in.mask_f16 = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, nt, nt);
+        ggml_set_input(in.mask_f16);
+        in.f16.emplace_back(in.mask_f16, std::move(mask16));
     }
 
     ggml_tensor * frozen(ggml_tensor * w) { return frozen_weight(ctx, w, t.iota, t.compute, false); }
@@ -123,39 +136,58 @@ struct builder {
 
 // One linear layer y = W x (+ b) (+ s B (A x)): what its backward needs.
 struct linear_fwd {
-    ggml_tensor * w = nullptr;        // the frozen weight (as stored)
+    ggml_tensor * wc = nullptr;       // the frozen weight in the compute type [in, out]; fused: [W; B] [in + r, out]
     ggml_tensor * x = nullptr;        // input [in, T]
     ggml_tensor * zs = nullptr;       // s * A x [r, T] (LoRA only)
     const lora_pair * p = nullptr;
+    bool fused = false;               // the LoRA product rides in the main matrix product (see linear())
     ggml_tensor * y = nullptr;
 };
 
 linear_fwd linear(builder & b, int64_t il, int target, ggml_tensor * w, ggml_tensor * bias, ggml_tensor * x) {
+    ggml_context * ctx = b.ctx;
     linear_fwd f;
-    f.w = w;
     f.x = x;
     f.p = b.pair(il, target);
-    f.y = ggml_mul_mat(b.ctx, b.frozen(w), x);
-    if (bias) f.y = ggml_add(b.ctx, f.y, bias);
-    if (f.p) {
-        // The scale goes on the small [r, T] product rather than the [out, T] output.
-        f.zs = ggml_scale(b.ctx, ggml_mul_mat(b.ctx, f.p->a, x), b.t.lora->scale());
-        f.y = ggml_add(b.ctx, f.y, ggml_mul_mat(b.ctx, f.p->b, f.zs));
+    if (f.p) f.zs = ggml_scale(ctx, ggml_mul_mat(ctx, f.p->a, x), b.t.lora->scale());  // the scale on the small [r, T]
+    // Where the output is at least as wide as the input, W x + B zs runs as one product [W; B]^T [x; zs]: the
+    // [out, T] LoRA output and its addition, memory-bound passes over the widest tensor, disappear, and in the
+    // backward [W; B] [dy] yields W^T dy and B^T dy together.
+    f.fused = f.p && w->ne[1] >= w->ne[0];
+    if (f.fused) {
+        ggml_tensor * bc = f.p->b->type == b.t.compute ? f.p->b : ggml_cast(ctx, f.p->b, b.t.compute);
+        f.wc = ggml_concat(ctx, b.frozen(w), bc, 0);                                                   // [in + r, out]
+        f.y = ggml_mul_mat(ctx, f.wc, ggml_concat(ctx, x, f.zs, 0));
+        if (bias) f.y = ggml_add(ctx, f.y, bias);
+        return f;
     }
+    f.wc = b.frozen(w);
+    f.y = ggml_mul_mat(ctx, f.wc, x);
+    if (bias) f.y = ggml_add(ctx, f.y, bias);
+    if (f.p) f.y = ggml_add(ctx, f.y, ggml_mul_mat(ctx, f.p->b, f.zs));
     return f;
 }
 
 // dx = W^T dy (+ A dz), and the adapter's gradients: dB = zs dy^T, dz = s B^T dy, dA = x dz^T.
 ggml_tensor * linear_back(builder & b, const linear_fwd & f, ggml_tensor * dy, bool need_dx) {
     ggml_context * ctx = b.ctx;
-    ggml_tensor * dx = need_dx ? frozen_input_grad(ctx, f.w, dy, b.t.iota, b.t.compute) : nullptr;
-    if (f.p) {
-        b.accumulate(f.p->b, ggml_out_prod(ctx, f.zs, dy));                                           // [r, out]
-        ggml_tensor * dz = ggml_scale(ctx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, f.p->b)), dy), b.t.lora->scale());  // [r, T]
-        b.accumulate(f.p->a, ggml_out_prod(ctx, f.x, dz));                                            // [in, r]
-        if (need_dx) dx = ggml_add(ctx, dx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, f.p->a)), dz));
+    // The transposed scratch copy comes from the converted weight the recompute already made.
+    if (!f.p) return need_dx ? ggml_mul_mat(ctx, transpose01(ctx, f.wc), dy) : nullptr;
+    b.accumulate(f.p->b, ggml_out_prod(ctx, f.zs, dy));                                                // [r, out]
+    ggml_tensor * dx = nullptr, * dzs;
+    if (f.fused) {
+        const int64_t in = f.x->ne[0], r = f.zs->ne[0], T = dy->ne[1];
+        ggml_tensor * dxa = ggml_mul_mat(ctx, transpose01(ctx, f.wc), dy);                               // [in + r, T]
+        dx = ggml_view_2d(ctx, dxa, in, T, dxa->nb[1], 0);
+        dzs = ggml_cont(ctx, ggml_view_2d(ctx, dxa, r, T, dxa->nb[1], in * sizeof(float)));
+    } else {
+        if (need_dx) dx = ggml_mul_mat(ctx, transpose01(ctx, f.wc), dy);
+        dzs = ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, f.p->b)), dy);                       // [r, T]
     }
-    return dx;
+    ggml_tensor * dz = ggml_scale(ctx, dzs, b.t.lora->scale());
+    b.accumulate(f.p->a, ggml_out_prod(ctx, f.x, dz));                                                 // [in, r]
+    if (!need_dx) return nullptr;
+    return ggml_add(ctx, dx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, f.p->a)), dz));
 }
 
 ggml_tensor * rms_norm_w(builder & b, ggml_tensor * x, ggml_tensor * w) {
@@ -188,7 +220,8 @@ ggml_tensor * group_sum(builder & b, ggml_tensor * x, int64_t group) {
 struct layer_fwd {
     ggml_tensor * x = nullptr, * n1 = nullptr, * x2 = nullptr, * n2 = nullptr;
     linear_fwd q, k, v, o, gate, up, down;
-    ggml_tensor * q4 = nullptr, * k4 = nullptr, * v4 = nullptr;  // after RoPE, [hd, heads, nt, ns] views
+    ggml_tensor * qp = nullptr;                                    // F32 [hd, nt, H, ns], after RoPE
+    ggml_tensor * kp = nullptr, * vp = nullptr;                    // compute type [hd, nt, Hk, ns], K after RoPE
     ggml_tensor * P = nullptr;                                     // softmax [nt_k, nt_q, H, ns]
     ggml_tensor * g = nullptr, * u = nullptr, * sg = nullptr;      // gate, up, silu(gate)
     ggml_tensor * y = nullptr;
@@ -205,17 +238,30 @@ layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backw
     f.q = linear(b, il, LORA_Q, L.wq, L.bq, f.n1);
     f.k = linear(b, il, LORA_K, L.wk, L.bk, f.n1);
     f.v = linear(b, il, LORA_V, L.wv, L.bv, f.n1);
-    f.q4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.q.y, hd, H, T), false), hd, H, nt, ns);
-    f.k4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.k.y, hd, Hk, T), false), hd, Hk, nt, ns);
-    f.v4 = ggml_reshape_4d(ctx, f.v.y, hd, Hk, nt, ns);
+    ggml_tensor * q4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.q.y, hd, H, T), false), hd, H, nt, ns);
+    ggml_tensor * k4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.k.y, hd, Hk, T), false), hd, Hk, nt, ns);
+    ggml_tensor * v4 = ggml_reshape_4d(ctx, f.v.y, hd, Hk, nt, ns);
 
-    ggml_tensor * qp = ggml_cont(ctx, ggml_permute(ctx, f.q4, 0, 2, 1, 3));        // F32 [hd, nt, H, ns]
-    ggml_tensor * kp = b.cast(ggml_permute(ctx, f.k4, 0, 2, 1, 3));                 // [hd, nt, Hk, ns]
-    ggml_tensor * vt = b.cast(ggml_permute(ctx, f.v4, 1, 2, 0, 3));                 // [nt, hd, Hk, ns]
-    ggml_tensor * kq = ggml_mul_mat(ctx, kp, qp);                                    // [nt_k, nt_q, H, ns]
-    f.P = ggml_soft_max_ext(ctx, kq, b.in.mask, 1.0f / std::sqrt((float) hd), 0.0f);
-    ggml_tensor * o = ggml_mul_mat(ctx, vt, f.P);                                    // [hd, nt, H, ns]
-    ggml_tensor * attn = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3)), hd * H, T);
+    const float kq_scale = 1.0f / std::sqrt((float) hd);
+    ggml_tensor * attn;
+    if (!for_backward && b.t.compute != GGML_TYPE_F32) {
+        // Forward only, reduced precision: flash attention (no [nt x nt] scores in memory), K and V in F16 as
+        // the kernel takes them. The backward's recompute writes attention out (below) with the same inputs.
+        ggml_tensor * kh = ggml_cpy(ctx, ggml_permute(ctx, k4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
+        ggml_tensor * vh = ggml_cpy(ctx, ggml_permute(ctx, v4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
+        attn = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3), kh, vh, b.in.mask_f16, kq_scale, 0.0f, 0.0f);
+        ggml_flash_attn_ext_set_prec(attn, GGML_PREC_F32);
+        attn = ggml_reshape_2d(ctx, attn, hd * H, T);                                 // the result is [hd, H, nt, ns]
+    } else {
+        // Heads outside tokens; these permutes keep dimension 0, so the copies stay coalesced.
+        f.qp = ggml_cont(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3));                   // F32 [hd, nt, H, ns]
+        f.kp = b.cast(ggml_permute(ctx, k4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
+        f.vp = b.cast(ggml_permute(ctx, v4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
+        ggml_tensor * kq = ggml_mul_mat(ctx, f.kp, f.qp);                            // [nt_k, nt_q, H, ns]
+        f.P = ggml_soft_max_ext(ctx, kq, b.in.mask, kq_scale, 0.0f);
+        ggml_tensor * o = ggml_mul_mat(ctx, transpose01(ctx, f.vp), f.P);           // [hd, nt, H, ns]
+        attn = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3)), hd * H, T);
+    }
 
     f.o = linear(b, il, LORA_O, L.wo, nullptr, attn);
     f.x2 = ggml_add(ctx, x, f.o.y);
@@ -254,17 +300,13 @@ ggml_tensor * layer_backward(builder & b, const layer_fwd & f, ggml_tensor * dy,
     ggml_tensor * dattn = linear_back(b, f.o, dx2, true);                                     // [hd*H, T]
     ggml_tensor * dattn4 = ggml_reshape_4d(ctx, dattn, hd, H, nt, ns);
     ggml_tensor * dO = ggml_cont(ctx, ggml_permute(ctx, dattn4, 0, 2, 1, 3));                // [hd, nt, H, ns]
-    ggml_tensor * vc = b.cast(ggml_permute(ctx, f.v4, 0, 2, 1, 3));                           // [hd, nt_k, Hk, ns]
-    ggml_tensor * dP = ggml_mul_mat(ctx, vc, dO);                                             // [nt_k, nt_q, H, ns]
+    ggml_tensor * dP = ggml_mul_mat(ctx, f.vp, dO);                                           // [nt_k, nt_q, H, ns]
     ggml_tensor * dS = ggml_soft_max_ext_back(ctx, dP, f.P, 1.0f / std::sqrt((float) hd), 0.0f);  // d/d(K^T Q)
-    ggml_tensor * kt = b.cast(ggml_permute(ctx, f.k4, 1, 2, 0, 3));                           // [nt_k, hd, Hk, ns]
-    ggml_tensor * dQ = ggml_mul_mat(ctx, kt, dS);                                             // [hd, nt_q, H, ns]
-    ggml_tensor * qt = b.cast(ggml_permute(ctx, f.q4, 1, 2, 0, 3));                           // [nt_q, hd, H, ns]
-    ggml_tensor * dSt = ggml_cont(ctx, ggml_transpose(ctx, dS));                              // [nt_q, nt_k, H, ns]
-    ggml_tensor * dK = group_sum(b, ggml_mul_mat(ctx, qt, dSt), H / Hk);                      // [hd, nt_k, Hk, ns]
-    ggml_tensor * dOt = b.cast(ggml_permute(ctx, dattn4, 1, 2, 0, 3));                        // [nt_q, hd, H, ns]
-    ggml_tensor * Pt = ggml_cont(ctx, ggml_transpose(ctx, f.P));                              // [nt_q, nt_k, H, ns]
-    ggml_tensor * dV = group_sum(b, ggml_mul_mat(ctx, dOt, Pt), H / Hk);                      // [hd, nt_k, Hk, ns]
+    ggml_tensor * dQ = ggml_mul_mat(ctx, transpose01(ctx, f.kp), dS);                         // [hd, nt_q, H, ns]
+    ggml_tensor * qt = transpose01(ctx, b.cast(f.qp));                                        // [nt_q, hd, H, ns]
+    ggml_tensor * dK = group_sum(b, ggml_mul_mat(ctx, qt, transpose01(ctx, dS)), H / Hk);     // [hd, nt_k, Hk, ns]
+    ggml_tensor * dOt = transpose01(ctx, b.cast(dO));                                         // [nt_q, hd, H, ns]
+    ggml_tensor * dV = group_sum(b, ggml_mul_mat(ctx, dOt, transpose01(ctx, f.P)), H / Hk);   // [hd, nt_k, Hk, ns]
 
     ggml_tensor * dq = rope(b, ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, dQ, 0, 2, 1, 3)), hd, H, T), true);
     ggml_tensor * dk = rope(b, ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, dK, 0, 2, 1, 3)), hd, Hk, T), true);
@@ -317,9 +359,35 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
     if (!t.galloc) t.galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(t.m->backends->primary));
     if (!t.galloc || !ggml_gallocr_alloc_graph(t.galloc, gf))
         fail("ERR_OUT_OF_MEMORY", "could not allocate training compute memory on %s: %s", t.m->backends->device.c_str(), log_last_error().c_str());
-    for (auto & [x, d] : in.i32) ggml_backend_tensor_set(x, d.data(), 0, ggml_nbytes(x));
-    for (auto & [x, d] : in.i64) ggml_backend_tensor_set(x, d.data(), 0, ggml_nbytes(x));
-    for (auto & [x, d] : in.f32) ggml_backend_tensor_set(x, d.data(), 0, ggml_nbytes(x));
+    // Inputs the graph does not use (the mask a flash-attention graph does not read, say) have no memory.
+    auto set = [](ggml_tensor * x, const void * d) { if (x->buffer) ggml_backend_tensor_set(x, d, 0, ggml_nbytes(x)); };
+    for (auto & [x, d] : in.i32) set(x, d.data());
+    for (auto & [x, d] : in.i64) set(x, d.data());
+    for (auto & [x, d] : in.f32) set(x, d.data());
+    for (auto & [x, d] : in.f16) set(x, d.data());
+    // SQLR1_TRAIN_PROFILE=2: run node by node and print the ops that took most of the time (a diagnostic; slow).
+    static const bool by_node = getenv("SQLR1_TRAIN_PROFILE") && std::string(getenv("SQLR1_TRAIN_PROFILE")) == "2";
+    if (by_node) {
+        std::vector<std::pair<double, std::string>> rows;
+        for (int i = 0; i < ggml_graph_n_nodes(gf); i++) {
+            ggml_cgraph one = ggml_graph_view(gf, i, i + 1);
+            auto t0 = std::chrono::steady_clock::now();
+            if (ggml_backend_graph_compute(t.m->backends->primary, &one) != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "profiling run failed");
+            const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+            ggml_tensor * n = ggml_graph_node(gf, i);
+            char desc[256];
+            snprintf(desc, sizeof(desc), "%s %s [%lld,%lld,%lld,%lld] <- %s%s", ggml_op_desc(n), ggml_type_name(n->type),
+                     (long long) n->ne[0], (long long) n->ne[1], (long long) n->ne[2], (long long) n->ne[3],
+                     n->src[0] ? ggml_type_name(n->src[0]->type) : "-", n->src[1] ? (std::string(",") + ggml_type_name(n->src[1]->type)).c_str() : "");
+            rows.emplace_back(us, desc);
+        }
+        double total = 0;
+        for (auto & r : rows) total += r.first;
+        std::sort(rows.begin(), rows.end(), [](auto & a, auto & b) { return a.first > b.first; });
+        fprintf(stderr, "[sqlr1 train] graph of %d nodes: %.2f ms node by node; top ops:\n", ggml_graph_n_nodes(gf), total / 1000);
+        for (size_t i = 0; i < rows.size() && i < 25; i++) fprintf(stderr, "  %8.1f us  %s\n", rows[i].first, rows[i].second.c_str());
+        return;
+    }
     const ggml_status st = ggml_backend_graph_compute(t.m->backends->primary, gf);
     if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "a training graph failed to run (status %d): %s", (int) st, log_last_error().c_str());
 }
@@ -486,6 +554,11 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         else if (!std::isfinite(dlogp[i])) fail("ERR_INVALID_ARG", "the gradient at position %lld is not finite (%g)", (long long) i, dlogp[i]);
     }
     t.kept = false;  // consumed, whatever happens below
+    // SQLR1_TRAIN_PROFILE=1 prints where the backward's time goes (each graph runs synchronously).
+    static const bool profile = getenv("SQLR1_TRAIN_PROFILE") != nullptr;
+    auto now = []() { return std::chrono::steady_clock::now(); };
+    auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+    auto t_start = now();
 
     // The head: d logp / d logits = (onehot(target) - p) / T per token, then back through the final norm.
     {
@@ -508,10 +581,13 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         }
         run_graph(t, g.gf, in);
     }
+    auto t_head = now();
+    double build_ms = 0.0;
 
     // The layers, last first: recompute from the saved input, then back. grad_a holds d loss / d output.
     ggml_tensor * dy = t.grad_a, * dx_buf = t.grad_b;
     for (int64_t il = hp.n_layer - 1; il >= 0; il--) {
+        auto t_layer = now();
         graph_ctx g(TRAIN_GRAPH_NODES);
         graph_inputs in;
         builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
@@ -519,12 +595,19 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         layer_fwd f = layer_forward(b, il, t.ckpt[il], true);
         ggml_tensor * dx = layer_backward(b, f, dy, il, il > 0);
         if (dx) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dx, dx_buf));
+        auto t_built = now();
+        build_ms += ms(t_layer, t_built);
         run_graph(t, g.gf, in);
         std::swap(dy, dx_buf);
     }
     for (auto & e : t.params->params) {
         if (!e->external) continue;
         e->has_grad = true;
+    }
+    if (profile) {
+        fprintf(stderr, "[sqlr1 train] backward: head %.1f ms, %lld layers %.1f ms (graph building %.1f ms), compute buffer %.0f MiB\n",
+                ms(t_start, t_head), (long long) hp.n_layer, ms(t_head, now()), build_ms,
+                (double) ggml_gallocr_get_buffer_size(t.galloc, 0) / 1048576.0);
     }
 }
 

@@ -106,15 +106,17 @@ t.test('grad norm and clipping match plain loops', async (t) => {
   let ss = 0;
   for (const g of Object.values(grads)) for (const x of g) ss += x * x;
   const norm = Math.sqrt(ss);
-  t.ok(Math.abs(s.gradNorm() - norm) <= 1e-12 * norm, `gradNorm ${s.gradNorm()} = ${norm} (seed ${seed})`);
+  // Per-tensor sums of squares run in float32 on the device (relative error ~1e-7 sqrt(n) for n terms): 1e-6.
+  t.ok(Math.abs(s.gradNorm() - norm) <= 1e-6 * norm, `gradNorm ${s.gradNorm()} = ${norm} (seed ${seed})`);
   t.equal(s.clipGradNorm(norm * 10), s.gradNorm(), 'clipping above the norm returns the norm...');
   t.same(Array.from(s.grad('a')!), Array.from(grads.a), '...and leaves the gradients alone');
   const max = norm / 3;
-  t.ok(Math.abs(s.clipGradNorm(max) - norm) <= 1e-12 * norm, 'clipGradNorm returns the norm before clipping');
+  t.ok(Math.abs(s.clipGradNorm(max) - norm) <= 1e-6 * norm, 'clipGradNorm returns the norm before clipping');
+  // The scale comes from the float32-summed norm above: within 1e-6 of max / (norm + 1e-6).
   const coef = max / (norm + 1e-6);
   for (const [name, g] of Object.entries(grads)) {
     const got = s.grad(name)!;
-    t.ok(got.every((x, i) => Math.abs(x - g[i]! * coef) <= 2 ** -23 * Math.abs(g[i]! * coef)), `${name} scaled by max / (norm + 1e-6)`);
+    t.ok(got.every((x, i) => Math.abs(x - g[i]! * coef) <= 1e-6 * Math.abs(g[i]! * coef)), `${name} scaled by max / (norm + 1e-6)`);
   }
   t.ok(Math.abs(s.gradNorm() - max) <= 1e-6 * max, `the clipped norm is maxNorm (${s.gradNorm()} vs ${max})`);
   t.equal(s.grad('c'), undefined);
