@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 
 namespace sqlr1 {
@@ -45,11 +46,15 @@ namespace {
 
 constexpr size_t TRAIN_GRAPH_NODES = 16384;
 
+// A graph's metadata lives in the trainer's reusable buffer (a layer's backward is one graph of ~300 nodes,
+// built 36 times per step for a 3B model: no allocation each time).
 struct graph_ctx {
     ggml_context * ctx = nullptr;
     ggml_cgraph * gf = nullptr;
-    explicit graph_ctx(size_t n_nodes) {
-        ggml_init_params ip = { ggml_tensor_overhead() * n_nodes + ggml_graph_overhead_custom(n_nodes, false), nullptr, true };
+    graph_ctx(trainer & t, size_t n_nodes) {
+        const size_t need = ggml_tensor_overhead() * n_nodes + ggml_graph_overhead_custom(n_nodes, false);
+        if (t.meta.size() < need) t.meta.resize(need);
+        ggml_init_params ip = { need, t.meta.data(), true };
         ctx = ggml_init(ip);
         if (!ctx) fail("ERR_OUT_OF_MEMORY", "could not create a training graph context");
         gf = ggml_new_graph_custom(ctx, n_nodes, false);
@@ -144,16 +149,16 @@ struct linear_fwd {
     ggml_tensor * y = nullptr;
 };
 
-linear_fwd linear(builder & b, int64_t il, int target, ggml_tensor * w, ggml_tensor * bias, ggml_tensor * x) {
+linear_fwd linear(builder & b, int64_t il, int target, ggml_tensor * w, ggml_tensor * bias, ggml_tensor * x, bool for_backward) {
     ggml_context * ctx = b.ctx;
     linear_fwd f;
     f.x = x;
     f.p = b.pair(il, target);
     if (f.p) f.zs = ggml_scale(ctx, ggml_mul_mat(ctx, f.p->a, x), b.t.lora->scale());  // the scale on the small [r, T]
-    // Where the output is at least as wide as the input, W x + B zs runs as one product [W; B]^T [x; zs]: the
-    // [out, T] LoRA output and its addition, memory-bound passes over the widest tensor, disappear, and in the
-    // backward [W; B] [dy] yields W^T dy and B^T dy together.
-    f.fused = f.p && w->ne[1] >= w->ne[0];
+    // In forward-only passes, where the output is at least as wide as the input, W x + B zs runs as one product
+    // [W; B]^T [x; zs]: the [out, T] LoRA output and its addition, memory-bound passes over the widest tensor,
+    // disappear. (In the backward's recompute the concatenations cost more than they save.)
+    f.fused = f.p && !for_backward && w->ne[1] >= w->ne[0];
     if (f.fused) {
         ggml_tensor * bc = f.p->b->type == b.t.compute ? f.p->b : ggml_cast(ctx, f.p->b, b.t.compute);
         f.wc = ggml_concat(ctx, b.frozen(w), bc, 0);                                                   // [in + r, out]
@@ -235,23 +240,28 @@ layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backw
     layer_fwd f;
     f.x = x;
     f.n1 = rms_norm_w(b, x, L.attn_norm);
-    f.q = linear(b, il, LORA_Q, L.wq, L.bq, f.n1);
-    f.k = linear(b, il, LORA_K, L.wk, L.bk, f.n1);
-    f.v = linear(b, il, LORA_V, L.wv, L.bv, f.n1);
+    f.q = linear(b, il, LORA_Q, L.wq, L.bq, f.n1, for_backward);
+    f.k = linear(b, il, LORA_K, L.wk, L.bk, f.n1, for_backward);
+    f.v = linear(b, il, LORA_V, L.wv, L.bv, f.n1, for_backward);
     ggml_tensor * q4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.q.y, hd, H, T), false), hd, H, nt, ns);
     ggml_tensor * k4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.k.y, hd, Hk, T), false), hd, Hk, nt, ns);
     ggml_tensor * v4 = ggml_reshape_4d(ctx, f.v.y, hd, Hk, nt, ns);
 
     const float kq_scale = 1.0f / std::sqrt((float) hd);
     ggml_tensor * attn;
+    ggml_tensor * fa = nullptr;
     if (!for_backward && b.t.compute != GGML_TYPE_F32) {
         // Forward only, reduced precision: flash attention (no [nt x nt] scores in memory), K and V in F16 as
         // the kernel takes them. The backward's recompute writes attention out (below) with the same inputs.
+        // Where the backend has no kernel for the shape (small head sizes on CUDA), the written-out form is used.
         ggml_tensor * kh = ggml_cpy(ctx, ggml_permute(ctx, k4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
         ggml_tensor * vh = ggml_cpy(ctx, ggml_permute(ctx, v4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
-        attn = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3), kh, vh, b.in.mask_f16, kq_scale, 0.0f, 0.0f);
-        ggml_flash_attn_ext_set_prec(attn, GGML_PREC_F32);
-        attn = ggml_reshape_2d(ctx, attn, hd * H, T);                                 // the result is [hd, H, nt, ns]
+        fa = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3), kh, vh, b.in.mask_f16, kq_scale, 0.0f, 0.0f);
+        ggml_flash_attn_ext_set_prec(fa, GGML_PREC_F32);
+        if (!ggml_backend_supports_op(b.t.m->backends->primary, fa)) fa = nullptr;
+    }
+    if (fa) {
+        attn = ggml_reshape_2d(ctx, fa, hd * H, T);                                   // the result is [hd, H, nt, ns]
     } else {
         // Heads outside tokens; these permutes keep dimension 0, so the copies stay coalesced.
         f.qp = ggml_cont(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3));                   // F32 [hd, nt, H, ns]
@@ -263,11 +273,11 @@ layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backw
         attn = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3)), hd * H, T);
     }
 
-    f.o = linear(b, il, LORA_O, L.wo, nullptr, attn);
+    f.o = linear(b, il, LORA_O, L.wo, nullptr, attn, for_backward);
     f.x2 = ggml_add(ctx, x, f.o.y);
     f.n2 = rms_norm_w(b, f.x2, L.ffn_norm);
-    f.gate = linear(b, il, LORA_GATE, L.ffn_gate, nullptr, f.n2);
-    f.up = linear(b, il, LORA_UP, L.ffn_up, nullptr, f.n2);
+    f.gate = linear(b, il, LORA_GATE, L.ffn_gate, nullptr, f.n2, for_backward);
+    f.up = linear(b, il, LORA_UP, L.ffn_up, nullptr, f.n2, for_backward);
     f.g = f.gate.y;
     f.u = f.up.y;
     ggml_tensor * h;
@@ -277,7 +287,7 @@ layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backw
     } else {
         h = ggml_swiglu_split(ctx, f.g, f.u);
     }
-    f.down = linear(b, il, LORA_DOWN, L.ffn_down, nullptr, h);
+    f.down = linear(b, il, LORA_DOWN, L.ffn_down, nullptr, h, for_backward);
     f.y = ggml_add(ctx, f.x2, f.down.y);
     return f;
 }
@@ -382,10 +392,17 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
             rows.emplace_back(us, desc);
         }
         double total = 0;
-        for (auto & r : rows) total += r.first;
-        std::sort(rows.begin(), rows.end(), [](auto & a, auto & b) { return a.first > b.first; });
+        std::map<std::string, std::pair<double, int>> agg;
+        for (auto & r : rows) {
+            total += r.first;
+            agg[r.second].first += r.first;
+            agg[r.second].second++;
+        }
+        std::vector<std::pair<double, std::string>> top;
+        for (auto & [k, v] : agg) top.emplace_back(v.first, k + " x" + std::to_string(v.second));
+        std::sort(top.begin(), top.end(), [](auto & a, auto & b) { return a.first > b.first; });
         fprintf(stderr, "[sqlr1 train] graph of %d nodes: %.2f ms node by node; top ops:\n", ggml_graph_n_nodes(gf), total / 1000);
-        for (size_t i = 0; i < rows.size() && i < 25; i++) fprintf(stderr, "  %8.1f us  %s\n", rows[i].first, rows[i].second.c_str());
+        for (size_t i = 0; i < top.size() && i < 40; i++) fprintf(stderr, "  %8.1f us  %s\n", top[i].first, top[i].second.c_str());
         return;
     }
     const ggml_status st = ggml_backend_graph_compute(t.m->backends->primary, gf);
@@ -472,7 +489,7 @@ std::unique_ptr<trainer> trainer_init(std::shared_ptr<model> m, std::shared_ptr<
     const int64_t chunk = std::max<int64_t>(1, (int64_t) (64 << 20) / (4 * E));
     for (int64_t v0 = 0; v0 < V; v0 += chunk) {
         const int64_t n = std::min(chunk, V - v0);
-        graph_ctx g(64);
+        graph_ctx g(*t, 64);
         ggml_tensor * rows = ggml_view_1d(g.ctx, t->iota, n, v0 * sizeof(int32_t));
         ggml_tensor * wf = ggml_get_rows(g.ctx, m->output, rows);                                        // F32 [E, n]
         ggml_tensor * dst_t = ggml_view_2d(g.ctx, t->head_wt, n, E, t->head_wt->nb[1], v0 * ggml_element_size(t->head_wt));
@@ -508,7 +525,7 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
     if (keep) keep_alloc(t, T);
     t.kept = false;
 
-    graph_ctx g(TRAIN_GRAPH_NODES);
+    graph_ctx g(t, TRAIN_GRAPH_NODES);
     graph_inputs in;
     builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, use_lora};
     b.add_positions_and_mask();
@@ -562,7 +579,7 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
 
     // The head: d logp / d logits = (onehot(target) - p) / T per token, then back through the final norm.
     {
-        graph_ctx g(TRAIN_GRAPH_NODES);
+        graph_ctx g(t, TRAIN_GRAPH_NODES);
         graph_inputs in;
         builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
         ggml_tensor * xL = t.ckpt[hp.n_layer];
@@ -588,7 +605,7 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
     ggml_tensor * dy = t.grad_a, * dx_buf = t.grad_b;
     for (int64_t il = hp.n_layer - 1; il >= 0; il--) {
         auto t_layer = now();
-        graph_ctx g(TRAIN_GRAPH_NODES);
+        graph_ctx g(t, TRAIN_GRAPH_NODES);
         graph_inputs in;
         builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
         b.add_positions_and_mask();

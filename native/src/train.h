@@ -57,6 +57,7 @@ struct trainer {
     train_batch kept_batch;
 
     ggml_gallocr_t galloc = nullptr;  // compute memory, reused by every graph
+    std::vector<uint8_t> meta;        // graph metadata, reused by every graph
     std::atomic<bool> busy{false};
     ~trainer();
 };

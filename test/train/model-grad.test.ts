@@ -138,7 +138,14 @@ for (const device of testDevices()) for (const type of ['f32', 'q4_0'] as const)
 
     const base = await tr.logprobs(batch, { adapter: false, temperature: TEMP });
     const fresh = await tr.logprobs(batch, { temperature: TEMP });
-    t.ok(Buffer.from(base.buffer).equals(Buffer.from(fresh.buffer)), 'a new adapter (B = 0) gives the base log-probs exactly');
+    if (device === 'cpu') {
+      t.ok(Buffer.from(base.buffer).equals(Buffer.from(fresh.buffer)), 'a new adapter (B = 0) gives the base log-probs exactly');
+    } else {
+      // On CUDA the adapter's product [W; B]^T [x; zs] has a longer inner dimension than W^T x, and cuBLAS may
+      // pick another kernel (another summation order): equal up to float32 rounding, nmse <= 1e-10.
+      const e = nmse(fresh, base);
+      t.ok(e <= 1e-10, `a new adapter (B = 0) gives the base log-probs (nmse ${e.toExponential(2)})`);
+    }
 
     if (type === 'f32') {
       // Against the inference graph (flash attention over an F16 KV cache): K and V rounded to F16 move a
