@@ -288,15 +288,7 @@ void param_store_save_state(const param_store & s, const std::string & path, int
         gguf_add_tensor(g, e->m);
         gguf_add_tensor(g, e->v);
     }
-    const std::string tmp = path + ".tmp" + std::to_string((long) getpid());
-    if (!gguf_write_to_file(g, tmp.c_str(), false)) {
-        remove(tmp.c_str());
-        fail("ERR_INVALID_ARG", "could not write %s", tmp.c_str());
-    }
-    if (rename(tmp.c_str(), path.c_str()) != 0) {
-        remove(tmp.c_str());
-        fail("ERR_INVALID_ARG", "could not rename %s to %s", tmp.c_str(), path.c_str());
-    }
+    gguf_write_atomic(g, path);
 }
 
 // Outermost-first shape of a GGUF tensor's ne (trailing 1s of ne dropped, as ggml_n_dims does).

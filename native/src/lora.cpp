@@ -107,15 +107,7 @@ void lora_adapter_save(const lora_adapter & a, const std::string & path) {
     gguf_set_val_u32(g, "adapter.lora.rank", (uint32_t) a.rank);
     // gguf reads each tensor's data from its backend buffer while writing (host or device alike).
     for (ggml_tensor * t : a.tensors()) gguf_add_tensor(g, t);
-    const std::string tmp = path + ".tmp" + std::to_string((long) getpid());
-    if (!gguf_write_to_file(g, tmp.c_str(), false)) {
-        remove(tmp.c_str());
-        fail("ERR_INVALID_ARG", "could not write %s", tmp.c_str());
-    }
-    if (rename(tmp.c_str(), path.c_str()) != 0) {
-        remove(tmp.c_str());
-        fail("ERR_INVALID_ARG", "could not rename %s to %s", tmp.c_str(), path.c_str());
-    }
+    gguf_write_atomic(g, path);
 }
 
 std::shared_ptr<lora_adapter> lora_adapter_load(std::shared_ptr<model> m, const std::string & path) {

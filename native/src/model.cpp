@@ -11,6 +11,7 @@
 #include <cstring>
 #include <sys/stat.h>
 #include <thread>
+#include <unistd.h>
 
 namespace sqlr1 {
 
@@ -62,6 +63,18 @@ std::shared_ptr<backend_set> backend_set_init(const std::string & device, int n_
         fail("ERR_INVALID_ARG", "device must be 'cpu' or 'cuda', got '%s'", device.c_str());
     }
     return bs;
+}
+
+void gguf_write_atomic(gguf_context * g, const std::string & path) {
+    const std::string tmp = path + ".tmp" + std::to_string((long) getpid());
+    if (!gguf_write_to_file(g, tmp.c_str(), false)) {
+        remove(tmp.c_str());
+        fail("ERR_INVALID_ARG", "could not write %s", tmp.c_str());
+    }
+    if (rename(tmp.c_str(), path.c_str()) != 0) {
+        remove(tmp.c_str());
+        fail("ERR_INVALID_ARG", "could not rename %s to %s", tmp.c_str(), path.c_str());
+    }
 }
 
 bool weight_type_supported(ggml_type t) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+struct gguf_context;  // gguf.h
+
 namespace sqlr1 {
 
 enum arch_kind { ARCH_QWEN2, ARCH_LLAMA };
@@ -73,6 +75,9 @@ struct model {
 // Loads and validates a GGUF model. Throws sqlr1::error (ERR_GGUF_NOT_FOUND, ERR_GGUF_INVALID,
 // ERR_UNSUPPORTED_ARCH, ERR_UNSUPPORTED_TYPE, ERR_NO_CUDA, ERR_OUT_OF_MEMORY).
 std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<backend_set> backends);
+
+// Writes a GGUF file through a temporary file and a rename, so that no half-written file is ever left at `path`.
+void gguf_write_atomic(::gguf_context * g, const std::string & path);
 
 bool weight_type_supported(ggml_type t);
 // A supported weight type by name (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K; any case); ERR_UNSUPPORTED_TYPE otherwise.

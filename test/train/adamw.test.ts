@@ -9,7 +9,7 @@
 import t from 'tap';
 import { AdamW, ParamStore, Tensor, backward, type AdamWOptions } from '../../lib/train/index.js';
 import { testDevices } from '../helpers/native.js';
-import { normal, uniform, type Dev } from './fixtures/ref.js';
+import { normal, setGrads, uniform, type Dev } from './fixtures/ref.js';
 
 const devices = testDevices();
 
@@ -17,16 +17,6 @@ function store(t: { teardown(fn: () => void): void }, device: Dev = 'cpu'): Para
   const s = new ParamStore({ device, threads: 1 });
   t.teardown(() => s.dispose());
   return s;
-}
-
-/** Gives each named parameter exactly the gradient `g` (loss = sum(p * g)). */
-async function setGrads(s: ParamStore, grads: Record<string, Float32Array>): Promise<void> {
-  let loss: Tensor | undefined;
-  for (const [name, g] of Object.entries(grads)) {
-    const term = s.param(name).mul(Tensor.constant(g, s.shape(name))).sum();
-    loss = loss ? loss.add(term) : term;
-  }
-  await backward(loss!);
 }
 
 function adamwRef(w: Float64Array, m: Float64Array, v: Float64Array, g: ArrayLike<number>, o: Required<Omit<AdamWOptions, 'maxGradNorm'>>, step: number): void {

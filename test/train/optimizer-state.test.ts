@@ -4,13 +4,13 @@
  * files fail with a code and leave the store exactly as it was; saves leave no temporary file behind.
  */
 import t from 'tap';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AdamW, ParamStore, Tensor, backward } from '../../lib/train/index.js';
+import { AdamW, ParamStore } from '../../lib/train/index.js';
 import { readGgufMetadata, ggufInteger, ggufNumber, ggufString } from '../../lib/gguf/reader.js';
 import { writeGguf } from '../helpers/gguf-writer.js';
-import { uniform } from './fixtures/ref.js';
+import { tempDir } from '../helpers/native.js';
+import { setGrads, uniform } from './fixtures/ref.js';
 
 const SHAPES: Record<string, number[]> = { w: [7, 13], b: [13], s: [], untouched: [5] };
 const SEED = 777;
@@ -23,22 +23,6 @@ function store(t: { teardown(fn: () => void): void }, shapes: Record<string, num
     s.add(name, shape, uniform(shape.reduce((a, b) => a * b, 1), SEED + name.length));
   }
   return s;
-}
-
-function tempDir(t: { teardown(fn: () => void): void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'sqlr1-optstate-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Gives each named parameter exactly the gradient `g` through a real backward (loss = sum(p * g)). */
-async function setGrads(s: ParamStore, grads: Record<string, Float32Array>): Promise<void> {
-  let loss: Tensor | undefined;
-  for (const [name, g] of Object.entries(grads)) {
-    const term = s.param(name).mul(Tensor.constant(g, s.shape(name))).sum();
-    loss = loss ? loss.add(term) : term;
-  }
-  await backward(loss!);
 }
 
 function gradsFor(step: number): Record<string, Float32Array> {
