@@ -17,6 +17,16 @@ param_entry::~param_entry() {
     if (ctx) ggml_free(ctx);
 }
 
+void param_flag_guard::mark(const param_entry & e) {
+    if (!e.external || (e.value->flags & GGML_TENSOR_FLAG_PARAM)) return;
+    ggml_set_param(e.value);
+    flagged.push_back(e.value);
+}
+
+param_flag_guard::~param_flag_guard() {
+    for (ggml_tensor * x : flagged) x->flags &= ~GGML_TENSOR_FLAG_PARAM;
+}
+
 param_store::~param_store() {
     params.clear();  // before the backends go
     if (buf_opt) ggml_backend_buffer_free(buf_opt);
@@ -234,18 +244,8 @@ int64_t param_store_adamw_step(param_store & s, const adamw_options & o) {
     if (!ctx) fail("ERR_OUT_OF_MEMORY", "could not create the AdamW graph context");
     struct ctx_free { ggml_context * c; ~ctx_free() { ggml_free(c); } } guard{ctx};
 
-    // ggml_opt_step_adamw asserts the parameter flag; adopted tensors (LoRA A/B) carry it only while stepping,
-    // so that model graphs keep treating them as plain leaves.
-    struct unflag {
-        std::vector<ggml_tensor *> list;
-        ~unflag() { for (ggml_tensor * x : list) x->flags &= ~GGML_TENSOR_FLAG_PARAM; }
-    } flagged;
-    for (param_entry * e : todo) {
-        if (e->external && !(e->value->flags & GGML_TENSOR_FLAG_PARAM)) {
-            ggml_set_param(e->value);
-            flagged.list.push_back(e->value);
-        }
-    }
+    param_flag_guard flags;  // ggml_opt_step_adamw asserts the parameter flag
+    for (param_entry * e : todo) flags.mark(*e);
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, n_graph, false);
     for (param_entry * e : todo) {
         // The result is a view of the parameter, updated in place (as are m and v).

@@ -34,6 +34,15 @@ struct param_entry {
     ~param_entry();
 };
 
+// Adopted tensors (LoRA A/B) carry ggml's parameter flag only while a graph that differentiates or steps them is
+// built and run: model graphs that read them must keep treating them as plain leaves. Flags on `mark`, clears
+// on destruction.
+struct param_flag_guard {
+    std::vector<ggml_tensor *> flagged;
+    void mark(const param_entry & e);
+    ~param_flag_guard();
+};
+
 struct param_store {
     std::shared_ptr<backend_set> backends;
     std::vector<std::unique_ptr<param_entry>> params;     // in insertion order

@@ -10,6 +10,8 @@
 
 namespace sqlr1 {
 
+struct param_store;
+
 enum lora_target { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_N_TARGETS };
 
 // GGUF tensor base names, in lora_target order ("attn_q" -> blk.N.attn_q.weight.lora_a).
@@ -31,6 +33,9 @@ struct lora_adapter {
     std::vector<std::array<lora_pair, LORA_N_TARGETS>> layers;
     ggml_context * ctx = nullptr;
     ggml_backend_buffer_t buf = nullptr;
+    // The store of this adapter's parameters (train.h), while anything holds it. The store keeps the adapter
+    // alive (its values are the adapter's tensors), so this side is weak.
+    std::weak_ptr<param_store> params;
     float scale() const { return alpha / (float) rank; }
     std::vector<ggml_tensor *> tensors() const;  // a, b of every adapted layer, in file order
     ~lora_adapter();

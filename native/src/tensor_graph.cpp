@@ -242,10 +242,7 @@ tensor_graph_result tensor_graph_run(const tensor_graph_request & req) {
 
     std::vector<ggml_tensor *> t(n, nullptr);
     std::vector<bool> external(n, false);   // a store tensor, not allocated here
-    struct unflag {
-        std::vector<ggml_tensor *> list;
-        ~unflag() { for (ggml_tensor * x : list) x->flags &= ~GGML_TENSOR_FLAG_PARAM; }
-    } flagged;
+    param_flag_guard flags;
     bool any_grad = false;
     for (size_t i : order) {
         const tensor_graph_node & nd = req.nodes[i];
@@ -264,12 +261,7 @@ tensor_graph_result tensor_graph_run(const tensor_graph_request & req) {
         } else if (op == "param") {
             param_entry & e = param_store_get(*req.store, nd.param);
             r = e.value;
-            if (e.external && !(r->flags & GGML_TENSOR_FLAG_PARAM)) {
-                // Adopted tensors (LoRA A/B) are flagged only while this graph is built: model graphs that read
-                // them must keep treating them as plain leaves.
-                ggml_set_param(r);
-                flagged.list.push_back(r);
-            }
+            flags.mark(e);
             external[i] = true;
             any_grad = true;
         } else if (op == "add" || op == "mul") {

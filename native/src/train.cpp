@@ -20,26 +20,14 @@ namespace sqlr1 {
 // ---------------------------------------------------------------------------------------------------------
 // The adapter's parameter store
 
-namespace {
-std::mutex params_mutex;
-// One store per adapter while anything holds it. The store keeps the adapter alive (its values are the
-// adapter's tensors), so the adapter side holds only a weak reference.
-std::vector<std::pair<std::weak_ptr<lora_adapter>, std::weak_ptr<param_store>>> params_registry;
-}
-
 std::shared_ptr<param_store> lora_adapter_params(const std::shared_ptr<lora_adapter> & a) {
-    std::lock_guard<std::mutex> lock(params_mutex);
-    for (auto it = params_registry.begin(); it != params_registry.end();) {
-        auto ad = it->first.lock();
-        auto st = it->second.lock();
-        if (!ad || !st) { it = params_registry.erase(it); continue; }
-        if (ad == a) return st;
-        ++it;
-    }
+    static std::mutex mutex;  // the addon's main thread and trainer creation on a worker may both ask
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto s = a->params.lock()) return s;
     auto s = param_store_init(a->m->backends);
     s->owner = a;
     for (ggml_tensor * t : a->tensors()) param_store_adopt(*s, ggml_get_name(t), t);
-    params_registry.emplace_back(a, s);
+    a->params = s;
     return s;
 }
 
@@ -123,7 +111,7 @@ struct builder {
 
     ggml_tensor * frozen(ggml_tensor * w) { return frozen_weight(ctx, w, t.iota, t.compute, false); }
 
-    ggml_tensor * cast(ggml_tensor * x) { return ggml_cpy(ctx, x, ggml_new_tensor(ctx, t.compute, GGML_MAX_DIMS, x->ne)); }
+    ggml_tensor * cast(ggml_tensor * x) { return ggml_cast(ctx, x, t.compute); }  // also makes a permuted view contiguous
 
     const lora_pair * pair(int64_t il, int target) const {
         if (!use_lora || !t.lora) return nullptr;
@@ -131,15 +119,9 @@ struct builder {
         return p.a ? &p : nullptr;
     }
 
-    // Adds g to a parameter's gradient accumulator, in place.
+    // Adds g to a parameter's gradient accumulator, in place (the store names parameters as the adapter's tensors).
     void accumulate(ggml_tensor * value, ggml_tensor * g) {
-        for (auto & e : t.params->params) {
-            if (e->value == value) {
-                ggml_build_forward_expand(gf, ggml_add_inplace(ctx, e->grad, g));
-                return;
-            }
-        }
-        fail("ERR_INTERNAL", "tensor '%s' is not a parameter of the adapter's store", ggml_get_name(value));
+        ggml_build_forward_expand(gf, ggml_add_inplace(ctx, param_store_get(*t.params, ggml_get_name(value)).grad, g));
     }
 };
 

@@ -143,18 +143,23 @@ async function withModel<R>(path: string, device: 'auto' | 'cpu' | 'cuda', work:
   }
 }
 
+/** A `bench` subcommand with the options every benchmark takes (model, device, --json). */
+function benchCommand(bench: Command, name: string, description: string): Command {
+  return bench
+    .command(name)
+    .description(description)
+    .requiredOption('--model <file>', 'GGUF model')
+    .option('--device <device>', 'auto | cpu | cuda', parseChoice('--device', ['auto', 'cpu', 'cuda'] as const), 'auto')
+    .option('--json', 'machine-readable output');
+}
+
 export function register(program: Command): void {
   const bench = program.command('bench').description('throughput benchmarks (GPU figures are the ones that count)');
   registerStep(bench);
-  bench
-    .command('generate')
-    .description('batched sampling from one shared prompt, like llama-batched-bench -pps')
-    .requiredOption('--model <file>', 'GGUF model')
-    .option('--device <device>', 'auto | cpu | cuda', parseChoice('--device', ['auto', 'cpu', 'cuda'] as const), 'auto')
+  benchCommand(bench, 'generate', 'batched sampling from one shared prompt, like llama-batched-bench -pps')
     .option('--prompt-tokens <n>', 'shared prompt length', parseIntArg('--prompt-tokens', 1), 512)
     .option('--new-tokens <n>', 'tokens generated per sequence', parseIntArg('--new-tokens', 1), 256)
     .option('--batch <list>', 'comma-separated batch sizes', parseIntList('--batch'), [1, 8, 32])
-    .option('--json', 'machine-readable output')
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; promptTokens: number; newTokens: number; batch: number[]; json?: boolean }) => {
       const report = await withModel(o.model, o.device, async (model) => {
         const rows: GenerateBenchRow[] = [];
@@ -175,12 +180,8 @@ export function register(program: Command): void {
     });
 }
 
-export function registerStep(bench: Command): void {
-  bench
-    .command('step')
-    .description('one GRPO training step (LoRA on all linear layers), pass by pass: reference forward, policy forward, loss, backward, AdamW')
-    .requiredOption('--model <file>', 'GGUF model')
-    .option('--device <device>', 'auto | cpu | cuda', parseChoice('--device', ['auto', 'cpu', 'cuda'] as const), 'auto')
+function registerStep(bench: Command): void {
+  benchCommand(bench, 'step', 'one GRPO training step (LoRA on all linear layers), pass by pass: reference forward, policy forward, loss, backward, AdamW')
     .option('--sequences <n>', 'sequences per step', parseIntArg('--sequences', 1), 8)
     .option('--prompt-tokens <n>', 'prompt tokens per sequence', parseIntArg('--prompt-tokens', 1), 512)
     .option('--completion-tokens <n>', 'completion tokens per sequence', parseIntArg('--completion-tokens', 1), 256)
@@ -189,7 +190,6 @@ export function registerStep(bench: Command): void {
     .option('--compute <type>', 'type frozen weights are converted to for products: f32 | bf16 (default bf16 on CUDA, f32 on the CPU)',
       parseChoice('--compute', ['f32', 'bf16'] as const))
     .option('--steps <n>', 'measured steps after one warm-up step (medians are reported)', parseIntArg('--steps', 1), 3)
-    .option('--json', 'machine-readable output')
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; sequences: number; promptTokens: number; completionTokens: number;
       rank: number; alpha: number; compute?: TrainCompute; steps: number; json?: boolean }) => {
       const report = await withModel(o.model, o.device, (model) =>
