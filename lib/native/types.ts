@@ -145,4 +145,9 @@ export interface NativeBinding {
     device: 'cpu' | 'cuda'; logits: Float32Array; nVocab: number; seeds: BigUint64Array; positions: BigUint64Array;
     temperature: number; topK?: number; topP?: number;
   }): { tokens: Int32Array; logprobs: Float32Array };
+  /** The training attention kernels on host data (CUDA builds; tests). dk and dv are per query head. */
+  attentionCuda(req: {
+    q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array;
+    headDim: number; heads: number; kvHeads: number; nt: number; ns: number; scale?: number;
+  }): { o: Float32Array; lse: Float32Array; dq: Float32Array; dk: Float32Array; dv: Float32Array };
 }

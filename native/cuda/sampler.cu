@@ -6,6 +6,7 @@
 // pass 1 computes per-slice max, sum of exp and the best Gumbel score; pass 2 combines the slices per row.
 #include "sampler.h"
 #include "common.h"
+#include "cuda_check.h"
 
 #include <cuda_runtime.h>
 
@@ -103,10 +104,6 @@ __global__ void sample_combine(const float * __restrict__ logits, int64_t stride
     }
 }
 
-void check(cudaError_t e, const char * what) {
-    if (e != cudaSuccess) fail("ERR_INTERNAL", "CUDA error in %s: %s", what, cudaGetErrorString(e));
-}
-
 // Grow-only device scratch for the per-row parameters, slice statistics and results.
 struct scratch {
     std::mutex mu;
@@ -126,33 +123,33 @@ void sample_rows_cuda(const float * d_logits, int64_t n_vocab, int64_t stride, i
     if (n_vocab > INT_MAX) fail("ERR_INVALID_ARG", "vocabulary too large for the sampling kernel");
     std::lock_guard<std::mutex> lock(g_scratch.mu);
     scratch & s = g_scratch;
-    if (!s.stream) check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    if (!s.stream) cuda_check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
     if (n_rows > s.cap) {
         cudaFree(s.rows); cudaFree(s.stats); cudaFree(s.out);
         s.cap = std::max<int64_t>(n_rows, 64);
-        check(cudaMalloc(&s.rows, s.cap * sizeof(sample_row_params)), "cudaMalloc");
-        check(cudaMalloc(&s.stats, s.cap * SPLITS * sizeof(slice_stats)), "cudaMalloc");
-        check(cudaMalloc(&s.out, s.cap * sizeof(sample_out)), "cudaMalloc");
+        cuda_check(cudaMalloc(&s.rows, s.cap * sizeof(sample_row_params)), "cudaMalloc");
+        cuda_check(cudaMalloc(&s.stats, s.cap * SPLITS * sizeof(slice_stats)), "cudaMalloc");
+        cuda_check(cudaMalloc(&s.out, s.cap * sizeof(sample_out)), "cudaMalloc");
     }
     const bool greedy = !(temperature > 0.0f);
     const float inv_t = greedy ? 1.0f : 1.0f / temperature;
-    check(cudaMemcpyAsync(s.rows, rows, n_rows * sizeof(sample_row_params), cudaMemcpyHostToDevice, s.stream), "cudaMemcpy");
+    cuda_check(cudaMemcpyAsync(s.rows, rows, n_rows * sizeof(sample_row_params), cudaMemcpyHostToDevice, s.stream), "cudaMemcpy");
     sample_slices<<<dim3((unsigned) n_rows, SPLITS), BLOCK, 0, s.stream>>>(d_logits, n_vocab, stride, s.rows, inv_t, greedy, s.stats);
-    check(cudaGetLastError(), "sample_slices launch");
+    cuda_check(cudaGetLastError(), "sample_slices launch");
     sample_combine<<<(unsigned) n_rows, 32, 0, s.stream>>>(d_logits, stride, s.stats, inv_t, s.out);
-    check(cudaGetLastError(), "sample_combine launch");
+    cuda_check(cudaGetLastError(), "sample_combine launch");
     s.host.resize(n_rows);
-    check(cudaMemcpyAsync(s.host.data(), s.out, n_rows * sizeof(sample_out), cudaMemcpyDeviceToHost, s.stream), "cudaMemcpy");
-    check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+    cuda_check(cudaMemcpyAsync(s.host.data(), s.out, n_rows * sizeof(sample_out), cudaMemcpyDeviceToHost, s.stream), "cudaMemcpy");
+    cuda_check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
     for (int64_t r = 0; r < n_rows; r++) { out_tok[r] = s.host[r].tok; out_lp[r] = s.host[r].lp; }
 }
 
 void sample_rows_cuda_from_host(const float * logits, int64_t n_vocab, int64_t n_rows, const sample_row_params * rows,
                                 float temperature, int32_t * out_tok, float * out_lp) {
     float * d = nullptr;
-    check(cudaMalloc(&d, n_rows * n_vocab * sizeof(float)), "cudaMalloc");
+    cuda_check(cudaMalloc(&d, n_rows * n_vocab * sizeof(float)), "cudaMalloc");
     struct guard { float * d; ~guard() { cudaFree(d); } } g{d};
-    check(cudaMemcpy(d, logits, n_rows * n_vocab * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    cuda_check(cudaMemcpy(d, logits, n_rows * n_vocab * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
     sample_rows_cuda(d, n_vocab, n_vocab, n_rows, rows, temperature, out_tok, out_lp);
 }
 

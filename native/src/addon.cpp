@@ -1,6 +1,7 @@
 // The N-API surface: Model, Context and a few functions. Arguments arrive already validated and defaulted by
 // lib/native/ (TypeScript); here they are type-checked once more so that no input can reach a ggml assert.
 // Heavy calls run in AsyncWorkers and return Promises; each holds a reference on its owner.
+#include "attention.h"
 #include "context.h"
 #include "lora.h"
 #include "napi_helpers.h"
@@ -610,6 +611,55 @@ Napi::Value RunOp(const Napi::CallbackInfo & info) {
         });
 }
 
+// The training attention kernels from host arrays (native/cuda/attention.h), for the tests against a
+// plain-loop reference: { q, k, v, dout: Float32Array, headDim, heads, kvHeads, nt, ns, scale } ->
+// { o, lse, dq, dk, dv } (dk, dv per query head).
+Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = need_object(info, 0, "request");
+    auto dim = [&](const char * key) {
+        const double v = get_number(o, key, 0);
+        if (!(v >= 1 && v <= 65535 && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [1, 65535]");
+        return (int64_t) v;
+    };
+    attn_dims d;
+    d.hd = dim("headDim");
+    d.H = dim("heads");
+    d.Hk = dim("kvHeads");
+    d.nt = dim("nt");
+    d.ns = dim("ns");
+    d.scale = (float) get_number(o, "scale", 1.0 / std::sqrt((double) d.hd));
+    if (d.H % d.Hk != 0) bad_arg(env, "heads must be a multiple of kvHeads");
+    const size_t T = (size_t) (d.nt * d.ns);
+    auto f32 = [&](const char * key, size_t n) {
+        Napi::Value v = o.Get(key);
+        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) bad_arg(env, std::string(key) + " must be a Float32Array");
+        Napi::Float32Array a = v.As<Napi::Float32Array>();
+        if (a.ElementLength() != n) bad_arg(env, std::string(key) + " must hold " + std::to_string(n) + " values");
+        return a;
+    };
+    const size_t nq = (size_t) d.hd * d.H * T, nk = (size_t) d.hd * d.Hk * T;
+    Napi::Float32Array q = f32("q", nq), k = f32("k", nk), v = f32("v", nk), dout = f32("dout", nq);
+    attn_host_result r;
+    guarded(env, [&]() {
+#ifdef SQLR1_WITH_CUDA
+        if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
+        r = attn_cuda_from_host(d, q.Data(), k.Data(), v.Data(), dout.Data());
+#else
+        (void) q, (void) k, (void) v, (void) dout;
+        fail("ERR_NO_CUDA", "this binary was built without CUDA");
+#endif
+        return 0;
+    });
+    Napi::Object out = Napi::Object::New(env);
+    for (auto [name, vec] : { std::pair{ "o", &r.o }, std::pair{ "lse", &r.lse }, std::pair{ "dq", &r.dq }, std::pair{ "dk", &r.dk }, std::pair{ "dv", &r.dv } }) {
+        Napi::Float32Array a = Napi::Float32Array::New(env, vec->size());
+        std::copy(vec->begin(), vec->end(), a.Data());
+        out.Set(name, a);
+    }
+    return out;
+}
+
 } // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -626,6 +676,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
     exports.Set("runOp", Napi::Function::New(env, RunOp));
     exports.Set("sampleRows", Napi::Function::New(env, SampleRows));
+    exports.Set("attentionCuda", Napi::Function::New(env, AttentionCuda));
     tensor_graph_register(env, exports);
     train_register(env, exports);
     return exports;

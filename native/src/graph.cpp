@@ -40,10 +40,20 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
     return y;
 }
 
-ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed) {
+ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed, bool rows_in_type) {
     if (!transposed && w->type == type) return w;
-    ggml_tensor * wf = w->type == GGML_TYPE_F32 ? w : ggml_get_rows(ctx, w, ggml_view_1d(ctx, iota, w->ne[1], 0));  // F32 [in, out]
-    ggml_tensor * wc = type == GGML_TYPE_F32 ? wf : ggml_cast(ctx, wf, type);
+    ggml_tensor * wc;
+    if (rows_in_type && w->type != GGML_TYPE_F32 && (type == GGML_TYPE_F16 || type == GGML_TYPE_BF16)) {
+        // ggml_get_rows always declares an F32 result; the CUDA kernel writes F16 or BF16 as well, so the result
+        // is re-typed before allocation: one pass instead of a dequantize and a cast.
+        wc = ggml_get_rows(ctx, w, ggml_view_1d(ctx, iota, w->ne[1], 0));
+        wc->type = type;
+        wc->nb[0] = ggml_type_size(type);
+        for (int i = 1; i < GGML_MAX_DIMS; i++) wc->nb[i] = wc->nb[i - 1] * wc->ne[i - 1];
+    } else {
+        ggml_tensor * wf = w->type == GGML_TYPE_F32 ? w : ggml_get_rows(ctx, w, ggml_view_1d(ctx, iota, w->ne[1], 0));  // F32 [in, out]
+        wc = type == GGML_TYPE_F32 ? wf : ggml_cast(ctx, wf, type);
+    }
     return transposed ? transpose01(ctx, wc) : wc;
 }
 

@@ -60,8 +60,9 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
 
 // A frozen weight W [in, out] of any supported type as `type` for a matrix product: W itself when it already
 // has that type, else dequantized (get_rows over `iota`, an I32 [>= out] tensor holding 0, 1, 2, ...) and
-// converted. Transposed: W^T as a contiguous [out, in] scratch copy, for input gradients.
-ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed);
+// converted. Transposed: W^T as a contiguous [out, in] scratch copy, for input gradients. `rows_in_type`
+// (CUDA only: the CPU's get_rows writes F32 alone) dequantizes straight into F16 or BF16.
+ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed, bool rows_in_type = false);
 
 // A contiguous tensor with dimensions 0 and 1 swapped (same type; x contiguous).
 ggml_tensor * transpose01(ggml_context * ctx, ggml_tensor * x);

@@ -6,6 +6,11 @@
 #include "ggml-impl.h"
 #pragma GCC diagnostic pop
 
+#ifdef SQLR1_WITH_CUDA
+#include "attention.h"
+#include "ggml-cuda.h"
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -54,15 +59,16 @@ struct graph_ctx {
     ~graph_ctx() { ggml_free(ctx); }
 };
 
-// What one graph needs besides the weights: positions, the causal mask, and a place for per-graph inputs.
+// What one graph needs besides the weights: positions and the causal mask (made when first asked for, from
+// the trainer's host copies), and a place for per-graph inputs.
 struct graph_inputs {
     ggml_tensor * pos = nullptr;      // I32 [T]: 0..nt-1 per sequence
     ggml_tensor * mask = nullptr;     // F32 [nt, nt]: 0 where key <= query, -inf above
     ggml_tensor * mask_f16 = nullptr; // the same in F16, for flash attention
+    std::vector<std::pair<ggml_tensor *, const void *>> shared;  // data the trainer holds
     std::vector<std::pair<ggml_tensor *, std::vector<int32_t>>> i32;
     std::vector<std::pair<ggml_tensor *, std::vector<int64_t>>> i64;
     std::vector<std::pair<ggml_tensor *, std::vector<float>>> f32;
-    std::vector<std::pair<ggml_tensor *, std::vector<ggml_fp16_t>>> f16;
 };
 
 struct builder {
@@ -95,21 +101,40 @@ struct builder {
         return x;
     }
 
-    void add_positions_and_mask() {
-        std::vector<int32_t> pos(T());
-        for (int64_t s = 0; s < ns; s++) for (int64_t i = 0; i < nt; i++) pos[s * nt + i] = (int32_t) i;
-        in.pos = input_i32(T(), std::move(pos));
-        std::vector<float> mask(nt * nt);
-        for (int64_t q = 0; q < nt; q++) for (int64_t k = 0; k < nt; k++) mask[q * nt + k] = k <= q ? 0.0f : -INFINITY;
-        std::vector<ggml_fp16_t> mask16(mask.size());
-        for (size_t i = 0; i < mask.size(); i++) mask16[i] = ggml_fp32_to_fp16(mask[i]);
-        in.mask = input_f32_2d(nt, nt, std::move(mask));
-        in.mask_f16 = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, nt, nt);
-        ggml_set_input(in.mask_f16);
-        in.f16.emplace_back(in.mask_f16, std::move(mask16));
+    // The host copies are made once per batch shape: a backward builds several graphs per layer.
+    const trainer::shape_inputs & shape() {
+        trainer::shape_inputs & c = t.shape_cache;
+        if (c.ns == ns && c.nt == nt) return c;
+        c.pos.resize(T());
+        for (int64_t s = 0; s < ns; s++) for (int64_t i = 0; i < nt; i++) c.pos[s * nt + i] = (int32_t) i;
+        c.mask.resize(nt * nt);
+        for (int64_t q = 0; q < nt; q++) for (int64_t k = 0; k < nt; k++) c.mask[q * nt + k] = k <= q ? 0.0f : -INFINITY;
+        c.mask16.resize(c.mask.size());
+        for (size_t i = 0; i < c.mask.size(); i++) c.mask16[i] = ggml_fp32_to_fp16(c.mask[i]);
+        c.ns = ns;
+        c.nt = nt;
+        return c;
+    }
+    ggml_tensor * shared_input(ggml_type type, int64_t a, int64_t b, const void * data) {
+        ggml_tensor * x = ggml_new_tensor_2d(ctx, type, a, b);
+        ggml_set_input(x);
+        in.shared.emplace_back(x, data);
+        return x;
+    }
+    ggml_tensor * positions() {
+        if (!in.pos) in.pos = shared_input(GGML_TYPE_I32, T(), 1, shape().pos.data());
+        return in.pos;
+    }
+    ggml_tensor * mask() {
+        if (!in.mask) in.mask = shared_input(GGML_TYPE_F32, nt, nt, shape().mask.data());
+        return in.mask;
+    }
+    ggml_tensor * mask_f16() {
+        if (!in.mask_f16) in.mask_f16 = shared_input(GGML_TYPE_F16, nt, nt, shape().mask16.data());
+        return in.mask_f16;
     }
 
-    ggml_tensor * frozen(ggml_tensor * w) { return frozen_weight(ctx, w, t.iota, t.compute, false); }
+    ggml_tensor * frozen(ggml_tensor * w) { return frozen_weight(ctx, w, t.iota, t.compute, false, t.cuda); }
 
     ggml_tensor * cast(ggml_tensor * x) { return ggml_cast(ctx, x, t.compute); }  // also makes a permuted view contiguous
 
@@ -191,58 +216,85 @@ ggml_tensor * rms_norm_w_back(builder & b, ggml_tensor * x, ggml_tensor * w, ggm
 
 ggml_tensor * rope(builder & b, ggml_tensor * x, bool back) {
     const hparams & hp = b.hp();
-    if (back) return ggml_rope_ext_back(b.ctx, x, b.in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-    return ggml_rope_ext(b.ctx, x, b.in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    if (back) return ggml_rope_ext_back(b.ctx, x, b.positions(), nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+    return ggml_rope_ext(b.ctx, x, b.positions(), nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
 }
 
-// Sums the query heads of each KV group: [hd, nt, H, ns] -> [hd, nt, Hkv, ns] (query head h uses KV head
-// h / group, as ggml's matrix product broadcasts).
+// Sums the query heads of each KV group: x [unit, H, outer] (contiguous) -> [unit, H / group, outer]. Query
+// head h uses KV head h / group, as ggml's matrix product broadcasts.
 ggml_tensor * group_sum(builder & b, ggml_tensor * x, int64_t group) {
     if (group == 1) return x;
-    const int64_t hk = x->ne[2] / group;
+    const int64_t hk = x->ne[1] / group;
     ggml_tensor * acc = nullptr;
     for (int64_t g = 0; g < group; g++) {
-        ggml_tensor * v = ggml_view_4d(b.ctx, x, x->ne[0] * x->ne[1], 1, hk, x->ne[3], x->nb[2], x->nb[2] * group, x->nb[3], x->nb[2] * g);
+        ggml_tensor * v = ggml_view_3d(b.ctx, x, x->ne[0], hk, x->ne[2], x->nb[1] * group, x->nb[2], x->nb[1] * g);
         acc = acc ? ggml_add(b.ctx, acc, v) : ggml_cont(b.ctx, v);
     }
-    return ggml_reshape_4d(b.ctx, acc, x->ne[0], x->ne[1], hk, x->ne[3]);
+    return acc;
 }
 
 struct layer_fwd {
     ggml_tensor * x = nullptr, * n1 = nullptr, * x2 = nullptr, * n2 = nullptr;
     linear_fwd q, k, v, o, gate, up, down;
-    ggml_tensor * qp = nullptr;                                    // F32 [hd, nt, H, ns], after RoPE
-    ggml_tensor * kp = nullptr, * vp = nullptr;                    // compute type [hd, nt, Hk, ns], K after RoPE
+    ggml_tensor * q3 = nullptr, * k3 = nullptr, * v3 = nullptr;    // F32 [hd, H or Hk, T], Q and K after RoPE
+    ggml_tensor * qp = nullptr;                                    // F32 [hd, nt, H, ns]
+    ggml_tensor * kp = nullptr, * vp = nullptr;                    // compute type [hd, nt, Hk, ns]
     ggml_tensor * P = nullptr;                                     // softmax [nt_k, nt_q, H, ns]
-    ggml_tensor * g = nullptr, * u = nullptr, * sg = nullptr;      // gate, up, silu(gate)
+    ggml_tensor * g = nullptr, * u = nullptr;                      // gate, up
     ggml_tensor * y = nullptr;
 };
 
-layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backward) {
+// The attention's inputs: norm, the Q, K, V products, RoPE.
+void attn_inputs(builder & b, int64_t il, ggml_tensor * x, bool for_backward, layer_fwd & f) {
     ggml_context * ctx = b.ctx;
     const hparams & hp = b.hp();
     const layer_weights & L = b.t.m->layers[il];
-    const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv, nt = b.nt, ns = b.ns, T = b.T();
-    layer_fwd f;
     f.x = x;
     f.n1 = rms_norm_w(b, x, L.attn_norm);
     f.q = linear(b, il, LORA_Q, L.wq, L.bq, f.n1, for_backward);
     f.k = linear(b, il, LORA_K, L.wk, L.bk, f.n1, for_backward);
     f.v = linear(b, il, LORA_V, L.wv, L.bv, f.n1, for_backward);
-    ggml_tensor * q4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.q.y, hd, H, T), false), hd, H, nt, ns);
-    ggml_tensor * k4 = ggml_reshape_4d(ctx, rope(b, ggml_reshape_3d(ctx, f.k.y, hd, Hk, T), false), hd, Hk, nt, ns);
-    ggml_tensor * v4 = ggml_reshape_4d(ctx, f.v.y, hd, Hk, nt, ns);
+    f.q3 = rope(b, ggml_reshape_3d(ctx, f.q.y, hp.head_dim, hp.n_head, b.T()), false);
+    f.k3 = rope(b, ggml_reshape_3d(ctx, f.k.y, hp.head_dim, hp.n_head_kv, b.T()), false);
+    f.v3 = ggml_reshape_3d(ctx, f.v.y, hp.head_dim, hp.n_head_kv, b.T());
+}
+
+// The rest of the layer from the attention's output attn [hd * H, T]: O product, residual, norm, SwiGLU FFN.
+void layer_rest(builder & b, int64_t il, ggml_tensor * attn, bool for_backward, layer_fwd & f) {
+    ggml_context * ctx = b.ctx;
+    const layer_weights & L = b.t.m->layers[il];
+    f.o = linear(b, il, LORA_O, L.wo, nullptr, attn, for_backward);
+    f.x2 = ggml_add(ctx, f.x, f.o.y);
+    f.n2 = rms_norm_w(b, f.x2, L.ffn_norm);
+    f.gate = linear(b, il, LORA_GATE, L.ffn_gate, nullptr, f.n2, for_backward);
+    f.up = linear(b, il, LORA_UP, L.ffn_up, nullptr, f.n2, for_backward);
+    f.g = f.gate.y;
+    f.u = f.up.y;
+    ggml_tensor * h = ggml_swiglu_split(ctx, f.g, f.u);
+    f.down = linear(b, il, LORA_DOWN, L.ffn_down, nullptr, h, for_backward);
+    f.y = ggml_add(ctx, f.x2, f.down.y);
+}
+
+layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backward) {
+    ggml_context * ctx = b.ctx;
+    const hparams & hp = b.hp();
+    const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv, nt = b.nt, ns = b.ns, T = b.T();
+    layer_fwd f;
+    attn_inputs(b, il, x, for_backward, f);
+    ggml_tensor * q4 = ggml_reshape_4d(ctx, f.q3, hd, H, nt, ns);
+    ggml_tensor * k4 = ggml_reshape_4d(ctx, f.k3, hd, Hk, nt, ns);
+    ggml_tensor * v4 = ggml_reshape_4d(ctx, f.v3, hd, Hk, nt, ns);
 
     const float kq_scale = 1.0f / std::sqrt((float) hd);
     ggml_tensor * attn;
     ggml_tensor * fa = nullptr;
     if (!for_backward && b.t.compute != GGML_TYPE_F32) {
         // Forward only, reduced precision: flash attention (no [nt x nt] scores in memory), K and V in F16 as
-        // the kernel takes them. The backward's recompute writes attention out (below) with the same inputs.
-        // Where the backend has no kernel for the shape (small head sizes on CUDA), the written-out form is used.
+        // the kernel takes them. Where the backend has no kernel for the shape (small head sizes on CUDA), the
+        // written-out form is used.
         ggml_tensor * kh = ggml_cpy(ctx, ggml_permute(ctx, k4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
         ggml_tensor * vh = ggml_cpy(ctx, ggml_permute(ctx, v4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
-        fa = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3), kh, vh, b.in.mask_f16, kq_scale, 0.0f, 0.0f);
+        fa = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3), kh, vh, b.mask_f16(), kq_scale, 0.0f, 0.0f);
         ggml_flash_attn_ext_set_prec(fa, GGML_PREC_F32);
         if (!ggml_backend_supports_op(b.t.m->backends->primary, fa)) fa = nullptr;
     }
@@ -254,87 +306,99 @@ layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backw
         f.kp = b.cast(ggml_permute(ctx, k4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
         f.vp = b.cast(ggml_permute(ctx, v4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
         ggml_tensor * kq = ggml_mul_mat(ctx, f.kp, f.qp);                            // [nt_k, nt_q, H, ns]
-        f.P = ggml_soft_max_ext(ctx, kq, b.in.mask, kq_scale, 0.0f);
+        f.P = ggml_soft_max_ext(ctx, kq, b.mask(), kq_scale, 0.0f);
         ggml_tensor * o = ggml_mul_mat(ctx, transpose01(ctx, f.vp), f.P);           // [hd, nt, H, ns]
         attn = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3)), hd * H, T);
     }
-
-    f.o = linear(b, il, LORA_O, L.wo, nullptr, attn, for_backward);
-    f.x2 = ggml_add(ctx, x, f.o.y);
-    f.n2 = rms_norm_w(b, f.x2, L.ffn_norm);
-    f.gate = linear(b, il, LORA_GATE, L.ffn_gate, nullptr, f.n2, for_backward);
-    f.up = linear(b, il, LORA_UP, L.ffn_up, nullptr, f.n2, for_backward);
-    f.g = f.gate.y;
-    f.u = f.up.y;
-    ggml_tensor * h;
-    if (for_backward) {
-        f.sg = ggml_silu(ctx, f.g);
-        h = ggml_mul(ctx, f.sg, f.u);
-    } else {
-        h = ggml_swiglu_split(ctx, f.g, f.u);
-    }
-    f.down = linear(b, il, LORA_DOWN, L.ffn_down, nullptr, h, for_backward);
-    f.y = ggml_add(ctx, f.x2, f.down.y);
+    layer_rest(b, il, attn, for_backward, f);
     return f;
 }
 
-// dy [E, T] -> dx [E, T] (null when !need_dx), adding the layer's adapter gradients.
-ggml_tensor * layer_backward(builder & b, const layer_fwd & f, ggml_tensor * dy, int64_t il, bool need_dx) {
+// FFN: y = x2 + down(silu(g) * u), then the O product: dy -> (dx2, dattn [hd * H, T]).
+std::pair<ggml_tensor *, ggml_tensor *> rest_backward(builder & b, const layer_fwd & f, ggml_tensor * dy, int64_t il) {
     ggml_context * ctx = b.ctx;
-    const hparams & hp = b.hp();
     const layer_weights & L = b.t.m->layers[il];
-    const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv, nt = b.nt, ns = b.ns, T = b.T();
-
-    // FFN: y = x2 + down(silu(g) * u)
     ggml_tensor * dh = linear_back(b, f.down, dy, true);
-    ggml_tensor * du = ggml_mul(ctx, dh, f.sg);
+    ggml_tensor * du = ggml_swiglu_split(ctx, f.g, dh);                                      // silu(g) dh, one pass
     ggml_tensor * dg = ggml_silu_back(ctx, ggml_mul(ctx, dh, f.u), f.g);
     ggml_tensor * dn2 = ggml_add(ctx, linear_back(b, f.gate, dg, true), linear_back(b, f.up, du, true));
     ggml_tensor * dx2 = ggml_add(ctx, dy, rms_norm_w_back(b, f.x2, L.ffn_norm, dn2));
+    return { dx2, linear_back(b, f.o, dx2, true) };
+}
 
-    // Attention: x2 = x + o(attn), attn = V softmax(scale K^T Q + mask)
-    ggml_tensor * dattn = linear_back(b, f.o, dx2, true);                                     // [hd*H, T]
+// From the gradients at Q, K (after RoPE) and V ([hd, H or Hk, T]) back through RoPE and the Q, K, V products
+// and the norm: dx = dx2 + d(norm)/dx (null when !need_dx).
+ggml_tensor * inputs_backward(builder & b, const layer_fwd & f, ggml_tensor * dq3, ggml_tensor * dk3, ggml_tensor * dv3,
+                              ggml_tensor * dx2, int64_t il, bool need_dx) {
+    ggml_context * ctx = b.ctx;
+    const hparams & hp = b.hp();
+    const int64_t T = b.T();
+    ggml_tensor * dn1 = linear_back(b, f.q, ggml_reshape_2d(ctx, rope(b, dq3, true), hp.head_dim * hp.n_head, T), need_dx);
+    ggml_tensor * dn1k = linear_back(b, f.k, ggml_reshape_2d(ctx, rope(b, dk3, true), hp.head_dim * hp.n_head_kv, T), need_dx);
+    ggml_tensor * dn1v = linear_back(b, f.v, ggml_reshape_2d(ctx, dv3, hp.head_dim * hp.n_head_kv, T), need_dx);
+    if (!need_dx) return nullptr;
+    dn1 = ggml_add(ctx, ggml_add(ctx, dn1, dn1k), dn1v);
+    return ggml_add(ctx, dx2, rms_norm_w_back(b, f.x, b.t.m->layers[il].attn_norm, dn1));
+}
+
+// dy [E, T] -> dx [E, T] (null when !need_dx), adding the layer's adapter gradients; attention written out.
+ggml_tensor * layer_backward(builder & b, const layer_fwd & f, ggml_tensor * dy, int64_t il, bool need_dx) {
+    ggml_context * ctx = b.ctx;
+    const hparams & hp = b.hp();
+    const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv, nt = b.nt, ns = b.ns, T = b.T();
+    auto [dx2, dattn] = rest_backward(b, f, dy, il);
+
+    // Attention: attn = V softmax(scale K^T Q + mask)
     ggml_tensor * dattn4 = ggml_reshape_4d(ctx, dattn, hd, H, nt, ns);
     ggml_tensor * dO = ggml_cont(ctx, ggml_permute(ctx, dattn4, 0, 2, 1, 3));                // [hd, nt, H, ns]
     ggml_tensor * dP = ggml_mul_mat(ctx, f.vp, dO);                                           // [nt_k, nt_q, H, ns]
     ggml_tensor * dS = ggml_soft_max_ext_back(ctx, dP, f.P, 1.0f / std::sqrt((float) hd), 0.0f);  // d/d(K^T Q)
     ggml_tensor * dQ = ggml_mul_mat(ctx, transpose01(ctx, f.kp), dS);                         // [hd, nt_q, H, ns]
     ggml_tensor * qt = transpose01(ctx, b.cast(f.qp));                                        // [nt_q, hd, H, ns]
-    ggml_tensor * dK = group_sum(b, ggml_mul_mat(ctx, qt, transpose01(ctx, dS)), H / Hk);     // [hd, nt_k, Hk, ns]
+    auto kv_grad = [&](ggml_tensor * per_head) {                                              // [hd, nt, H, ns] -> [hd, Hk, T]
+        ggml_tensor * g = ggml_reshape_4d(ctx, group_sum(b, ggml_reshape_3d(ctx, per_head, hd * nt, H, ns), H / Hk), hd, nt, Hk, ns);
+        return ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, g, 0, 2, 1, 3)), hd, Hk, T);
+    };
+    ggml_tensor * dk3 = kv_grad(ggml_mul_mat(ctx, qt, transpose01(ctx, dS)));
     ggml_tensor * dOt = transpose01(ctx, b.cast(dO));                                         // [nt_q, hd, H, ns]
-    ggml_tensor * dV = group_sum(b, ggml_mul_mat(ctx, dOt, transpose01(ctx, f.P)), H / Hk);   // [hd, nt_k, Hk, ns]
-
-    ggml_tensor * dq = rope(b, ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, dQ, 0, 2, 1, 3)), hd, H, T), true);
-    ggml_tensor * dk = rope(b, ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, dK, 0, 2, 1, 3)), hd, Hk, T), true);
-    ggml_tensor * dv = ggml_cont(ctx, ggml_permute(ctx, dV, 0, 2, 1, 3));
-    ggml_tensor * dn1 = linear_back(b, f.q, ggml_reshape_2d(ctx, dq, hd * H, T), need_dx);
-    ggml_tensor * dn1k = linear_back(b, f.k, ggml_reshape_2d(ctx, dk, hd * Hk, T), need_dx);
-    ggml_tensor * dn1v = linear_back(b, f.v, ggml_reshape_2d(ctx, dv, hd * Hk, T), need_dx);
-    if (!need_dx) return nullptr;
-    dn1 = ggml_add(ctx, ggml_add(ctx, dn1, dn1k), dn1v);
-    return ggml_add(ctx, dx2, rms_norm_w_back(b, f.x, L.attn_norm, dn1));
+    ggml_tensor * dv3 = kv_grad(ggml_mul_mat(ctx, dOt, transpose01(ctx, f.P)));
+    ggml_tensor * dq3 = ggml_reshape_3d(ctx, ggml_cont(ctx, ggml_permute(ctx, dQ, 0, 2, 1, 3)), hd, H, T);
+    return inputs_backward(b, f, dq3, dk3, dv3, dx2, il, need_dx);
 }
 
-// The output head over token chunk [c0, c0 + n): probabilities softmax(W_out^T norm(x) / T) [V, n] and the
-// log-prob of each token's target [1, n].
-struct head_chunk {
-    ggml_tensor * xc = nullptr, * P = nullptr, * lp = nullptr;
-    std::vector<int32_t> flat;        // token * V + target (0 for none)
+// The output head runs only at the positions that have a target (the completions'; a prompt's logits are never
+// needed): xs [E, n_sel] holds those rows, gathered from the final hidden state.
+struct head_rows {
+    std::vector<int32_t> pos;         // positions with a target, ascending
+    std::vector<int32_t> target;      // their targets
 };
 
-head_chunk head_forward(builder & b, ggml_tensor * xL, const train_batch & batch, int64_t c0, int64_t n) {
+head_rows head_select(const train_batch & batch) {
+    head_rows r;
+    for (int64_t i = 0; i < (int64_t) batch.targets.size(); i++) {
+        if (batch.targets[i] < 0) continue;
+        r.pos.push_back((int32_t) i);
+        r.target.push_back(batch.targets[i]);
+    }
+    return r;
+}
+
+// The head over selected rows [c0, c0 + n) of xs: probabilities softmax(W_out^T norm(x) / T) [V, n] and the
+// log-prob of each row's target [1, n].
+struct head_chunk {
+    ggml_tensor * xc = nullptr, * P = nullptr, * lp = nullptr;
+    std::vector<int32_t> flat;        // row * V + target
+};
+
+head_chunk head_forward(builder & b, ggml_tensor * xs, const head_rows & rows, float inv_temp, int64_t c0, int64_t n) {
     ggml_context * ctx = b.ctx;
     const int64_t V = b.hp().n_vocab;
     head_chunk h;
-    h.xc = ggml_view_2d(ctx, xL, xL->ne[0], n, xL->nb[1], xL->nb[1] * c0);
+    h.xc = ggml_view_2d(ctx, xs, xs->ne[0], n, xs->nb[1], xs->nb[1] * c0);
     ggml_tensor * logits = ggml_mul_mat(ctx, b.t.head_w, rms_norm_w(b, h.xc, b.t.m->output_norm));
-    if (batch.inv_temp != 1.0f) logits = ggml_scale(ctx, logits, batch.inv_temp);
-    h.P = ggml_soft_max(ctx, logits);
+    h.P = ggml_soft_max_ext(ctx, logits, nullptr, inv_temp, 0.0f);                          // the temperature rides in the softmax
     h.flat.resize(n);
-    for (int64_t i = 0; i < n; i++) {
-        const int32_t tg = batch.targets[c0 + i];
-        h.flat[i] = (int32_t) (i * V + (tg >= 0 ? tg : 0));
-    }
+    for (int64_t i = 0; i < n; i++) h.flat[i] = (int32_t) (i * V + rows.target[c0 + i]);
     ggml_tensor * idx = b.input_i32(n, h.flat);
     h.lp = ggml_log(ctx, ggml_get_rows(ctx, ggml_reshape_2d(ctx, h.P, 1, V * n), idx));   // [1, n]
     return h;
@@ -360,7 +424,7 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
     for (auto & [x, d] : in.i32) set(x, d.data());
     for (auto & [x, d] : in.i64) set(x, d.data());
     for (auto & [x, d] : in.f32) set(x, d.data());
-    for (auto & [x, d] : in.f16) set(x, d.data());
+    for (auto & [x, d] : in.shared) set(x, d);
     // SQLR1_TRAIN_PROFILE=2: run node by node and print the ops that took most of the time (a diagnostic; slow).
     static const bool by_node = getenv("SQLR1_TRAIN_PROFILE") && std::string(getenv("SQLR1_TRAIN_PROFILE")) == "2";
     if (by_node) {
@@ -391,7 +455,10 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
         for (size_t i = 0; i < top.size() && i < 40; i++) fprintf(stderr, "  %8.1f us  %s\n", top[i].first, top[i].second.c_str());
         return;
     }
+    const auto t0 = std::chrono::steady_clock::now();
     const ggml_status st = ggml_backend_graph_compute(t.m->backends->primary, gf);
+    t.compute_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    t.graphs_run++;
     if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "a training graph failed to run (status %d): %s", (int) st, log_last_error().c_str());
 }
 
@@ -428,6 +495,105 @@ void keep_alloc(trainer & t, int64_t T) {
     t.keep_capacity = T;
 }
 
+void attn_free(trainer & t) {
+    if (t.buf_attn) ggml_backend_buffer_free(t.buf_attn);
+    if (t.ctx_attn) ggml_free(t.ctx_attn);
+    t.buf_attn = nullptr;
+    t.ctx_attn = nullptr;
+    t.attn_capacity = 0;
+}
+
+#ifdef SQLR1_WITH_CUDA
+// The fused attention kernels run the backward's attention on CUDA in BF16 where they cover the head size.
+// SQLR1_ATTN_KERNELS=0 keeps the written-out form instead (for comparisons).
+bool use_attn_kernels(const trainer & t) {
+    static const bool off = getenv("SQLR1_ATTN_KERNELS") && std::string(getenv("SQLR1_ATTN_KERNELS")) == "0";
+    return !off && t.compute == GGML_TYPE_BF16 && t.cuda && attn_cuda_supported(t.m->hp.head_dim, t.ckpt[0]->data);
+}
+
+void attn_alloc(trainer & t, int64_t T) {
+    if (t.ctx_attn && t.attn_capacity == T) return;
+    attn_free(t);
+    const hparams & hp = t.m->hp;
+    const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv;
+    ggml_init_params ip = { ggml_tensor_overhead() * 16, nullptr, true };
+    t.ctx_attn = ggml_init(ip);
+    if (!t.ctx_attn) fail("ERR_OUT_OF_MEMORY", "could not create the attention scratch context");
+    t.aq = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_BF16, hd, H, T);
+    t.ak = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_BF16, hd, Hk, T);
+    t.av = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_BF16, hd, Hk, T);
+    t.ado = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_BF16, hd * H, T);
+    t.ao = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_F32, hd * H, T);
+    t.alse = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_F32, H, T);
+    t.adsum = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_F32, H, T);
+    t.adq = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_F32, hd, H, T);
+    t.adk = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_F32, hd, H, T);
+    t.adv = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_F32, hd, H, T);
+    t.buf_attn = ggml_backend_alloc_ctx_tensors(t.ctx_attn, t.m->backends->primary);
+    if (!t.buf_attn) {
+        attn_free(t);
+        fail("ERR_OUT_OF_MEMORY", "could not allocate the attention scratch for %lld tokens on %s", (long long) T, t.m->backends->device.c_str());
+    }
+    t.attn_capacity = T;
+}
+
+// One layer's backward around the fused kernels, in three graphs: (A) the attention's inputs, then the
+// forward kernel; (B) the rest of the layer and its backward down to d attn, then the backward kernels;
+// (C) back through RoPE, the Q, K, V products and the norm. dx2 passes from B to C in dx_buf.
+void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, ggml_tensor * dy, ggml_tensor * dx_buf, double & kernel_ms) {
+    const hparams & hp = t.m->hp;
+    const int64_t hd = hp.head_dim, H = hp.n_head, T = batch.ns * batch.nt;
+    const attn_dims d{ hd, H, hp.n_head_kv, batch.nt, batch.ns, 1.0f / std::sqrt((float) hd) };
+    ggml_tensor * x = t.ckpt[il];
+    auto timed = [&](auto fn) {
+        auto t0 = std::chrono::steady_clock::now();
+        fn();
+        kernel_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    };
+    {
+        graph_ctx g(t, TRAIN_GRAPH_NODES);
+        graph_inputs in;
+        builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
+        layer_fwd f;
+        attn_inputs(b, il, x, true, f);
+        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, f.q3, t.aq));
+        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, f.k3, t.ak));
+        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, f.v3, t.av));
+        run_graph(t, g.gf, in);
+    }
+    timed([&] { attn_cuda_forward(d, t.aq->data, t.ak->data, t.av->data, (float *) t.ao->data, (float *) t.alse->data); });
+    {
+        graph_ctx g(t, TRAIN_GRAPH_NODES);
+        graph_inputs in;
+        builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
+        layer_fwd f;
+        f.x = x;
+        layer_rest(b, il, t.ao, true, f);
+        auto [dx2, dattn] = rest_backward(b, f, dy, il);
+        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dattn, t.ado));
+        ggml_tensor * dsum = ggml_sum_rows(g.ctx, ggml_mul(g.ctx, ggml_reshape_2d(g.ctx, dattn, hd, H * T), ggml_reshape_2d(g.ctx, t.ao, hd, H * T)));
+        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dsum, t.adsum));
+        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dx2, dx_buf));
+        run_graph(t, g.gf, in);
+    }
+    timed([&] {
+        attn_cuda_backward(d, t.aq->data, t.ak->data, t.av->data, t.ado->data, (const float *) t.alse->data, (const float *) t.adsum->data,
+                           (float *) t.adq->data, (float *) t.adk->data, (float *) t.adv->data);
+    });
+    {
+        graph_ctx g(t, TRAIN_GRAPH_NODES);
+        graph_inputs in;
+        builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
+        layer_fwd f;
+        attn_inputs(b, il, x, true, f);  // only the norm and the LoRA inputs enter the graph
+        const int64_t group = H / hp.n_head_kv;
+        ggml_tensor * dx = inputs_backward(b, f, t.adq, group_sum(b, t.adk, group), group_sum(b, t.adv, group), dx_buf, il, il > 0);
+        if (dx) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dx, dx_buf));
+        run_graph(t, g.gf, in);
+    }
+}
+#endif
+
 } // namespace
 
 // ---------------------------------------------------------------------------------------------------------
@@ -435,6 +601,7 @@ void keep_alloc(trainer & t, int64_t T) {
 
 trainer::~trainer() {
     keep_free(*this);
+    attn_free(*this);
     if (galloc) ggml_gallocr_free(galloc);
     if (buf_fixed) ggml_backend_buffer_free(buf_fixed);
     if (ctx_fixed) ggml_free(ctx_fixed);
@@ -451,6 +618,9 @@ std::unique_ptr<trainer> trainer_init(std::shared_ptr<model> m, std::shared_ptr<
     t->params = lora_adapter_params(lora);
     t->compute = compute;
     t->max_tokens = max_tokens;
+#ifdef SQLR1_WITH_CUDA
+    t->cuda = ggml_backend_is_cuda(m->backends->primary);
+#endif
     const hparams & hp = m->hp;
     const int64_t V = hp.n_vocab, E = hp.n_embd;
 
@@ -514,7 +684,6 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
     graph_ctx g(t, TRAIN_GRAPH_NODES);
     graph_inputs in;
     builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, use_lora};
-    b.add_positions_and_mask();
     ggml_tensor * tokens = b.input_i32(T, batch.tokens);
     ggml_tensor * x = ggml_get_rows(g.ctx, t.m->tok_embd, tokens);
     for (int64_t il = 0; il < hp.n_layer; il++) {
@@ -522,22 +691,28 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
         x = layer_forward(b, il, x, false).y;
     }
     if (keep) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, x, t.ckpt[hp.n_layer]));
+    const head_rows rows = head_select(batch);
+    const int64_t n_sel = (int64_t) rows.pos.size();
     std::vector<ggml_tensor *> lps;
-    for (int64_t c0 = 0; c0 < T; c0 += t.lp_chunk) {
-        head_chunk h = head_forward(b, x, batch, c0, std::min(t.lp_chunk, T - c0));
-        ggml_set_output(h.lp);
-        ggml_build_forward_expand(g.gf, h.lp);
-        lps.push_back(h.lp);
+    if (n_sel > 0) {
+        ggml_tensor * xs = ggml_get_rows(g.ctx, x, b.input_i32(n_sel, rows.pos));
+        for (int64_t c0 = 0; c0 < n_sel; c0 += t.lp_chunk) {
+            head_chunk h = head_forward(b, xs, rows, batch.inv_temp, c0, std::min(t.lp_chunk, n_sel - c0));
+            ggml_set_output(h.lp);
+            ggml_build_forward_expand(g.gf, h.lp);
+            lps.push_back(h.lp);
+        }
     }
     run_graph(t, g.gf, in);
 
-    std::vector<float> out(T);
+    std::vector<float> lp_sel(n_sel);
     int64_t off = 0;
     for (ggml_tensor * lp : lps) {
-        ggml_backend_tensor_get(lp, out.data() + off, 0, ggml_nbytes(lp));
+        ggml_backend_tensor_get(lp, lp_sel.data() + off, 0, ggml_nbytes(lp));
         off += ggml_nelements(lp);
     }
-    for (int64_t i = 0; i < T; i++) if (batch.targets[i] < 0) out[i] = NAN;
+    std::vector<float> out(T, NAN);
+    for (int64_t k = 0; k < n_sel; k++) out[rows.pos[k]] = lp_sel[k];
     if (keep) {
         t.kept = true;
         t.kept_batch = batch;
@@ -549,7 +724,7 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
     if (!t.kept) fail("ERR_INVALID_STATE", "backward needs a forward with keep: true first (each forward serves one backward)");
     const train_batch & batch = t.kept_batch;
     const hparams & hp = t.m->hp;
-    const int64_t T = batch.ns * batch.nt, V = hp.n_vocab, E = hp.n_embd;
+    const int64_t T = batch.ns * batch.nt, V = hp.n_vocab;
     if ((int64_t) dlogp_in.size() != T) fail("ERR_INVALID_ARG", "expected %lld gradients (one per position), got %zu", (long long) T, dlogp_in.size());
     std::vector<float> dlogp(dlogp_in);
     for (int64_t i = 0; i < T; i++) {
@@ -568,38 +743,53 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         graph_ctx g(t, TRAIN_GRAPH_NODES);
         graph_inputs in;
         builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
-        ggml_tensor * xL = t.ckpt[hp.n_layer];
-        for (int64_t c0 = 0; c0 < T; c0 += t.lp_chunk) {
-            const int64_t n = std::min(t.lp_chunk, T - c0);
-            head_chunk h = head_forward(b, xL, batch, c0, n);
-            ggml_tensor * gs = ggml_scale(g.ctx, b.input_f32_2d(1, n, std::vector<float>(dlogp.begin() + c0, dlogp.begin() + c0 + n)), batch.inv_temp);
+        // Rows without a target get no gradient: grad_a starts at zero and the head's rows are scattered into it.
+        ggml_backend_tensor_memset(t.grad_a, 0, 0, ggml_nbytes(t.grad_a));
+        const head_rows rows = head_select(batch);
+        const int64_t n_sel = (int64_t) rows.pos.size();
+        ggml_tensor * xs = n_sel > 0 ? ggml_get_rows(g.ctx, t.ckpt[hp.n_layer], b.input_i32(n_sel, rows.pos)) : nullptr;
+        for (int64_t c0 = 0; c0 < n_sel; c0 += t.lp_chunk) {
+            const int64_t n = std::min(t.lp_chunk, n_sel - c0);
+            head_chunk h = head_forward(b, xs, rows, batch.inv_temp, c0, n);
+            std::vector<float> g_sel(n);
+            for (int64_t i = 0; i < n; i++) g_sel[i] = dlogp[rows.pos[c0 + i]];
+            ggml_tensor * gs = ggml_scale(g.ctx, b.input_f32_2d(1, n, std::move(g_sel)), batch.inv_temp);
             ggml_tensor * dl = ggml_mul(g.ctx, h.P, ggml_neg(g.ctx, gs));                       // -p * g   [V, n]
             ggml_tensor * at_target = ggml_mul(g.ctx, ggml_scale_bias(g.ctx, ggml_exp(g.ctx, h.lp), -1.0f, 1.0f), gs);  // (1 - p_t) g
             std::vector<int64_t> flat(h.flat.begin(), h.flat.end());
             dl = ggml_set_rows(g.ctx, ggml_reshape_2d(g.ctx, dl, 1, V * n), at_target, b.input_i64(n, std::move(flat)));
             ggml_tensor * dxn = ggml_mul_mat(g.ctx, t.head_wt, ggml_reshape_2d(g.ctx, dl, V, n));  // [E, n]
             ggml_tensor * dx = rms_norm_w_back(b, h.xc, t.m->output_norm, dxn);
-            ggml_tensor * dst = ggml_view_2d(g.ctx, t.grad_a, E, n, t.grad_a->nb[1], t.grad_a->nb[1] * c0);
-            ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dx, dst));
+            std::vector<int64_t> at(rows.pos.begin() + c0, rows.pos.begin() + c0 + n);
+            ggml_build_forward_expand(g.gf, ggml_set_rows(g.ctx, t.grad_a, dx, b.input_i64(n, std::move(at))));
         }
-        run_graph(t, g.gf, in);
+        if (n_sel > 0) run_graph(t, g.gf, in);
     }
     auto t_head = now();
-    double build_ms = 0.0;
+    t.compute_ms = 0.0;
+    t.graphs_run = 0;
 
     // The layers, last first: recompute from the saved input, then back. grad_a holds d loss / d output.
     ggml_tensor * dy = t.grad_a, * dx_buf = t.grad_b;
-    for (int64_t il = hp.n_layer - 1; il >= 0; il--) {
-        auto t_layer = now();
+    double kernel_ms = 0.0;
+    bool fused = false;
+#ifdef SQLR1_WITH_CUDA
+    fused = use_attn_kernels(t);
+    if (fused) {
+        attn_alloc(t, T);
+        for (int64_t il = hp.n_layer - 1; il >= 0; il--) {
+            layer_backward_fused(t, batch, il, dy, dx_buf, kernel_ms);
+            std::swap(dy, dx_buf);
+        }
+    }
+#endif
+    for (int64_t il = fused ? -1 : hp.n_layer - 1; il >= 0; il--) {
         graph_ctx g(t, TRAIN_GRAPH_NODES);
         graph_inputs in;
         builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
-        b.add_positions_and_mask();
         layer_fwd f = layer_forward(b, il, t.ckpt[il], true);
         ggml_tensor * dx = layer_backward(b, f, dy, il, il > 0);
         if (dx) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dx, dx_buf));
-        auto t_built = now();
-        build_ms += ms(t_layer, t_built);
         run_graph(t, g.gf, in);
         std::swap(dy, dx_buf);
     }
@@ -608,8 +798,9 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         e->has_grad = true;
     }
     if (profile) {
-        fprintf(stderr, "[sqlr1 train] backward: head %.1f ms, %lld layers %.1f ms (graph building %.1f ms), compute buffer %.0f MiB\n",
-                ms(t_start, t_head), (long long) hp.n_layer, ms(t_head, now()), build_ms,
+        fprintf(stderr, "[sqlr1 train] backward: head %.1f ms, %lld layers %.1f ms (%d graphs computing %.1f ms, attention kernels %.1f ms, "
+                "the rest is graph building, allocation and inputs), compute buffer %.0f MiB\n",
+                ms(t_start, t_head), (long long) hp.n_layer, ms(t_head, now()), t.graphs_run, t.compute_ms, kernel_ms,
                 (double) ggml_gallocr_get_buffer_size(t.galloc, 0) / 1048576.0);
     }
 }
@@ -619,11 +810,13 @@ trainer_memory trainer_memory_use(const trainer & t) {
     if (t.buf_fixed) m.fixed = ggml_backend_buffer_get_size(t.buf_fixed);
     if (t.buf_keep) m.kept = ggml_backend_buffer_get_size(t.buf_keep);
     if (t.galloc) m.compute = ggml_gallocr_get_buffer_size(t.galloc, 0);
+    if (t.buf_attn) m.compute += ggml_backend_buffer_get_size(t.buf_attn);
     return m;
 }
 
 void trainer_release(trainer & t) {
     keep_free(t);
+    attn_free(t);
     if (t.galloc) ggml_gallocr_free(t.galloc);
     t.galloc = nullptr;
 }

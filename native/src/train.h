@@ -2,7 +2,9 @@
 // backward pass, and the backward pass itself, into the adapter's tensors only.
 //
 // The training graph is its own (the sampling graph's flash attention and KV cache have no backward):
-//  - attention is written out (K^T Q, softmax with a causal mask, V P), so that its backward is plain ops;
+//  - attention in the backward: on CUDA with BF16, the project's fused kernels (native/cuda/attention.h), the
+//    layer's graph split in three around them; elsewhere written out (K^T Q, softmax with a causal mask, V P),
+//    so that its backward is plain ops. Forward-only passes use flash attention where the backend has it;
 //  - frozen weights of any type enter matrix products converted to one compute type: dequantized with
 //    get_rows and, for the input gradient W^T dy, transposed into a scratch copy. BF16 runs on the GPU's
 //    matrix units with F32 accumulation (ggml's cuBLAS path); F32 is exact, for the CPU and for checks;
@@ -36,6 +38,7 @@ struct trainer {
     std::shared_ptr<lora_adapter> lora;
     std::shared_ptr<param_store> params;
     ggml_type compute = GGML_TYPE_F32;  // F32 or BF16
+    bool cuda = false;                  // the model runs on a CUDA device
     int64_t lp_chunk = 512;
     int64_t max_tokens = 16384;
 
@@ -56,8 +59,27 @@ struct trainer {
     bool kept = false;
     train_batch kept_batch;
 
+    // The backward's attention on the GPU's fused kernels (native/cuda/attention.h): their inputs and outputs
+    // between the graphs of one layer (the graphs' own memory is reused by the next graph).
+    ggml_context * ctx_attn = nullptr;
+    ggml_backend_buffer_t buf_attn = nullptr;
+    ggml_tensor * aq = nullptr, * ak = nullptr, * av = nullptr, * ado = nullptr;     // BF16, after RoPE
+    ggml_tensor * ao = nullptr, * alse = nullptr, * adsum = nullptr;                 // F32
+    ggml_tensor * adq = nullptr, * adk = nullptr, * adv = nullptr;                   // F32, per query head
+    int64_t attn_capacity = 0;
+
+    // Host copies of the inputs that depend only on the batch shape: positions, the causal mask (F32, F16).
+    struct shape_inputs {
+        int64_t ns = 0, nt = 0;
+        std::vector<int32_t> pos;
+        std::vector<float> mask;
+        std::vector<ggml_fp16_t> mask16;
+    } shape_cache;
+
     ggml_gallocr_t galloc = nullptr;  // compute memory, reused by every graph
     std::vector<uint8_t> meta;        // graph metadata, reused by every graph
+    double compute_ms = 0.0;          // time inside ggml's graph compute since the last backward began (profiling)
+    int graphs_run = 0;
     std::atomic<bool> busy{false};
     ~trainer();
 };

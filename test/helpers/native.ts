@@ -65,6 +65,17 @@ export function toHalf(x: number): number {
   return Math.sign(x) * r * ulp;
 }
 
+/** Rounds float32 values to bfloat16 (round to nearest even), for references of BF16 inputs. */
+export function toBf16(a: Float32Array): Float32Array {
+  const out = new Float32Array(a);
+  const bits = new Uint32Array(out.buffer);
+  for (let i = 0; i < bits.length; i++) {
+    const b = bits[i]!;
+    bits[i] = ((b + 0x7fff + ((b >>> 16) & 1)) & 0xffff0000) >>> 0;
+  }
+  return out;
+}
+
 /** A temp folder removed when the test ends. */
 export function tempDir(t: { teardown(fn: () => void): void }, prefix = 'sqlr1-test-'): string {
   const d = mkdtempSync(join(tmpdir(), prefix));

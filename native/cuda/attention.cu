@@ -1,0 +1,473 @@
+// Causal attention for training (see attention.h): three kernels on BF16 matrix units (WMMA, F32 accumulate).
+//
+// A block has 4 warps and owns a tile of 64 rows; each warp owns 16 of them and the products it needs run on
+// 16x16x16 fragments. Scores pass through a per-warp shared-memory tile (F32) where the softmax arithmetic and
+// the causal mask are applied element by element, then go back to the matrix units as BF16.
+//  - forward: per query tile, one pass over the key tiles for each row's max and sum of exp (the log-sum-exp
+//    L), a second for O = softmax V with the final normalization (no running rescale of O);
+//  - dQ: per query tile, over key tiles: P = exp(scale S - L), dS = P (dO V^T - D) scale, dQ += dS K;
+//  - dK, dV: per key tile and query head, over the query tiles at or after it: dV += P^T dO, dK += dS^T Q.
+// Each output element is written by one block: no atomics, the same result on every run.
+#include "attention.h"
+#include "common.h"
+#include "cuda_check.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <cmath>
+#include <mutex>
+
+namespace sqlr1 {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+namespace wmma = nvcuda::wmma;
+
+constexpr int BR = 64;              // rows of a tile
+constexpr int WARPS = 4;            // each owns 16 rows
+constexpr int THREADS = WARPS * 32;
+constexpr int LDS = BR + 4;         // stride of a warp's F32 [16][64] tile (WMMA wants a multiple of 4 floats)
+constexpr int LDP = BR + 8;         // stride of a warp's BF16 [16][64] tile (a multiple of 8)
+
+template <int D> struct cfg {
+    static constexpr int LDH = D + 8;         // stride of a BF16 [64][D] tile; the +8 staggers the banks
+    static constexpr int TILE = BR * LDH;     // elements of one such tile
+    static constexpr int LDO = D + 4;         // stride of the F32 staging rows for the output
+};
+
+using frag_a = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
+using frag_bt = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;  // B^T of a row-major tile
+using frag_b = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
+using frag_c = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// Rows [row0, row0 + 64) of one head of a [D, heads, T] tensor, from token tok0 on, into a [64][D] tile; rows
+// at or past nt are zero.
+template <int D>
+__device__ void load_tile(bf16 * dst, const bf16 * __restrict__ src, int64_t heads, int64_t head, int64_t tok0, int64_t row0, int64_t nt) {
+    constexpr int VPR = D / 8;  // 16-byte vectors per row
+    for (int i = threadIdx.x; i < BR * VPR; i += THREADS) {
+        const int r = i / VPR, c = i % VPR;
+        const int64_t row = row0 + r;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (row < nt) val = *reinterpret_cast<const uint4 *>(src + ((tok0 + row) * heads + head) * D + c * 8);
+        *reinterpret_cast<uint4 *>(dst + r * cfg<D>::LDH + c * 8) = val;
+    }
+}
+
+// S [16][64] (F32) = A [16][D] B^T for B [64][D]; A and B are BF16 tile rows.
+template <int D>
+__device__ void mm_abt(const bf16 * A, const bf16 * B, float * S) {
+#pragma unroll
+    for (int n = 0; n < BR / 16; n++) {
+        frag_c c;
+        wmma::fill_fragment(c, 0.0f);
+#pragma unroll
+        for (int k = 0; k < D / 16; k++) {
+            frag_a a;
+            frag_bt b;
+            wmma::load_matrix_sync(a, A + k * 16, cfg<D>::LDH);
+            wmma::load_matrix_sync(b, B + n * 16 * cfg<D>::LDH + k * 16, cfg<D>::LDH);
+            wmma::mma_sync(c, a, b, c);
+        }
+        wmma::store_matrix_sync(S + n * 16, c, LDS, wmma::mem_row_major);
+    }
+}
+
+// acc [16][D] += P [16][64] B, P a warp's BF16 tile and B a [64][D] tile.
+template <int D>
+__device__ void mm_ab(const bf16 * P, const bf16 * B, frag_c (&acc)[D / 16]) {
+#pragma unroll
+    for (int k = 0; k < BR / 16; k++) {
+        frag_a a;
+        wmma::load_matrix_sync(a, P + k * 16, LDP);
+#pragma unroll
+        for (int n = 0; n < D / 16; n++) {
+            frag_b b;
+            wmma::load_matrix_sync(b, B + k * 16 * cfg<D>::LDH + n * 16, cfg<D>::LDH);
+            wmma::mma_sync(acc[n], a, b, acc[n]);
+        }
+    }
+}
+
+// A warp's [16][D] accumulator to rows row0.. of one head of an F32 [D, heads, T] tensor, through the warp's
+// staging rows; rows at or past nt are skipped.
+template <int D>
+__device__ void store_rows(frag_c (&acc)[D / 16], float * stage, float * __restrict__ out, int64_t heads, int64_t head,
+                           int64_t tok0, int64_t row0, int64_t nt) {
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) wmma::store_matrix_sync(stage + n * 16, acc[n], cfg<D>::LDO, wmma::mem_row_major);
+    __syncwarp();
+    constexpr int VPR = D / 4;
+    for (int i = threadIdx.x & 31; i < 16 * VPR; i += 32) {
+        const int r = i / VPR, c = i % VPR;
+        const int64_t row = row0 + r;
+        if (row < nt) {
+            *reinterpret_cast<float4 *>(out + ((tok0 + row) * heads + head) * D + c * 4) =
+                *reinterpret_cast<const float4 *>(stage + r * cfg<D>::LDO + c * 4);
+        }
+    }
+    __syncwarp();
+}
+
+template <int D>
+__global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q, const bf16 * __restrict__ k,
+                                                    const bf16 * __restrict__ v, float * __restrict__ o, float * __restrict__ lse,
+                                                    int64_t H, int64_t Hk, int64_t nt, float scale) {
+#if __CUDA_ARCH__ >= 800
+    using C = cfg<D>;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 * Qs = reinterpret_cast<bf16 *>(smem);
+    bf16 * Ks = Qs + C::TILE;
+    bf16 * Vs = Ks + C::TILE;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    float * Sw = reinterpret_cast<float *>(Vs + C::TILE) + warp * 16 * LDS;
+    bf16 * Pw = reinterpret_cast<bf16 *>(reinterpret_cast<float *>(Vs + C::TILE) + WARPS * 16 * LDS) + warp * 16 * LDP;
+
+    const int64_t it = blockIdx.x, h = blockIdx.y, tok0 = blockIdx.z * nt, q0 = it * BR;
+    const int64_t hk = h / (H / Hk);
+    load_tile<D>(Qs, q, H, h, tok0, q0, nt);
+    // Lane l covers columns l and l + 32 of each of the warp's 16 rows (conflict-free shared-memory rows).
+    const int64_t qbase = q0 + warp * 16;
+
+    // Pass 1: each row's max and sum of exp, online per lane over the key tiles, then across the lanes.
+    float m[16], l[16];
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+    for (int64_t jt = 0; jt <= it; jt++) {
+        __syncthreads();  // the last tile's readers are done
+        load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
+        __syncthreads();
+        mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
+        __syncwarp();
+        const int64_t kb = jt * BR;
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+            const float s0 = kb + lane <= qbase + r ? Sw[r * LDS + lane] * scale : -INFINITY;
+            const float s1 = kb + lane + 32 <= qbase + r ? Sw[r * LDS + lane + 32] * scale : -INFINITY;
+            const float mn = fmaxf(m[r], fmaxf(s0, s1));
+            if (mn != -INFINITY) {
+                l[r] = l[r] * __expf(m[r] - mn) + __expf(s0 - mn) + __expf(s1 - mn);
+                m[r] = mn;
+            }
+        }
+        __syncwarp();
+    }
+    float L[16];
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+        for (int off = 16; off > 0; off >>= 1) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m[r], off), l2 = __shfl_xor_sync(0xffffffffu, l[r], off);
+            const float mn = fmaxf(m[r], m2);
+            l[r] = (m[r] == -INFINITY ? 0.0f : l[r] * __expf(m[r] - mn)) + (m2 == -INFINITY ? 0.0f : l2 * __expf(m2 - mn));
+            m[r] = mn;
+        }
+        L[r] = m[r] + logf(l[r]);  // a real row always has its own key
+        if (lane == r && qbase + r < nt) lse[(tok0 + qbase + r) * H + h] = L[r];
+    }
+
+    // Pass 2: O = exp(scale S - L) V.
+    frag_c acc[D / 16];
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+    for (int64_t jt = 0; jt <= it; jt++) {
+        __syncthreads();
+        load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
+        load_tile<D>(Vs, v, Hk, hk, tok0, jt * BR, nt);
+        __syncthreads();
+        mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
+        __syncwarp();
+        const int64_t kb = jt * BR;
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+#pragma unroll
+            for (int c = lane; c < BR; c += 32) {
+                const float p = kb + c <= qbase + r ? __expf(Sw[r * LDS + c] * scale - L[r]) : 0.0f;
+                Pw[r * LDP + c] = __float2bfloat16(p);
+            }
+        }
+        __syncwarp();
+        mm_ab<D>(Pw, Vs, acc);
+    }
+    __syncthreads();  // Ks and Vs become the staging rows
+    store_rows<D>(acc, reinterpret_cast<float *>(Ks) + warp * 16 * C::LDO, o, H, h, tok0, qbase, nt);
+#endif
+}
+
+template <int D>
+__global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__ q, const bf16 * __restrict__ k,
+                                                       const bf16 * __restrict__ v, const bf16 * __restrict__ dout,
+                                                       const float * __restrict__ lse, const float * __restrict__ dsum,
+                                                       float * __restrict__ dq, int64_t H, int64_t Hk, int64_t nt, float scale) {
+#if __CUDA_ARCH__ >= 800
+    using C = cfg<D>;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 * Ks = reinterpret_cast<bf16 *>(smem);
+    bf16 * Vs = Ks + C::TILE;
+    bf16 * Qs = Vs + C::TILE;
+    bf16 * dOs = Qs + C::TILE;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    float * Sw = reinterpret_cast<float *>(dOs + C::TILE) + warp * 16 * LDS;
+    float * dPw = reinterpret_cast<float *>(dOs + C::TILE) + (WARPS + warp) * 16 * LDS;
+    bf16 * dSw = reinterpret_cast<bf16 *>(reinterpret_cast<float *>(dOs + C::TILE) + 2 * WARPS * 16 * LDS) + warp * 16 * LDP;
+
+    const int64_t it = blockIdx.x, h = blockIdx.y, tok0 = blockIdx.z * nt, q0 = it * BR;
+    const int64_t hk = h / (H / Hk);
+    load_tile<D>(Qs, q, H, h, tok0, q0, nt);
+    load_tile<D>(dOs, dout, H, h, tok0, q0, nt);
+    // Lane l covers columns l and l + 32 of each of the warp's 16 rows; each lane holds every row's L and D.
+    const int64_t qbase = q0 + warp * 16;
+    float L[16], Dr[16];
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+        const bool real = qbase + r < nt;
+        L[r] = real ? lse[(tok0 + qbase + r) * H + h] : 0.0f;
+        Dr[r] = real ? dsum[(tok0 + qbase + r) * H + h] : 0.0f;
+    }
+
+    frag_c acc[D / 16];
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+    for (int64_t jt = 0; jt <= it; jt++) {
+        __syncthreads();
+        load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
+        load_tile<D>(Vs, v, Hk, hk, tok0, jt * BR, nt);
+        __syncthreads();
+        mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
+        mm_abt<D>(dOs + warp * 16 * C::LDH, Vs, dPw);
+        __syncwarp();
+        const int64_t kb = jt * BR;
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+#pragma unroll
+            for (int c = lane; c < BR; c += 32) {
+                const bool on = qbase + r < nt && kb + c <= qbase + r;
+                const float p = on ? __expf(Sw[r * LDS + c] * scale - L[r]) : 0.0f;
+                dSw[r * LDP + c] = __float2bfloat16(p * (dPw[r * LDS + c] - Dr[r]) * scale);
+            }
+        }
+        __syncwarp();
+        mm_ab<D>(dSw, Ks, acc);
+    }
+    __syncthreads();
+    store_rows<D>(acc, reinterpret_cast<float *>(Ks) + warp * 16 * C::LDO, dq, H, h, tok0, qbase, nt);
+#endif
+}
+
+template <int D>
+__global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict__ q, const bf16 * __restrict__ k,
+                                                        const bf16 * __restrict__ v, const bf16 * __restrict__ dout,
+                                                        const float * __restrict__ lse, const float * __restrict__ dsum,
+                                                        float * __restrict__ dk, float * __restrict__ dv,
+                                                        int64_t H, int64_t Hk, int64_t nt, float scale) {
+#if __CUDA_ARCH__ >= 800
+    using C = cfg<D>;
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16 * Ks = reinterpret_cast<bf16 *>(smem);
+    bf16 * Vs = Ks + C::TILE;
+    bf16 * Qs = Vs + C::TILE;
+    bf16 * dOs = Qs + C::TILE;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    float * f32 = reinterpret_cast<float *>(dOs + C::TILE);
+    float * Sw = f32 + warp * 16 * LDS;                    // S^T: [16 keys][64 queries]
+    float * dPw = f32 + (WARPS + warp) * 16 * LDS;         // dP^T
+    bf16 * b16 = reinterpret_cast<bf16 *>(f32 + 2 * WARPS * 16 * LDS);
+    bf16 * Pw = b16 + warp * 16 * LDP;
+    bf16 * dSw = b16 + (WARPS + warp) * 16 * LDP;
+    float * Ls = reinterpret_cast<float *>(b16 + 2 * WARPS * 16 * LDP);
+    float * Ds = Ls + BR;
+
+    const int64_t jt = blockIdx.x, h = blockIdx.y, tok0 = blockIdx.z * nt, k0 = jt * BR;
+    const int64_t hk = h / (H / Hk), n_qt = (nt + BR - 1) / BR;
+    load_tile<D>(Ks, k, Hk, hk, tok0, k0, nt);
+    load_tile<D>(Vs, v, Hk, hk, tok0, k0, nt);
+    // Lane l covers columns (queries) l and l + 32 of each of the warp's 16 rows (keys).
+    const int64_t kbase = k0 + warp * 16;
+
+    frag_c acc_k[D / 16], acc_v[D / 16];
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) {
+        wmma::fill_fragment(acc_k[n], 0.0f);
+        wmma::fill_fragment(acc_v[n], 0.0f);
+    }
+    for (int64_t it = jt; it < n_qt; it++) {
+        const int64_t q0 = it * BR;
+        __syncthreads();
+        load_tile<D>(Qs, q, H, h, tok0, q0, nt);
+        load_tile<D>(dOs, dout, H, h, tok0, q0, nt);
+        if (threadIdx.x < BR) {
+            const int64_t row = q0 + threadIdx.x;
+            Ls[threadIdx.x] = row < nt ? lse[(tok0 + row) * H + h] : 0.0f;
+            Ds[threadIdx.x] = row < nt ? dsum[(tok0 + row) * H + h] : 0.0f;
+        }
+        __syncthreads();
+        mm_abt<D>(Ks + warp * 16 * C::LDH, Qs, Sw);
+        mm_abt<D>(Vs + warp * 16 * C::LDH, dOs, dPw);
+        __syncwarp();
+#pragma unroll
+        for (int c = lane; c < BR; c += 32) {
+            const float Lc = Ls[c], Dc = Ds[c];
+            const bool real = q0 + c < nt;
+#pragma unroll
+            for (int r = 0; r < 16; r++) {
+                const bool on = real && kbase + r <= q0 + c;
+                const float p = on ? __expf(Sw[r * LDS + c] * scale - Lc) : 0.0f;
+                Pw[r * LDP + c] = __float2bfloat16(p);
+                dSw[r * LDP + c] = __float2bfloat16(p * (dPw[r * LDS + c] - Dc) * scale);
+            }
+        }
+        __syncwarp();
+        mm_ab<D>(Pw, dOs, acc_v);
+        mm_ab<D>(dSw, Qs, acc_k);
+    }
+    __syncthreads();  // Qs and dOs become the staging rows
+    float * stage = reinterpret_cast<float *>(Qs) + warp * 16 * C::LDO;
+    store_rows<D>(acc_k, stage, dk, H, h, tok0, kbase, nt);
+    store_rows<D>(acc_v, stage, dv, H, h, tok0, kbase, nt);
+#endif
+}
+
+template <int D> constexpr size_t smem_fwd() { return 3 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2); }
+template <int D> constexpr size_t smem_dq() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (2 * LDS * 4 + LDP * 2); }
+template <int D> constexpr size_t smem_dkv() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (2 * LDS * 4 + 2 * LDP * 2) + 2 * BR * 4; }
+
+// One stream per device, made on first use; each call waits for its kernels before it returns (the training
+// graphs around them run on ggml's own stream).
+cudaStream_t device_stream(const void * ptr) {
+    cudaPointerAttributes at{};
+    cuda_check(cudaPointerGetAttributes(&at, ptr), "cudaPointerGetAttributes");
+    if (at.type != cudaMemoryTypeDevice) fail("ERR_INTERNAL", "attention kernels need device memory");
+    cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
+    static std::mutex mu;
+    static cudaStream_t streams[64] = {};
+    std::lock_guard<std::mutex> lock(mu);
+    if (at.device < 0 || at.device >= 64) fail("ERR_INTERNAL", "CUDA device index %d out of range", at.device);
+    if (!streams[at.device]) cuda_check(cudaStreamCreateWithFlags(&streams[at.device], cudaStreamNonBlocking), "cudaStreamCreate");
+    return streams[at.device];
+}
+
+template <typename K, typename... A>
+void launch(K kernel, size_t smem, const attn_dims & d, cudaStream_t st, const char * what, A... args) {
+    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), what);
+    const dim3 grid((unsigned) ((d.nt + BR - 1) / BR), (unsigned) d.H, (unsigned) d.ns);
+    kernel<<<grid, THREADS, smem, st>>>(args..., (int64_t) d.H, (int64_t) d.Hk, (int64_t) d.nt, d.scale);
+    cuda_check(cudaGetLastError(), what);
+}
+
+void check_dims(const attn_dims & d) {
+    if (d.hd <= 0 || d.H <= 0 || d.Hk <= 0 || d.H % d.Hk != 0 || d.nt <= 0 || d.ns <= 0 || d.H > 65535 || d.ns > 65535)
+        fail("ERR_INVALID_ARG", "attention: bad dimensions hd %lld, heads %lld / %lld, %lld x %lld tokens", (long long) d.hd,
+             (long long) d.H, (long long) d.Hk, (long long) d.ns, (long long) d.nt);
+}
+
+template <int D>
+void forward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, float * o, float * lse) {
+    cudaStream_t st = device_stream(q);
+    launch(attn_fwd<D>, smem_fwd<D>(), d, st, "attention forward", q, k, v, o, lse);
+    cuda_check(cudaStreamSynchronize(st), "attention forward");
+}
+
+template <int D>
+void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, const bf16 * dout, const float * lse,
+                const float * dsum, float * dq, float * dk, float * dv) {
+    cudaStream_t st = device_stream(q);
+    launch(attn_bwd_dq<D>, smem_dq<D>(), d, st, "attention backward (dQ)", q, k, v, dout, lse, dsum, dq);
+    launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, dk, dv);
+    cuda_check(cudaStreamSynchronize(st), "attention backward");
+}
+
+#define SQLR1_ATTN_HEAD_SIZES(X) X(16) X(32) X(64) X(128)
+
+} // namespace
+
+bool attn_cuda_supported(int64_t hd, const void * ptr) {
+    bool sized = false;
+#define X(n) sized = sized || hd == n;
+    SQLR1_ATTN_HEAD_SIZES(X)
+#undef X
+    if (!sized) return false;
+    cudaPointerAttributes at{};
+    if (cudaPointerGetAttributes(&at, ptr) != cudaSuccess || at.type != cudaMemoryTypeDevice) {
+        cudaGetLastError();
+        return false;
+    }
+    cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
+    // The kernels are empty where this build has no sm_80+ code for the device: ask which binary would run.
+    cudaFuncAttributes fa{};
+    if (cudaFuncGetAttributes(&fa, attn_fwd<64>) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return fa.binaryVersion >= 80;
+}
+
+void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, const void * v, float * o, float * lse) {
+    check_dims(d);
+    switch (d.hd) {
+#define X(n) case n: forward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, o, lse); return;
+        SQLR1_ATTN_HEAD_SIZES(X)
+#undef X
+    }
+    fail("ERR_UNSUPPORTED_TYPE", "no attention kernel for head size %lld", (long long) d.hd);
+}
+
+void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const void * dout,
+                        const float * lse, const float * dsum, float * dq, float * dk, float * dv) {
+    check_dims(d);
+    switch (d.hd) {
+#define X(n) case n: backward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, (const bf16 *) dout, lse, dsum, dq, dk, dv); return;
+        SQLR1_ATTN_HEAD_SIZES(X)
+#undef X
+    }
+    fail("ERR_UNSUPPORTED_TYPE", "no attention kernel for head size %lld", (long long) d.hd);
+}
+
+attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const float * k, const float * v, const float * dout) {
+    check_dims(d);
+    const size_t T = (size_t) (d.ns * d.nt), nq = (size_t) d.hd * d.H * T, nk = (size_t) d.hd * d.Hk * T, nr = (size_t) d.H * T;
+    auto to_bf16 = [](const float * x, size_t n) {
+        std::vector<bf16> y(n);
+        for (size_t i = 0; i < n; i++) y[i] = __float2bfloat16(x[i]);
+        return y;
+    };
+    const std::vector<bf16> hq = to_bf16(q, nq), hk = to_bf16(k, nk), hv = to_bf16(v, nk), hdo = to_bf16(dout, nq);
+    // One allocation: the BF16 inputs, then the F32 outputs.
+    const size_t in_bytes = (2 * nq + 2 * nk) * sizeof(bf16), out_floats = 4 * nq + 2 * nr;
+    char * dev = nullptr;
+    cuda_check(cudaMalloc(&dev, in_bytes + 16 + out_floats * sizeof(float)), "cudaMalloc");
+    struct guard { char * p; ~guard() { cudaFree(p); } } g{dev};
+    bf16 * dq_in = (bf16 *) dev, * dk_in = dq_in + nq, * dv_in = dk_in + nk, * ddo = dv_in + nk;
+    float * f = (float *) (dev + ((in_bytes + 15) / 16) * 16);
+    float * o = f, * lse = o + nq, * dsum = lse + nr, * gq = dsum + nr, * gk = gq + nq, * gv = gk + nq;
+    cuda_check(cudaMemcpy(dq_in, hq.data(), nq * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
+    cuda_check(cudaMemcpy(dk_in, hk.data(), nk * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
+    cuda_check(cudaMemcpy(dv_in, hv.data(), nk * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
+    cuda_check(cudaMemcpy(ddo, hdo.data(), nq * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
+    attn_host_result res;
+    attn_cuda_forward(d, dq_in, dk_in, dv_in, o, lse);
+    res.o.resize(nq);
+    res.lse.resize(nr);
+    cuda_check(cudaMemcpy(res.o.data(), o, nq * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    cuda_check(cudaMemcpy(res.lse.data(), lse, nr * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    // D = rowsum(dO * O) from the BF16 dO the kernels read.
+    std::vector<float> hsum(nr);
+    for (size_t row = 0; row < nr; row++) {
+        double s = 0;
+        for (int64_t i = 0; i < d.hd; i++) s += (double) __bfloat162float(hdo[row * d.hd + i]) * res.o[row * d.hd + i];
+        hsum[row] = (float) s;
+    }
+    cuda_check(cudaMemcpy(dsum, hsum.data(), nr * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    attn_cuda_backward(d, dq_in, dk_in, dv_in, ddo, lse, dsum, gq, gk, gv);
+    for (auto [dst, src] : { std::pair{ &res.dq, gq }, std::pair{ &res.dk, gk }, std::pair{ &res.dv, gv } }) {
+        dst->resize(nq);
+        cuda_check(cudaMemcpy(dst->data(), src, nq * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    }
+    return res;
+}
+
+} // namespace sqlr1

@@ -1,0 +1,41 @@
+// Causal self-attention for training on the GPU's matrix units: a forward that also returns each row's
+// log-sum-exp, and a backward that recomputes the probabilities tile by tile from it, so the
+// [tokens x tokens x heads] scores never exist in memory (the written-out form in train.cpp keeps them, and
+// spends most of a layer's backward on them and on the permutes around them).
+//
+// Layouts are the training graph's own, so no permutes are needed around the kernels: for T = ns * nt tokens
+// (ns sequences of nt, sequence-major), Q [hd, H, T] and K, V [hd, Hk, T]; query head h reads KV head
+// h / (H / Hk). Q, K, V and dO are BF16; O, the gradients, the log-sum-exp and D = rowsum(dO * O) are F32
+// ([H, T] for the last two).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace sqlr1 {
+
+struct attn_dims {
+    int64_t hd = 0, H = 0, Hk = 0, nt = 0, ns = 0;
+    float scale = 1.0f;  // applied to Q K^T before the softmax
+};
+
+struct attn_host_result {
+    std::vector<float> o, lse, dq, dk, dv;
+};
+
+#ifdef SQLR1_WITH_CUDA
+// Whether the kernels cover this head size on the device that holds `ptr` (BF16 matrix units: sm_80 or later).
+bool attn_cuda_supported(int64_t hd, const void * ptr);
+
+// o [hd, H, T], lse [H, T] (natural log of the row's sum of exp(scale * q.k)).
+void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, const void * v, float * o, float * lse);
+
+// dq [hd, H, T]; dk, dv per query head [hd, H, T] (the caller sums each KV group). dsum = rowsum(dO * O) [H, T].
+void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const void * dout,
+                        const float * lse, const float * dsum, float * dq, float * dk, float * dv);
+
+// The same from host F32 arrays (rounded to BF16 on upload), for the tests against a plain-loop reference.
+attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const float * k, const float * v, const float * dout);
+#endif
+
+} // namespace sqlr1
