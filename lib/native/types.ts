@@ -145,9 +145,14 @@ export interface NativeBinding {
     device: 'cpu' | 'cuda'; logits: Float32Array; nVocab: number; seeds: BigUint64Array; positions: BigUint64Array;
     temperature: number; topK?: number; topP?: number;
   }): { tokens: Int32Array; logprobs: Float32Array };
-  /** The training attention kernels on host data (CUDA builds; tests). dk and dv are per query head. */
+  /** The training attention kernels on host data (CUDA builds; tests). dk and dv are per KV head. */
   attentionCuda(req: {
     q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array;
     headDim: number; heads: number; kvHeads: number; nt: number; ns: number; scale?: number;
   }): { o: Float32Array; lse: Float32Array; dq: Float32Array; dk: Float32Array; dv: Float32Array };
+  /** The training SwiGLU kernel on host data (CUDA builds; tests). */
+  swigluCuda(req: {
+    F: number; T: number; rank: number; g: Float32Array; u: Float32Array; dh: Float32Array;
+    bg?: Float32Array; zg?: Float32Array; bu?: Float32Array; zu?: Float32Array; ad?: Float32Array; dzd?: Float32Array;
+  }): { h: Float32Array; dg: Float32Array; du: Float32Array };
 }

@@ -18,6 +18,7 @@
 
 #include <cmath>
 #include <mutex>
+#include <tuple>
 
 namespace sqlr1 {
 
@@ -332,6 +333,17 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
 #endif
 }
 
+// dK, dV per query head [hd, H, T] -> per KV head [hd, Hk, T]: query head h belongs to KV head h / group.
+__global__ void group_sum_kernel(const float * __restrict__ src, float * __restrict__ dst, int64_t hd, int64_t Hk, int64_t group, int64_t n) {
+    const int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;  // over hd * Hk * T
+    if (i >= n) return;
+    const int64_t e = i % hd, rest = i / hd, g = rest % Hk, t = rest / Hk;
+    const float * s = src + ((t * Hk + g) * group) * hd + e;
+    float acc = 0.0f;
+    for (int64_t j = 0; j < group; j++) acc += s[j * hd];
+    dst[i] = acc;
+}
+
 template <int D> constexpr size_t smem_fwd() { return 3 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2); }
 template <int D> constexpr size_t smem_dq() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (2 * LDS * 4 + LDP * 2); }
 template <int D> constexpr size_t smem_dkv() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (2 * LDS * 4 + 2 * LDP * 2) + 2 * BR * 4; }
@@ -374,10 +386,20 @@ void forward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 *
 
 template <int D>
 void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, const bf16 * dout, const float * lse,
-                const float * dsum, float * dq, float * dk, float * dv) {
+                const float * dsum, float * dq, float * dk, float * dv, float * per_head) {
     cudaStream_t st = device_stream(q);
     launch(attn_bwd_dq<D>, smem_dq<D>(), d, st, "attention backward (dQ)", q, k, v, dout, lse, dsum, dq);
-    launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, dk, dv);
+    const int64_t group = d.H / d.Hk;
+    if (group == 1) {
+        launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, dk, dv);
+    } else {
+        const int64_t nh = d.hd * d.H * d.nt * d.ns, n = nh / group;
+        launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, per_head, per_head + nh);
+        const unsigned blocks = (unsigned) ((n + 255) / 256);
+        group_sum_kernel<<<blocks, 256, 0, st>>>(per_head, dk, d.hd, d.Hk, group, n);
+        group_sum_kernel<<<blocks, 256, 0, st>>>(per_head + nh, dv, d.hd, d.Hk, group, n);
+        cuda_check(cudaGetLastError(), "attention backward (group sums)");
+    }
     cuda_check(cudaStreamSynchronize(st), "attention backward");
 }
 
@@ -417,10 +439,11 @@ void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, cons
 }
 
 void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const void * dout,
-                        const float * lse, const float * dsum, float * dq, float * dk, float * dv) {
+                        const float * lse, const float * dsum, float * dq, float * dk, float * dv, float * per_head) {
     check_dims(d);
+    if (d.H != d.Hk && !per_head) fail("ERR_INTERNAL", "attention backward: grouped heads need the per-head scratch");
     switch (d.hd) {
-#define X(n) case n: backward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, (const bf16 *) dout, lse, dsum, dq, dk, dv); return;
+#define X(n) case n: backward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, (const bf16 *) dout, lse, dsum, dq, dk, dv, per_head); return;
         SQLR1_ATTN_HEAD_SIZES(X)
 #undef X
     }
@@ -437,13 +460,13 @@ attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const
     };
     const std::vector<bf16> hq = to_bf16(q, nq), hk = to_bf16(k, nk), hv = to_bf16(v, nk), hdo = to_bf16(dout, nq);
     // One allocation: the BF16 inputs, then the F32 outputs.
-    const size_t in_bytes = (2 * nq + 2 * nk) * sizeof(bf16), out_floats = 4 * nq + 2 * nr;
+    const size_t in_bytes = (2 * nq + 2 * nk) * sizeof(bf16), out_floats = 4 * nq + 2 * nr + 2 * nk;
     char * dev = nullptr;
     cuda_check(cudaMalloc(&dev, in_bytes + 16 + out_floats * sizeof(float)), "cudaMalloc");
     struct guard { char * p; ~guard() { cudaFree(p); } } g{dev};
     bf16 * dq_in = (bf16 *) dev, * dk_in = dq_in + nq, * dv_in = dk_in + nk, * ddo = dv_in + nk;
     float * f = (float *) (dev + ((in_bytes + 15) / 16) * 16);
-    float * o = f, * lse = o + nq, * dsum = lse + nr, * gq = dsum + nr, * gk = gq + nq, * gv = gk + nq;
+    float * o = f, * lse = o + nq, * dsum = lse + nr, * gq = dsum + nr, * scratch = gq + nq, * gk = scratch + 2 * nq, * gv = gk + nk;
     cuda_check(cudaMemcpy(dq_in, hq.data(), nq * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
     cuda_check(cudaMemcpy(dk_in, hk.data(), nk * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
     cuda_check(cudaMemcpy(dv_in, hv.data(), nk * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
@@ -462,10 +485,10 @@ attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const
         hsum[row] = (float) s;
     }
     cuda_check(cudaMemcpy(dsum, hsum.data(), nr * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
-    attn_cuda_backward(d, dq_in, dk_in, dv_in, ddo, lse, dsum, gq, gk, gv);
-    for (auto [dst, src] : { std::pair{ &res.dq, gq }, std::pair{ &res.dk, gk }, std::pair{ &res.dv, gv } }) {
-        dst->resize(nq);
-        cuda_check(cudaMemcpy(dst->data(), src, nq * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    attn_cuda_backward(d, dq_in, dk_in, dv_in, ddo, lse, dsum, gq, gk, gv, scratch);
+    for (auto [dst, src, cnt] : { std::tuple{ &res.dq, gq, nq }, std::tuple{ &res.dk, gk, nk }, std::tuple{ &res.dv, gv, nk } }) {
+        dst->resize(cnt);
+        cuda_check(cudaMemcpy(dst->data(), src, cnt * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
     }
     return res;
 }

@@ -30,11 +30,13 @@ bool attn_cuda_supported(int64_t hd, const void * ptr);
 // o [hd, H, T], lse [H, T] (natural log of the row's sum of exp(scale * q.k)).
 void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, const void * v, float * o, float * lse);
 
-// dq [hd, H, T]; dk, dv per query head [hd, H, T] (the caller sums each KV group). dsum = rowsum(dO * O) [H, T].
+// dq [hd, H, T]; dk, dv [hd, Hk, T]. dsum = rowsum(dO * O) [H, T]. With grouped heads (H > Hk), `per_head`
+// [2 * hd * H * T] holds each query head's part before the group sums (null when H == Hk).
 void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const void * dout,
-                        const float * lse, const float * dsum, float * dq, float * dk, float * dv);
+                        const float * lse, const float * dsum, float * dq, float * dk, float * dv, float * per_head);
 
 // The same from host F32 arrays (rounded to BF16 on upload), for the tests against a plain-loop reference.
+// dk and dv come back per KV head.
 attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const float * k, const float * v, const float * dout);
 #endif
 

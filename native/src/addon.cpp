@@ -6,6 +6,7 @@
 #include "lora.h"
 #include "napi_helpers.h"
 #include "ops.h"
+#include "swiglu.h"
 #include "synth.h"
 #include "tensor_graph.h"
 #include "train.h"
@@ -613,7 +614,7 @@ Napi::Value RunOp(const Napi::CallbackInfo & info) {
 
 // The training attention kernels from host arrays (native/cuda/attention.h), for the tests against a
 // plain-loop reference: { q, k, v, dout: Float32Array, headDim, heads, kvHeads, nt, ns, scale } ->
-// { o, lse, dq, dk, dv } (dk, dv per query head).
+// { o, lse, dq, dk, dv } (dk, dv per KV head).
 Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = need_object(info, 0, "request");
@@ -660,6 +661,59 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     return out;
 }
 
+// The training SwiGLU kernel from host arrays (native/cuda/swiglu.h), for the tests against a plain-loop
+// reference: { F, T, rank, g, u, dh, bg?, zg?, bu?, zu?, ad?, dzd? } -> { h, dg, du }.
+Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = need_object(info, 0, "request");
+    auto dim = [&](const char * key, double lo) {
+        const double v = get_number(o, key, -1);
+        if (!(v >= lo && v <= (1 << 24) && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [" + std::to_string((int) lo) + ", 16777216]");
+        return (int64_t) v;
+    };
+    swiglu_args a;
+    a.F = dim("F", 1);
+    a.T = dim("T", 1);
+    a.r = dim("rank", 0);
+    std::vector<std::vector<float>> keep;
+    auto arr = [&](const char * key, int64_t n, bool optional) -> float * {
+        Napi::Value v = o.Get(key);
+        if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
+        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) bad_arg(env, std::string(key) + " must be a Float32Array");
+        Napi::Float32Array t = v.As<Napi::Float32Array>();
+        if ((int64_t) t.ElementLength() != n) bad_arg(env, std::string(key) + " must hold " + std::to_string(n) + " values");
+        keep.emplace_back(t.Data(), t.Data() + n);
+        return keep.back().data();
+    };
+    keep.reserve(9);
+    a.g = arr("g", a.F * a.T, false);
+    a.u = arr("u", a.F * a.T, false);
+    a.dh = arr("dh", a.F * a.T, false);
+    a.bg = arr("bg", a.r * a.F, true);
+    a.zg = arr("zg", a.r * a.T, true);
+    a.bu = arr("bu", a.r * a.F, true);
+    a.zu = arr("zu", a.r * a.T, true);
+    a.ad = arr("ad", a.r * a.F, true);
+    a.dzd = arr("dzd", a.r * a.T, true);
+    if (!a.bg != !a.zg || !a.bu != !a.zu || !a.ad != !a.dzd) bad_arg(env, "each LoRA term needs both of its arrays");
+    guarded(env, [&]() {
+#ifdef SQLR1_WITH_CUDA
+        if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
+        swiglu_cuda_from_host(a);
+#else
+        fail("ERR_NO_CUDA", "this binary was built without CUDA");
+#endif
+        return 0;
+    });
+    Napi::Object out = Napi::Object::New(env);
+    for (auto [name, p] : { std::pair{ "h", a.g }, std::pair{ "dg", a.u }, std::pair{ "du", a.dh } }) {
+        Napi::Float32Array t = Napi::Float32Array::New(env, (size_t) (a.F * a.T));
+        std::copy(p, p + a.F * a.T, t.Data());
+        out.Set(name, t);
+    }
+    return out;
+}
+
 } // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -677,6 +731,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("runOp", Napi::Function::New(env, RunOp));
     exports.Set("sampleRows", Napi::Function::New(env, SampleRows));
     exports.Set("attentionCuda", Napi::Function::New(env, AttentionCuda));
+    exports.Set("swigluCuda", Napi::Function::New(env, SwigluCuda));
     tensor_graph_register(env, exports);
     train_register(env, exports);
     return exports;

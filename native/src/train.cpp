@@ -9,6 +9,7 @@
 #ifdef SQLR1_WITH_CUDA
 #include "attention.h"
 #include "ggml-cuda.h"
+#include "swiglu.h"
 #endif
 
 #include <algorithm>
@@ -495,102 +496,177 @@ void keep_alloc(trainer & t, int64_t T) {
     t.keep_capacity = T;
 }
 
-void attn_free(trainer & t) {
-    if (t.buf_attn) ggml_backend_buffer_free(t.buf_attn);
-    if (t.ctx_attn) ggml_free(t.ctx_attn);
-    t.buf_attn = nullptr;
-    t.ctx_attn = nullptr;
-    t.attn_capacity = 0;
+void scratch_free(trainer & t) {
+    if (t.buf_scratch) ggml_backend_buffer_free(t.buf_scratch);
+    if (t.ctx_scratch) ggml_free(t.ctx_scratch);
+    t.buf_scratch = nullptr;
+    t.ctx_scratch = nullptr;
+    t.scratch_capacity = 0;
 }
 
 #ifdef SQLR1_WITH_CUDA
-// The fused attention kernels run the backward's attention on CUDA in BF16 where they cover the head size.
-// SQLR1_ATTN_KERNELS=0 keeps the written-out form instead (for comparisons).
-bool use_attn_kernels(const trainer & t) {
-    static const bool off = getenv("SQLR1_ATTN_KERNELS") && std::string(getenv("SQLR1_ATTN_KERNELS")) == "0";
+// The fused kernels run the backward on CUDA in BF16 where they cover the head size. SQLR1_FUSED_KERNELS=0
+// keeps the written-out graphs instead (for comparisons).
+bool use_fused_kernels(const trainer & t) {
+    static const bool off = getenv("SQLR1_FUSED_KERNELS") && std::string(getenv("SQLR1_FUSED_KERNELS")) == "0";
     return !off && t.compute == GGML_TYPE_BF16 && t.cuda && attn_cuda_supported(t.m->hp.head_dim, t.ckpt[0]->data);
 }
 
-void attn_alloc(trainer & t, int64_t T) {
-    if (t.ctx_attn && t.attn_capacity == T) return;
-    attn_free(t);
+void scratch_alloc(trainer & t, int64_t T) {
+    if (t.ctx_scratch && t.scratch_capacity == T) return;
+    scratch_free(t);
     const hparams & hp = t.m->hp;
-    const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv;
-    ggml_init_params ip = { ggml_tensor_overhead() * 16, nullptr, true };
-    t.ctx_attn = ggml_init(ip);
-    if (!t.ctx_attn) fail("ERR_OUT_OF_MEMORY", "could not create the attention scratch context");
-    t.aq = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_BF16, hd, H, T);
-    t.ak = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_BF16, hd, Hk, T);
-    t.av = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_BF16, hd, Hk, T);
-    t.ado = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_BF16, hd * H, T);
-    t.ao = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_F32, hd * H, T);
-    t.alse = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_F32, H, T);
-    t.adsum = ggml_new_tensor_2d(t.ctx_attn, GGML_TYPE_F32, H, T);
-    t.adq = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_F32, hd, H, T);
-    t.adk = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_F32, hd, H, T);
-    t.adv = ggml_new_tensor_3d(t.ctx_attn, GGML_TYPE_F32, hd, H, T);
-    t.buf_attn = ggml_backend_alloc_ctx_tensors(t.ctx_attn, t.m->backends->primary);
-    if (!t.buf_attn) {
-        attn_free(t);
-        fail("ERR_OUT_OF_MEMORY", "could not allocate the attention scratch for %lld tokens on %s", (long long) T, t.m->backends->device.c_str());
+    const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv, E = hp.n_embd, F = hp.n_ff, r = t.lora->rank;
+    ggml_init_params ip = { ggml_tensor_overhead() * 24, nullptr, true };
+    t.ctx_scratch = ggml_init(ip);
+    if (!t.ctx_scratch) fail("ERR_OUT_OF_MEMORY", "could not create the kernels' scratch context");
+    ggml_context * c = t.ctx_scratch;
+    t.aq = ggml_new_tensor_3d(c, GGML_TYPE_BF16, hd, H, T);
+    t.ak = ggml_new_tensor_3d(c, GGML_TYPE_BF16, hd, Hk, T);
+    t.av = ggml_new_tensor_3d(c, GGML_TYPE_BF16, hd, Hk, T);
+    t.ado = ggml_new_tensor_2d(c, GGML_TYPE_BF16, hd * H, T);
+    t.ao = ggml_new_tensor_2d(c, GGML_TYPE_F32, hd * H, T);
+    t.alse = ggml_new_tensor_2d(c, GGML_TYPE_F32, H, T);
+    t.adsum = ggml_new_tensor_2d(c, GGML_TYPE_F32, H, T);
+    t.adq = ggml_new_tensor_3d(c, GGML_TYPE_F32, hd, H, T);
+    t.adk = ggml_new_tensor_3d(c, GGML_TYPE_F32, hd, Hk, T);
+    t.adv = ggml_new_tensor_3d(c, GGML_TYPE_F32, hd, Hk, T);
+    t.aph = H > Hk ? ggml_new_tensor_2d(c, GGML_TYPE_F32, hd * H * T, 2) : nullptr;
+    t.fg = ggml_new_tensor_2d(c, GGML_TYPE_F32, F, T);
+    t.fu = ggml_new_tensor_2d(c, GGML_TYPE_F32, F, T);
+    t.fdh = ggml_new_tensor_2d(c, GGML_TYPE_F32, F, T);
+    t.fzg = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.fzu = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.fdz = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.fx2 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
+    t.fn2 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
+    t.fn1 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
+    t.fzq = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.fzk = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.fzv = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.buf_scratch = ggml_backend_alloc_ctx_tensors(c, t.m->backends->primary);
+    if (!t.buf_scratch) {
+        scratch_free(t);
+        fail("ERR_OUT_OF_MEMORY", "could not allocate the kernels' scratch for %lld tokens on %s", (long long) T, t.m->backends->device.c_str());
     }
-    t.attn_capacity = T;
+    t.scratch_capacity = T;
 }
 
-// One layer's backward around the fused kernels, in three graphs: (A) the attention's inputs, then the
-// forward kernel; (B) the rest of the layer and its backward down to d attn, then the backward kernels;
-// (C) back through RoPE, the Q, K, V products and the norm. dx2 passes from B to C in dx_buf.
+// Places a graph node's result in a scratch tensor of the same size (the node then skips the graph allocator),
+// so that a kernel between graphs reads it with no copy.
+ggml_tensor * place(builder & b, ggml_tensor * node, ggml_tensor * at) {
+    if (ggml_nbytes(node) != ggml_nbytes(at)) fail("ERR_INTERNAL", "scratch placement of %s: size mismatch", ggml_op_desc(node));
+    if (ggml_backend_tensor_alloc(b.t.buf_scratch, node, at->data) != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "scratch placement failed");
+    ggml_build_forward_expand(b.gf, node);
+    return node;
+}
+
+// A linear layer's record for its backward, from saved pieces (input x, and zs = s A x for the adapter).
+linear_fwd linear_saved(builder & b, int64_t il, int target, ggml_tensor * w, ggml_tensor * x, ggml_tensor * zs) {
+    linear_fwd f;
+    f.p = b.pair(il, target);
+    f.x = x;
+    f.wc = b.frozen(w);
+    if (f.p) f.zs = zs ? zs : ggml_scale(b.ctx, ggml_mul_mat(b.ctx, f.p->a, x), b.t.lora->scale());
+    else f.zs = nullptr;
+    return f;
+}
+
+// One layer's backward around the fused kernels, in four graphs:
+//  (A) the attention's inputs -> attention forward kernel;
+//  (B) O product, residual, norm, the gate and up products, W_down^T dy -> SwiGLU kernel (activation and its
+//      backward in one pass, with the LoRA terms);
+//  (C) the down, gate, up and O backward down to d attn -> attention backward kernels;
+//  (D) back through RoPE, the Q, K, V products and the norm.
+// dx2 passes from C to D in dx_buf; (A) keeps the attention's input norm and LoRA inputs for (D).
 void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, ggml_tensor * dy, ggml_tensor * dx_buf, double & kernel_ms) {
     const hparams & hp = t.m->hp;
+    const layer_weights & L = t.m->layers[il];
     const int64_t hd = hp.head_dim, H = hp.n_head, T = batch.ns * batch.nt;
     const attn_dims d{ hd, H, hp.n_head_kv, batch.nt, batch.ns, 1.0f / std::sqrt((float) hd) };
+    const float s = t.lora->scale();
     ggml_tensor * x = t.ckpt[il];
     auto timed = [&](auto fn) {
         auto t0 = std::chrono::steady_clock::now();
         fn();
         kernel_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     };
-    {
+    auto graph = [&](auto build) {
         graph_ctx g(t, TRAIN_GRAPH_NODES);
         graph_inputs in;
         builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
+        build(b);
+        run_graph(t, g.gf, in);
+    };
+    const lora_pair * pg = t.lora->layers[il][LORA_GATE].a ? &t.lora->layers[il][LORA_GATE] : nullptr;
+    const lora_pair * pu = t.lora->layers[il][LORA_UP].a ? &t.lora->layers[il][LORA_UP] : nullptr;
+    const lora_pair * pd = t.lora->layers[il][LORA_DOWN].a ? &t.lora->layers[il][LORA_DOWN] : nullptr;
+
+    graph([&](builder & b) {
         layer_fwd f;
         attn_inputs(b, il, x, true, f);
-        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, f.q3, t.aq));
-        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, f.k3, t.ak));
-        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, f.v3, t.av));
-        run_graph(t, g.gf, in);
-    }
+        place(b, f.n1, t.fn1);  // kept for (D)
+        if (f.q.zs) place(b, f.q.zs, t.fzq);
+        if (f.k.zs) place(b, f.k.zs, t.fzk);
+        if (f.v.zs) place(b, f.v.zs, t.fzv);
+        ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.q3, t.aq));
+        ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.k3, t.ak));
+        ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.v3, t.av));
+    });
     timed([&] { attn_cuda_forward(d, t.aq->data, t.ak->data, t.av->data, (float *) t.ao->data, (float *) t.alse->data); });
-    {
-        graph_ctx g(t, TRAIN_GRAPH_NODES);
-        graph_inputs in;
-        builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
-        layer_fwd f;
-        f.x = x;
-        layer_rest(b, il, t.ao, true, f);
-        auto [dx2, dattn] = rest_backward(b, f, dy, il);
-        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dattn, t.ado));
-        ggml_tensor * dsum = ggml_sum_rows(g.ctx, ggml_mul(g.ctx, ggml_reshape_2d(g.ctx, dattn, hd, H * T), ggml_reshape_2d(g.ctx, t.ao, hd, H * T)));
-        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dsum, t.adsum));
-        ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dx2, dx_buf));
-        run_graph(t, g.gf, in);
-    }
+
+    graph([&](builder & b) {
+        ggml_context * ctx = b.ctx;
+        const linear_fwd o = linear(b, il, LORA_O, L.wo, nullptr, t.ao, true);
+        ggml_tensor * x2 = place(b, ggml_add(ctx, x, o.y), t.fx2);
+        ggml_tensor * n2 = place(b, rms_norm_w(b, x2, L.ffn_norm), t.fn2);
+        place(b, ggml_mul_mat(ctx, b.frozen(L.ffn_gate), n2), t.fg);
+        place(b, ggml_mul_mat(ctx, b.frozen(L.ffn_up), n2), t.fu);
+        place(b, ggml_mul_mat(ctx, transpose01(ctx, b.frozen(L.ffn_down)), dy), t.fdh);
+        if (pg) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pg->a, n2), s), t.fzg);
+        if (pu) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pu->a, n2), s), t.fzu);
+        if (pd) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, pd->b)), dy), s), t.fdz);
+    });
+    timed([&] {
+        swiglu_args a;
+        a.F = hp.n_ff;
+        a.T = T;
+        a.r = t.lora->rank;
+        a.g = (float *) t.fg->data;
+        a.u = (float *) t.fu->data;
+        a.dh = (float *) t.fdh->data;
+        if (pg) { a.bg = (const float *) pg->b->data; a.zg = (const float *) t.fzg->data; }
+        if (pu) { a.bu = (const float *) pu->b->data; a.zu = (const float *) t.fzu->data; }
+        if (pd) { a.ad = (const float *) pd->a->data; a.dzd = (const float *) t.fdz->data; }
+        swiglu_cuda(a);  // fg, fu, fdh now hold h, dg, du
+    });
+
+    graph([&](builder & b) {
+        ggml_context * ctx = b.ctx;
+        linear_back(b, linear_saved(b, il, LORA_DOWN, L.ffn_down, t.fg, nullptr), dy, false);  // the adapter's gradients only
+        ggml_tensor * dn2 = ggml_add(ctx, linear_back(b, linear_saved(b, il, LORA_GATE, L.ffn_gate, t.fn2, pg ? t.fzg : nullptr), t.fu, true),
+                                     linear_back(b, linear_saved(b, il, LORA_UP, L.ffn_up, t.fn2, pu ? t.fzu : nullptr), t.fdh, true));
+        ggml_tensor * dx2 = ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2));
+        ggml_tensor * dattn = linear_back(b, linear_saved(b, il, LORA_O, L.wo, t.ao, nullptr), dx2, true);
+        ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.ado));
+        ggml_tensor * dsum = ggml_sum_rows(ctx, ggml_mul(ctx, ggml_reshape_2d(ctx, dattn, hd, H * T), ggml_reshape_2d(ctx, t.ao, hd, H * T)));
+        ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dsum, t.adsum));
+        ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dx2, dx_buf));
+    });
     timed([&] {
         attn_cuda_backward(d, t.aq->data, t.ak->data, t.av->data, t.ado->data, (const float *) t.alse->data, (const float *) t.adsum->data,
-                           (float *) t.adq->data, (float *) t.adk->data, (float *) t.adv->data);
+                           (float *) t.adq->data, (float *) t.adk->data, (float *) t.adv->data, t.aph ? (float *) t.aph->data : nullptr);
     });
-    {
-        graph_ctx g(t, TRAIN_GRAPH_NODES);
-        graph_inputs in;
-        builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
+
+    graph([&](builder & b) {
         layer_fwd f;
-        attn_inputs(b, il, x, true, f);  // only the norm and the LoRA inputs enter the graph
-        const int64_t group = H / hp.n_head_kv;
-        ggml_tensor * dx = inputs_backward(b, f, t.adq, group_sum(b, t.adk, group), group_sum(b, t.adv, group), dx_buf, il, il > 0);
-        if (dx) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, dx, dx_buf));
-        run_graph(t, g.gf, in);
-    }
+        f.x = x;
+        f.q = linear_saved(b, il, LORA_Q, L.wq, t.fn1, t.fzq);
+        f.k = linear_saved(b, il, LORA_K, L.wk, t.fn1, t.fzk);
+        f.v = linear_saved(b, il, LORA_V, L.wv, t.fn1, t.fzv);
+        ggml_tensor * dx = inputs_backward(b, f, t.adq, t.adk, t.adv, dx_buf, il, il > 0);
+        if (dx) ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, dx, dx_buf));
+    });
 }
 #endif
 
@@ -601,7 +677,7 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
 
 trainer::~trainer() {
     keep_free(*this);
-    attn_free(*this);
+    scratch_free(*this);
     if (galloc) ggml_gallocr_free(galloc);
     if (buf_fixed) ggml_backend_buffer_free(buf_fixed);
     if (ctx_fixed) ggml_free(ctx_fixed);
@@ -774,9 +850,9 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
     double kernel_ms = 0.0;
     bool fused = false;
 #ifdef SQLR1_WITH_CUDA
-    fused = use_attn_kernels(t);
+    fused = use_fused_kernels(t);
     if (fused) {
-        attn_alloc(t, T);
+        scratch_alloc(t, T);
         for (int64_t il = hp.n_layer - 1; il >= 0; il--) {
             layer_backward_fused(t, batch, il, dy, dx_buf, kernel_ms);
             std::swap(dy, dx_buf);
@@ -810,13 +886,13 @@ trainer_memory trainer_memory_use(const trainer & t) {
     if (t.buf_fixed) m.fixed = ggml_backend_buffer_get_size(t.buf_fixed);
     if (t.buf_keep) m.kept = ggml_backend_buffer_get_size(t.buf_keep);
     if (t.galloc) m.compute = ggml_gallocr_get_buffer_size(t.galloc, 0);
-    if (t.buf_attn) m.compute += ggml_backend_buffer_get_size(t.buf_attn);
+    if (t.buf_scratch) m.compute += ggml_backend_buffer_get_size(t.buf_scratch);
     return m;
 }
 
 void trainer_release(trainer & t) {
     keep_free(t);
-    attn_free(t);
+    scratch_free(t);
     if (t.galloc) ggml_gallocr_free(t.galloc);
     t.galloc = nullptr;
 }

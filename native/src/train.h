@@ -59,14 +59,19 @@ struct trainer {
     bool kept = false;
     train_batch kept_batch;
 
-    // The backward's attention on the GPU's fused kernels (native/cuda/attention.h): their inputs and outputs
-    // between the graphs of one layer (the graphs' own memory is reused by the next graph).
-    ggml_context * ctx_attn = nullptr;
-    ggml_backend_buffer_t buf_attn = nullptr;
-    ggml_tensor * aq = nullptr, * ak = nullptr, * av = nullptr, * ado = nullptr;     // BF16, after RoPE
+    // The backward's fused CUDA kernels (native/cuda/attention.h, swiglu.h): their inputs and outputs between the
+    // graphs of one layer (the graphs' own memory is reused by the next graph). Some graph nodes are placed
+    // here directly, so that no copy is needed.
+    ggml_context * ctx_scratch = nullptr;
+    ggml_backend_buffer_t buf_scratch = nullptr;
+    ggml_tensor * aq = nullptr, * ak = nullptr, * av = nullptr, * ado = nullptr;     // attention: BF16, after RoPE
     ggml_tensor * ao = nullptr, * alse = nullptr, * adsum = nullptr;                 // F32
-    ggml_tensor * adq = nullptr, * adk = nullptr, * adv = nullptr;                   // F32, per query head
-    int64_t attn_capacity = 0;
+    ggml_tensor * adq = nullptr, * adk = nullptr, * adv = nullptr, * aph = nullptr;  // F32; aph per query head
+    ggml_tensor * fg = nullptr, * fu = nullptr, * fdh = nullptr;                     // SwiGLU: F32 [F, T] in and out
+    ggml_tensor * fzg = nullptr, * fzu = nullptr, * fdz = nullptr;                   // F32 [r, T] LoRA inputs
+    ggml_tensor * fx2 = nullptr, * fn2 = nullptr;                                    // F32 [E, T]: residual, its norm
+    ggml_tensor * fn1 = nullptr, * fzq = nullptr, * fzk = nullptr, * fzv = nullptr;  // the attention's input norm, its LoRA inputs
+    int64_t scratch_capacity = 0;
 
     // Host copies of the inputs that depend only on the batch shape: positions, the causal mask (F32, F16).
     struct shape_inputs {

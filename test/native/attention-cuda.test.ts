@@ -1,7 +1,7 @@
 /**
  * The training attention kernels (native/cuda/attention.cu) against a float64 plain-loop reference of causal
- * grouped-query attention and its gradients, on the same BF16-rounded inputs: O, the log-sum-exp, dQ, and dK, dV
- * per query head. Shapes cover every head size the kernels have, sequences that end inside a 64-row tile, one
+ * grouped-query attention and its gradients, on the same BF16-rounded inputs: O, the log-sum-exp, dQ, dK and dV
+ * (summed over each KV group). Shapes cover every head size the kernels have, sequences that end inside a 64-row tile, one
  * and several sequences, and KV groups of 1, 2 and 4.
  *
  * Tolerances (nmse): the kernels round the probabilities P and dS = P (dP - D) to BF16 for the matrix units,
@@ -17,7 +17,7 @@ interface Shape { hd: number; H: number; Hk: number; nt: number; ns: number }
 function reference(s: Shape, q: Float32Array, k: Float32Array, v: Float32Array, dO: Float32Array) {
   const { hd, H, Hk, nt, ns } = s, T = nt * ns, G = H / Hk, scale = 1 / Math.sqrt(hd);
   const o = new Float64Array(hd * H * T), lse = new Float64Array(H * T);
-  const dq = new Float64Array(hd * H * T), dk = new Float64Array(hd * H * T), dv = new Float64Array(hd * H * T);
+  const dq = new Float64Array(hd * H * T), dk = new Float64Array(hd * Hk * T), dv = new Float64Array(hd * Hk * T);
   const qi = (t: number, h: number) => (t * H + h) * hd, ki = (t: number, g: number) => (t * Hk + g) * hd;
   for (let sq = 0; sq < ns; sq++) {
     for (let h = 0; h < H; h++) {
@@ -46,8 +46,8 @@ function reference(s: Shape, q: Float32Array, k: Float32Array, v: Float32Array, 
           const dS = P[j]! * (dP - D) * scale;
           for (let e = 0; e < hd; e++) {
             dq[qi(ti, h) + e] += dS * k[ki(tj, g) + e]!;
-            dk[qi(tj, h) + e] += dS * q[qi(ti, h) + e]!;
-            dv[qi(tj, h) + e] += P[j]! * dO[qi(ti, h) + e]!;
+            dk[ki(tj, g) + e] += dS * q[qi(ti, h) + e]!;
+            dv[ki(tj, g) + e] += P[j]! * dO[qi(ti, h) + e]!;
           }
         }
       }

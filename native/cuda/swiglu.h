@@ -1,0 +1,29 @@
+// The SwiGLU block of a layer's backward in one pass over the [F x T] activations, with the rank-r LoRA terms of
+// the gate, up and down projections added on the fly (in the written-out graph they cost three more passes):
+//   g = G + Bg^T zg,  u = U + Bu^T zu,  dh = DH + Ad dzd        (each LoRA term only where the layer has one)
+//   h = silu(g) u,    du = dh silu(g),  dg = dh u silu'(g)
+// where G = W_gate x, U = W_up x and DH = W_down^T dy come from the graph. In place: G becomes h, U becomes dg and
+// DH becomes du. Layouts are ggml's: [F, T] with F fastest; z* [r, T]; B* [r, F]; Ad [F, r]. All F32.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace sqlr1 {
+
+struct swiglu_args {
+    int64_t F = 0, T = 0, r = 0;
+    float * g = nullptr, * u = nullptr, * dh = nullptr;
+    const float * bg = nullptr, * zg = nullptr;   // null: no LoRA on the gate
+    const float * bu = nullptr, * zu = nullptr;   // null: no LoRA on up
+    const float * ad = nullptr, * dzd = nullptr;  // null: no LoRA on down
+};
+
+#ifdef SQLR1_WITH_CUDA
+void swiglu_cuda(const swiglu_args & a);  // device pointers; returns when done
+
+// The same on host arrays (tests): g, u, dh are overwritten with h, dg, du.
+void swiglu_cuda_from_host(swiglu_args a);
+#endif
+
+} // namespace sqlr1

@@ -1,0 +1,58 @@
+/**
+ * The training SwiGLU kernel (native/cuda/swiglu.cu) against float64 loops: h = silu(g) u, du = dh silu(g) and
+ * dg = dh u silu'(g), with the rank-r LoRA terms of gate, up and down added on the fly (each optional), for ranks
+ * that fill one shared-memory chunk of 16, leave part of one, and span two, and sizes that end inside a tile.
+ *
+ * Tolerance: float32 arithmetic with a fast exp (~2 ulp) and r-term sums: relative error ~1e-6 per element, so
+ * nmse ~1e-12; the bound 1e-10 leaves room and still catches any indexing or formula error (those give ~1).
+ */
+import t from 'tap';
+import { binding, cudaSkipReason, nmse, randomArray } from '../helpers/native.js';
+
+const skip = cudaSkipReason();
+
+function reference(F: number, T: number, r: number, a: Record<string, Float32Array | undefined>) {
+  const h = new Float64Array(F * T), dg = new Float64Array(F * T), du = new Float64Array(F * T);
+  for (let tk = 0; tk < T; tk++) {
+    for (let f = 0; f < F; f++) {
+      const i = tk * F + f;
+      let g = a.g![i]!, u = a.u![i]!, dh = a.dh![i]!;
+      for (let k = 0; k < r; k++) {
+        if (a.bg) g += a.bg[f * r + k]! * a.zg![tk * r + k]!;
+        if (a.bu) u += a.bu[f * r + k]! * a.zu![tk * r + k]!;
+        if (a.ad) dh += a.ad[k * F + f]! * a.dzd![tk * r + k]!;
+      }
+      const sig = 1 / (1 + Math.exp(-g));
+      h[i] = g * sig * u;
+      du[i] = dh * g * sig;
+      dg[i] = dh * u * sig * (1 + g * (1 - sig));
+    }
+  }
+  return { h, dg, du };
+}
+
+t.test('SwiGLU kernel matches float64 loops', { skip }, async (t) => {
+  let seed = 100;
+  for (const [F, T, r, lora] of [[200, 37, 16, 'all'], [64, 16, 5, 'gate+down'], [130, 50, 33, 'up'], [96, 20, 0, 'none']] as const) {
+    const arr = (n: number, s = 2) => randomArray(n, seed++, s);
+    const a: Record<string, Float32Array | undefined> = { g: arr(F * T, 4), u: arr(F * T), dh: arr(F * T) };
+    if (lora === 'all' || lora.includes('gate')) { a.bg = arr(r * F, 0.5); a.zg = arr(r * T, 0.5); }
+    if (lora === 'all' || lora.includes('up')) { a.bu = arr(r * F, 0.5); a.zu = arr(r * T, 0.5); }
+    if (lora === 'all' || lora.includes('down')) { a.ad = arr(r * F, 0.5); a.dzd = arr(r * T, 0.5); }
+    const ref = reference(F, T, r, a);
+    const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }) });
+    for (const key of ['h', 'dg', 'du'] as const) {
+      const e = nmse(got[key], ref[key]);
+      t.ok(e <= 1e-10, `F ${F}, T ${T}, rank ${r}, LoRA on ${lora}: ${key} nmse ${e.toExponential(2)} <= 1e-10`);
+    }
+  }
+});
+
+t.test('SwiGLU kernel rejects bad requests with typed errors', async (t) => {
+  const b = binding('cpu');
+  const x = new Float32Array(8);
+  t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: new Float32Array(7) }), { code: 'ERR_INVALID_ARG' }, 'an array of the wrong size');
+  t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: x, bg: new Float32Array(4) }), { code: 'ERR_INVALID_ARG' }, 'half a LoRA term');
+  t.throws(() => b.swigluCuda({ F: 0, T: 2, rank: 1, g: x, u: x, dh: x }), { code: 'ERR_INVALID_ARG' }, 'a zero dimension');
+  if (skip) t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 0, g: x, u: x, dh: x }), { code: 'ERR_NO_CUDA' }, 'no CUDA in this binary or machine');
+});
