@@ -2,7 +2,8 @@
 //
 // A block has 4 warps and owns a tile of 64 rows; each warp owns 16 of them and the products it needs run on
 // 16x16x16 fragments. Scores pass through a per-warp shared-memory tile (F32) where the softmax arithmetic and
-// the causal mask are applied element by element, then go back to the matrix units as BF16.
+// the causal mask are applied element by element, then go back to the matrix units as BF16. The backward
+// kernels keep one F32 tile per warp (S, then dP), so that two blocks fit on an SM.
 //  - forward: per query tile, one pass over the key tiles for each row's max and sum of exp (the log-sum-exp
 //    L), a second for O = softmax V with the final normalization (no running rescale of O);
 //  - dQ: per query tile, over key tiles: P = exp(scale S - L), dS = P (dO V^T - D) scale, dQ += dS K;
@@ -213,9 +214,8 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__
     bf16 * Qs = Vs + C::TILE;
     bf16 * dOs = Qs + C::TILE;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    float * Sw = reinterpret_cast<float *>(dOs + C::TILE) + warp * 16 * LDS;
-    float * dPw = reinterpret_cast<float *>(dOs + C::TILE) + (WARPS + warp) * 16 * LDS;
-    bf16 * dSw = reinterpret_cast<bf16 *>(reinterpret_cast<float *>(dOs + C::TILE) + 2 * WARPS * 16 * LDS) + warp * 16 * LDP;
+    float * Sw = reinterpret_cast<float *>(dOs + C::TILE) + warp * 16 * LDS;       // S, then dP
+    bf16 * dSw = reinterpret_cast<bf16 *>(reinterpret_cast<float *>(dOs + C::TILE) + WARPS * 16 * LDS) + warp * 16 * LDP;  // P, then dS
 
     const int64_t it = blockIdx.x, h = blockIdx.y, tok0 = blockIdx.z * nt, q0 = it * BR;
     const int64_t hk = h / (H / Hk);
@@ -239,8 +239,8 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__
         load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
         load_tile<D>(Vs, v, Hk, hk, tok0, jt * BR, nt);
         __syncthreads();
+        // One F32 tile per warp (so that two blocks fit on an SM): S gives P (kept in BF16), then dP gives dS.
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
-        mm_abt<D>(dOs + warp * 16 * C::LDH, Vs, dPw);
         __syncwarp();
         const int64_t kb = jt * BR;
 #pragma unroll
@@ -248,8 +248,18 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__
 #pragma unroll
             for (int c = lane; c < BR; c += 32) {
                 const bool on = qbase + r < nt && kb + c <= qbase + r;
-                const float p = on ? __expf(Sw[r * LDS + c] * scale - L[r]) : 0.0f;
-                dSw[r * LDP + c] = __float2bfloat16(p * (dPw[r * LDS + c] - Dr[r]) * scale);
+                dSw[r * LDP + c] = __float2bfloat16(on ? __expf(Sw[r * LDS + c] * scale - L[r]) : 0.0f);
+            }
+        }
+        __syncwarp();
+        mm_abt<D>(dOs + warp * 16 * C::LDH, Vs, Sw);
+        __syncwarp();
+#pragma unroll
+        for (int r = 0; r < 16; r++) {
+#pragma unroll
+            for (int c = lane; c < BR; c += 32) {
+                const float p = __bfloat162float(dSw[r * LDP + c]);
+                dSw[r * LDP + c] = __float2bfloat16(p * (Sw[r * LDS + c] - Dr[r]) * scale);
             }
         }
         __syncwarp();
@@ -275,9 +285,8 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
     bf16 * dOs = Qs + C::TILE;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     float * f32 = reinterpret_cast<float *>(dOs + C::TILE);
-    float * Sw = f32 + warp * 16 * LDS;                    // S^T: [16 keys][64 queries]
-    float * dPw = f32 + (WARPS + warp) * 16 * LDS;         // dP^T
-    bf16 * b16 = reinterpret_cast<bf16 *>(f32 + 2 * WARPS * 16 * LDS);
+    float * Sw = f32 + warp * 16 * LDS;                    // S^T: [16 keys][64 queries], then dP^T
+    bf16 * b16 = reinterpret_cast<bf16 *>(f32 + WARPS * 16 * LDS);
     bf16 * Pw = b16 + warp * 16 * LDP;
     bf16 * dSw = b16 + (WARPS + warp) * 16 * LDP;
     float * Ls = reinterpret_cast<float *>(b16 + 2 * WARPS * 16 * LDP);
@@ -307,20 +316,27 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
             Ds[threadIdx.x] = row < nt ? dsum[(tok0 + row) * H + h] : 0.0f;
         }
         __syncthreads();
+        // One F32 tile per warp (so that two blocks fit on an SM): S^T gives P^T (BF16), then dP^T gives dS^T.
         mm_abt<D>(Ks + warp * 16 * C::LDH, Qs, Sw);
-        mm_abt<D>(Vs + warp * 16 * C::LDH, dOs, dPw);
         __syncwarp();
 #pragma unroll
         for (int c = lane; c < BR; c += 32) {
-            const float Lc = Ls[c], Dc = Ds[c];
+            const float Lc = Ls[c];
             const bool real = q0 + c < nt;
 #pragma unroll
             for (int r = 0; r < 16; r++) {
                 const bool on = real && kbase + r <= q0 + c;
-                const float p = on ? __expf(Sw[r * LDS + c] * scale - Lc) : 0.0f;
-                Pw[r * LDP + c] = __float2bfloat16(p);
-                dSw[r * LDP + c] = __float2bfloat16(p * (dPw[r * LDS + c] - Dc) * scale);
+                Pw[r * LDP + c] = __float2bfloat16(on ? __expf(Sw[r * LDS + c] * scale - Lc) : 0.0f);
             }
+        }
+        __syncwarp();
+        mm_abt<D>(Vs + warp * 16 * C::LDH, dOs, Sw);
+        __syncwarp();
+#pragma unroll
+        for (int c = lane; c < BR; c += 32) {
+            const float Dc = Ds[c];
+#pragma unroll
+            for (int r = 0; r < 16; r++) dSw[r * LDP + c] = __float2bfloat16(__bfloat162float(Pw[r * LDP + c]) * (Sw[r * LDS + c] - Dc) * scale);
         }
         __syncwarp();
         mm_ab<D>(Pw, dOs, acc_v);
@@ -331,6 +347,17 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
     store_rows<D>(acc_k, stage, dk, H, h, tok0, kbase, nt);
     store_rows<D>(acc_v, stage, dv, H, h, tok0, kbase, nt);
 #endif
+}
+
+// D = rowsum(dO * O) per query row and head [H, T], one warp per row.
+__global__ void dsum_kernel(const bf16 * __restrict__ dout, const float * __restrict__ o, float * __restrict__ dsum, int64_t hd, int64_t rows) {
+    const int64_t row = (int64_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31;
+    float acc = 0.0f;
+    for (int64_t e = lane; e < hd; e += 32) acc += __bfloat162float(dout[row * hd + e]) * o[row * hd + e];
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) dsum[row] = acc;
 }
 
 // dK, dV per query head [hd, H, T] -> per KV head [hd, Hk, T]: query head h belongs to KV head h / group.
@@ -345,8 +372,8 @@ __global__ void group_sum_kernel(const float * __restrict__ src, float * __restr
 }
 
 template <int D> constexpr size_t smem_fwd() { return 3 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2); }
-template <int D> constexpr size_t smem_dq() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (2 * LDS * 4 + LDP * 2); }
-template <int D> constexpr size_t smem_dkv() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (2 * LDS * 4 + 2 * LDP * 2) + 2 * BR * 4; }
+template <int D> constexpr size_t smem_dq() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2); }
+template <int D> constexpr size_t smem_dkv() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + 2 * LDP * 2) + 2 * BR * 4; }
 
 // One stream per device, made on first use; each call waits for its kernels before it returns (the training
 // graphs around them run on ggml's own stream).
@@ -385,9 +412,12 @@ void forward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 *
 }
 
 template <int D>
-void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, const bf16 * dout, const float * lse,
-                const float * dsum, float * dq, float * dk, float * dv, float * per_head) {
+void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, const float * o, const bf16 * dout,
+                const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head) {
     cudaStream_t st = device_stream(q);
+    const int64_t rows = d.H * d.nt * d.ns;
+    dsum_kernel<<<(unsigned) ((rows + 7) / 8), 256, 0, st>>>(dout, o, dsum, d.hd, rows);
+    cuda_check(cudaGetLastError(), "attention backward (D)");
     launch(attn_bwd_dq<D>, smem_dq<D>(), d, st, "attention backward (dQ)", q, k, v, dout, lse, dsum, dq);
     const int64_t group = d.H / d.Hk;
     if (group == 1) {
@@ -438,12 +468,12 @@ void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, cons
     fail("ERR_UNSUPPORTED_TYPE", "no attention kernel for head size %lld", (long long) d.hd);
 }
 
-void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const void * dout,
-                        const float * lse, const float * dsum, float * dq, float * dk, float * dv, float * per_head) {
+void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const float * o, const void * dout,
+                        const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head) {
     check_dims(d);
     if (d.H != d.Hk && !per_head) fail("ERR_INTERNAL", "attention backward: grouped heads need the per-head scratch");
     switch (d.hd) {
-#define X(n) case n: backward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, (const bf16 *) dout, lse, dsum, dq, dk, dv, per_head); return;
+#define X(n) case n: backward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, o, (const bf16 *) dout, lse, dsum, dq, dk, dv, per_head); return;
         SQLR1_ATTN_HEAD_SIZES(X)
 #undef X
     }
@@ -477,15 +507,7 @@ attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const
     res.lse.resize(nr);
     cuda_check(cudaMemcpy(res.o.data(), o, nq * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
     cuda_check(cudaMemcpy(res.lse.data(), lse, nr * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
-    // D = rowsum(dO * O) from the BF16 dO the kernels read.
-    std::vector<float> hsum(nr);
-    for (size_t row = 0; row < nr; row++) {
-        double s = 0;
-        for (int64_t i = 0; i < d.hd; i++) s += (double) __bfloat162float(hdo[row * d.hd + i]) * res.o[row * d.hd + i];
-        hsum[row] = (float) s;
-    }
-    cuda_check(cudaMemcpy(dsum, hsum.data(), nr * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
-    attn_cuda_backward(d, dq_in, dk_in, dv_in, ddo, lse, dsum, gq, gk, gv, scratch);
+    attn_cuda_backward(d, dq_in, dk_in, dv_in, o, ddo, lse, dsum, gq, gk, gv, scratch);
     for (auto [dst, src, cnt] : { std::tuple{ &res.dq, gq, nq }, std::tuple{ &res.dk, gk, nk }, std::tuple{ &res.dv, gv, nk } }) {
         dst->resize(cnt);
         cuda_check(cudaMemcpy(dst->data(), src, cnt * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");

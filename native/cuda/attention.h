@@ -30,10 +30,11 @@ bool attn_cuda_supported(int64_t hd, const void * ptr);
 // o [hd, H, T], lse [H, T] (natural log of the row's sum of exp(scale * q.k)).
 void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, const void * v, float * o, float * lse);
 
-// dq [hd, H, T]; dk, dv [hd, Hk, T]. dsum = rowsum(dO * O) [H, T]. With grouped heads (H > Hk), `per_head`
-// [2 * hd * H * T] holds each query head's part before the group sums (null when H == Hk).
-void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const void * dout,
-                        const float * lse, const float * dsum, float * dq, float * dk, float * dv, float * per_head);
+// From the forward's o and lse and the gradient dout at o: dq [hd, H, T]; dk, dv [hd, Hk, T]. dsum [H, T] is
+// scratch (it receives D = rowsum(dO * O)). With grouped heads (H > Hk), `per_head` [2 * hd * H * T] holds each
+// query head's part before the group sums (null when H == Hk).
+void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const float * o, const void * dout,
+                        const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head);
 
 // The same from host F32 arrays (rounded to BF16 on upload), for the tests against a plain-loop reference.
 // dk and dv come back per KV head.

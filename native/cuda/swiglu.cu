@@ -1,4 +1,5 @@
-// See swiglu.h. A block covers 256 rows of F by 8 tokens; ranks go in chunks of 16, so any rank works.
+// See swiglu.h. A block covers 256 rows of F by 128 tokens, 4 at a time; ranks go in chunks of 16, so any
+// rank works.
 #include "swiglu.h"
 #include "common.h"
 #include "cuda_check.h"
@@ -10,18 +11,19 @@ namespace sqlr1 {
 namespace {
 
 constexpr int TF = 256;      // F per block, one per thread (consecutive, so the [F, T] accesses coalesce)
-constexpr int TT = 8;        // tokens per block
+constexpr int TT = 4;        // tokens per step
+constexpr int STEPS = 32;    // steps per block: the factors are read once for 128 tokens
 constexpr int KC = 16;       // ranks per chunk
 
-// Each thread keeps its row's slice of the three LoRA factors in registers (one chunk of ranks at a time) and
-// reads the tokens' z vectors from shared memory as broadcasts: 48 multiply-adds per element for 12 vector loads.
+// Each thread keeps its row's slice of the three LoRA factors in registers (for ranks <= 16, once per block)
+// and reads the tokens' z vectors from shared memory as broadcasts: 48 multiply-adds per element for 12 vector
+// loads.
 __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
-    __shared__ __align__(16) float sz[3][TT][KC];  // zg, zu, dzd for the block's tokens: [t][k]
-    const int64_t f = (int64_t) blockIdx.x * TF + threadIdx.x, t0 = (int64_t) blockIdx.y * TT;
+    __shared__ __align__(16) float sz[3][TT][KC];  // zg, zu, dzd for the step's tokens: [t][k]
+    const int64_t f = (int64_t) blockIdx.x * TF + threadIdx.x;
     const bool on = f < a.F;
-    float acc[3][TT] = {};
-    for (int64_t kc = 0; kc < a.r; kc += KC) {
-        float b[3][KC];
+    float b[3][KC];
+    auto load_factors = [&](int64_t kc) {
 #pragma unroll
         for (int k = 0; k < KC; k++) {
             const int64_t kk = kc + k;
@@ -30,49 +32,69 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
             b[1][k] = in && a.bu ? a.bu[f * a.r + kk] : 0.0f;
             b[2][k] = in && a.ad ? a.ad[kk * a.F + f] : 0.0f;
         }
-        __syncthreads();  // the last chunk's readers are done
-        for (int i = threadIdx.x; i < 3 * TT * KC; i += TF) {
-            const int w = i / (TT * KC), tt = (i / KC) % TT, k = i % KC;
-            const int64_t t = t0 + tt, kk = kc + k;
-            const float * z = w == 0 ? a.zg : w == 1 ? a.zu : a.dzd;
-            sz[w][tt][k] = z && kk < a.r && t < a.T ? z[t * a.r + kk] : 0.0f;
-        }
-        __syncthreads();
+    };
+    const bool one_chunk = a.r <= KC;
+    if (one_chunk) load_factors(0);
+    for (int step = 0; step < STEPS; step++) {
+        const int64_t t0 = ((int64_t) blockIdx.y * STEPS + step) * TT;
+        if (t0 >= a.T) break;
+        // The step's activations are requested first, so their latency hides behind the LoRA terms.
+        float gv[TT], uv[TT], dv[TT];
 #pragma unroll
         for (int tt = 0; tt < TT; tt++) {
+            const int64_t i = (t0 + tt) * a.F + f;
+            const bool in = on && t0 + tt < a.T;
+            gv[tt] = in ? a.g[i] : 0.0f;
+            uv[tt] = in ? a.u[i] : 0.0f;
+            dv[tt] = in ? a.dh[i] : 0.0f;
+        }
+        float acc[3][TT] = {};
+        for (int64_t kc = 0; kc < a.r; kc += KC) {
+            if (!one_chunk) load_factors(kc);
+            __syncthreads();  // the last chunk's readers are done
+            for (int i = threadIdx.x; i < 3 * TT * KC; i += TF) {
+                const int w = i / (TT * KC), tt = (i / KC) % TT, k = i % KC;
+                const int64_t t = t0 + tt, kk = kc + k;
+                const float * z = w == 0 ? a.zg : w == 1 ? a.zu : a.dzd;
+                sz[w][tt][k] = z && kk < a.r && t < a.T ? z[t * a.r + kk] : 0.0f;
+            }
+            __syncthreads();
 #pragma unroll
-            for (int w = 0; w < 3; w++) {
+            for (int tt = 0; tt < TT; tt++) {
 #pragma unroll
-                for (int k4 = 0; k4 < KC; k4 += 4) {
-                    const float4 z = *reinterpret_cast<const float4 *>(&sz[w][tt][k4]);
-                    acc[w][tt] += b[w][k4] * z.x + b[w][k4 + 1] * z.y + b[w][k4 + 2] * z.z + b[w][k4 + 3] * z.w;
+                for (int w = 0; w < 3; w++) {
+#pragma unroll
+                    for (int k4 = 0; k4 < KC; k4 += 4) {
+                        const float4 z = *reinterpret_cast<const float4 *>(&sz[w][tt][k4]);
+                        acc[w][tt] += b[w][k4] * z.x + b[w][k4 + 1] * z.y + b[w][k4 + 2] * z.z + b[w][k4 + 3] * z.w;
+                    }
                 }
             }
         }
-    }
-    if (!on) return;
+        if (!on) continue;
 #pragma unroll
-    for (int tt = 0; tt < TT; tt++) {
-        const int64_t t = t0 + tt;
-        if (t >= a.T) break;
-        const int64_t i = t * a.F + f;
-        const float g = a.g[i] + acc[0][tt], u = a.u[i] + acc[1][tt], dh = a.dh[i] + acc[2][tt];
-        const float sig = 1.0f / (1.0f + __expf(-g)), sg = g * sig;
-        a.g[i] = sg * u;                                    // h
-        a.u[i] = dh * u * sig * (1.0f + g * (1.0f - sig));  // dg: silu'(g) = sig (1 + g (1 - sig))
-        a.dh[i] = dh * sg;                                  // du
+        for (int tt = 0; tt < TT; tt++) {
+            const int64_t t = t0 + tt;
+            if (t >= a.T) break;
+            const int64_t i = t * a.F + f;
+            const float g = gv[tt] + acc[0][tt], u = uv[tt] + acc[1][tt], dh = dv[tt] + acc[2][tt];
+            const float sig = 1.0f / (1.0f + __expf(-g)), sg = g * sig;
+            a.g[i] = sg * u;                                    // h
+            a.u[i] = dh * u * sig * (1.0f + g * (1.0f - sig));  // dg: silu'(g) = sig (1 + g (1 - sig))
+            a.dh[i] = dh * sg;                                  // du
+        }
     }
 }
 
 } // namespace
 
 void swiglu_cuda(const swiglu_args & a) {
-    if (a.F <= 0 || a.T <= 0 || a.r < 0 || (a.F + TF - 1) / TF > INT32_MAX || (a.T + TT - 1) / TT > 65535)
+    if (a.F <= 0 || a.T <= 0 || a.r < 0 || (a.F + TF - 1) / TF > INT32_MAX || (a.T + TT * STEPS - 1) / (TT * STEPS) > 65535)
         fail("ERR_INVALID_ARG", "swiglu: bad dimensions %lld x %lld, rank %lld", (long long) a.F, (long long) a.T, (long long) a.r);
     cudaPointerAttributes at{};
     cuda_check(cudaPointerGetAttributes(&at, a.g), "cudaPointerGetAttributes");
     cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
-    const dim3 grid((unsigned) ((a.F + TF - 1) / TF), (unsigned) ((a.T + TT - 1) / TT));
+    const dim3 grid((unsigned) ((a.F + TF - 1) / TF), (unsigned) ((a.T + TT * STEPS - 1) / (TT * STEPS)));
     swiglu_kernel<<<grid, TF>>>(a);
     cuda_check(cudaGetLastError(), "swiglu launch");
     cuda_check(cudaStreamSynchronize(0), "swiglu");

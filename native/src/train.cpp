@@ -649,13 +649,12 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         ggml_tensor * dx2 = ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2));
         ggml_tensor * dattn = linear_back(b, linear_saved(b, il, LORA_O, L.wo, t.ao, nullptr), dx2, true);
         ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.ado));
-        ggml_tensor * dsum = ggml_sum_rows(ctx, ggml_mul(ctx, ggml_reshape_2d(ctx, dattn, hd, H * T), ggml_reshape_2d(ctx, t.ao, hd, H * T)));
-        ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dsum, t.adsum));
         ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dx2, dx_buf));
     });
     timed([&] {
-        attn_cuda_backward(d, t.aq->data, t.ak->data, t.av->data, t.ado->data, (const float *) t.alse->data, (const float *) t.adsum->data,
-                           (float *) t.adq->data, (float *) t.adk->data, (float *) t.adv->data, t.aph ? (float *) t.aph->data : nullptr);
+        attn_cuda_backward(d, t.aq->data, t.ak->data, t.av->data, (const float *) t.ao->data, t.ado->data, (const float *) t.alse->data,
+                           (float *) t.adsum->data, (float *) t.adq->data, (float *) t.adk->data, (float *) t.adv->data,
+                           t.aph ? (float *) t.aph->data : nullptr);
     });
 
     graph([&](builder & b) {
