@@ -178,34 +178,45 @@ for (const device of testDevices()) for (const type of ['f32', 'q4_0'] as const)
   });
 }
 
+const run = async (path: string, device: 'cpu' | 'cuda', compute: 'f32' | 'bf16') => {
+  const model = await loadModel(path, { device });
+  const lora = adapterWithB(model, 5);
+  const tr = await LoraTrainer.create(model, lora, { compute });
+  const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
+  const lp = await tr.logprobs(batch, { keep: true, temperature: TEMP });
+  await tr.backward(weights(batch));
+  const P = lora.params();
+  const grads = new Map(P.names().map((n) => [n, P.grad(n)!]));
+  tr.dispose();
+  lora.dispose();
+  model.dispose();
+  return { lp, grads };
+};
+// The CPU's BF16 mode (the graph CUDA runs where it has no fused kernels) against its F32 mode; same bounds.
+t.test('BF16 vs F32 gradients on the CPU', async (t) => {
+  const path = await tinyModel(tempDir(t), 'q8_0');
+  const f32 = await run(path, 'cpu', 'f32'), bf16 = await run(path, 'cpu', 'bf16');
+  const e = nmse(bf16.lp, f32.lp);
+  t.ok(e <= 1e-3, `log-probs nmse ${e.toExponential(2)} <= 1e-3`);
+  let worst = 0;
+  for (const [name, g] of f32.grads) worst = Math.max(worst, nmse(bf16.grads.get(name)!, g));
+  t.ok(worst <= 1e-2, `worst gradient nmse over ${f32.grads.size} tensors ${worst.toExponential(2)} <= 1e-2`);
+});
+
 if (testDevices().includes('cuda')) {
   // CUDA against the CPU on the same graph (the k-quants need rows of 256, wider than the tiny model's 64; their
   // conversion is covered per type by test/native/ops.test.ts's input-gradient test). F32 compute: products in float32 (on tensor cores the large ones
   // may round like TF32, nmse ~1e-7, as in ops.test.ts), bound 1e-5 on log-probs and gradients. BF16 compute:
   // weights and activations rounded to 8-bit mantissas (relative 2^-9 each) through two layers and the head,
-  // and forward-only attention with K and V in F16: bound 1e-3 (log-probs) and 1e-2 (gradients, which compound
-  // the rounding of forward and backward).
+  // forward-only attention with K and V in F16, and the backward's fused kernels (attention probabilities in
+  // BF16): bound 1e-3 (log-probs) and 1e-2 (gradients, which compound the rounding of forward and backward).
   for (const type of ['f32', 'q4_0', 'q8_0'] as const) {
     t.test(`CUDA vs CPU gradients, ${type} base`, async (t) => {
       const dir = tempDir(t);
       const path = await tinyModel(dir, type);
-      const run = async (device: 'cpu' | 'cuda', compute: 'f32' | 'bf16') => {
-        const model = await loadModel(path, { device });
-        const lora = adapterWithB(model, 5);
-        const tr = await LoraTrainer.create(model, lora, { compute });
-        const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
-        const lp = await tr.logprobs(batch, { keep: true, temperature: TEMP });
-        await tr.backward(weights(batch));
-        const P = lora.params();
-        const grads = new Map(P.names().map((n) => [n, P.grad(n)!]));
-        tr.dispose();
-        lora.dispose();
-        model.dispose();
-        return { lp, grads };
-      };
-      const cpu = await run('cpu', 'f32');
+      const cpu = await run(path, 'cpu', 'f32');
       for (const [compute, lpTol, gTol] of [['f32', 1e-5, 1e-5], ['bf16', 1e-3, 1e-2]] as const) {
-        const gpu = await run('cuda', compute);
+        const gpu = await run(path, 'cuda', compute);
         const e = nmse(gpu.lp, cpu.lp);
         t.ok(e <= lpTol, `${compute}: log-probs nmse ${e.toExponential(2)} <= ${lpTol}`);
         let worst = 0;
