@@ -139,14 +139,6 @@ struct builder {
 
     ggml_tensor * cast(ggml_tensor * x) { return ggml_cast(ctx, x, t.compute); }  // also makes a permuted view contiguous
 
-    // The adapter's thin products w^T x, for w [K, r] and x [K, T] -> [r, T]. In BF16 mode the wide operand goes
-    // first, so that ggml's CUDA backend takes its small-batch kernel (one pass over x) rather than a GEMM with
-    // r-row tiles; the [T, r] result is transposed back (small). F32 mode keeps the exact F32 product.
-    ggml_tensor * thin(ggml_tensor * w, ggml_tensor * x) {
-        if (t.compute == GGML_TYPE_F32) return ggml_mul_mat(ctx, w, x);
-        return ggml_cont(ctx, ggml_transpose(ctx, ggml_mul_mat(ctx, x, w)));
-    }
-
     const lora_pair * pair(int64_t il, int target) const {
         if (!use_lora || !t.lora) return nullptr;
         const lora_pair & p = t.lora->layers[il][target];
@@ -174,7 +166,7 @@ linear_fwd linear(builder & b, int64_t il, int target, ggml_tensor * w, ggml_ten
     linear_fwd f;
     f.x = x;
     f.p = b.pair(il, target);
-    if (f.p) f.zs = ggml_scale(ctx, b.thin(f.p->a, x), b.t.lora->scale());  // the scale on the small [r, T]
+    if (f.p) f.zs = ggml_scale(ctx, ggml_mul_mat(ctx, f.p->a, x), b.t.lora->scale());  // the scale on the small [r, T]
     // In forward-only passes, where the output is at least as wide as the input, W x + B zs runs as one product
     // [W; B]^T [x; zs]: the [out, T] LoRA output and its addition, memory-bound passes over the widest tensor,
     // disappear. (In the backward's recompute the concatenations cost more than they save.)
@@ -207,7 +199,7 @@ ggml_tensor * linear_back(builder & b, const linear_fwd & f, ggml_tensor * dy, b
         dzs = ggml_cont(ctx, ggml_view_2d(ctx, dxa, r, T, dxa->nb[1], in * sizeof(float)));
     } else {
         if (need_dx) dx = ggml_mul_mat(ctx, transpose01(ctx, f.wc), dy);
-        dzs = b.thin(ggml_cont(ctx, ggml_transpose(ctx, f.p->b)), dy);                                 // [r, T]
+        dzs = ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, f.p->b)), dy);                       // [r, T]
     }
     ggml_tensor * dz = ggml_scale(ctx, dzs, b.t.lora->scale());
     b.accumulate(f.p->a, ggml_out_prod(ctx, f.x, dz));                                                 // [in, r]
@@ -575,7 +567,7 @@ linear_fwd linear_saved(builder & b, int64_t il, int target, ggml_tensor * w, gg
     f.p = b.pair(il, target);
     f.x = x;
     f.wc = b.frozen(w);
-    if (f.p) f.zs = zs ? zs : ggml_scale(b.ctx, b.thin(f.p->a, x), b.t.lora->scale());
+    if (f.p) f.zs = zs ? zs : ggml_scale(b.ctx, ggml_mul_mat(b.ctx, f.p->a, x), b.t.lora->scale());
     else f.zs = nullptr;
     return f;
 }
@@ -631,9 +623,9 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         place(b, ggml_mul_mat(ctx, b.frozen(L.ffn_gate), n2), t.fg);
         place(b, ggml_mul_mat(ctx, b.frozen(L.ffn_up), n2), t.fu);
         place(b, ggml_mul_mat(ctx, transpose01(ctx, b.frozen(L.ffn_down)), dy), t.fdh);
-        if (pg) place(b, ggml_scale(ctx, b.thin(pg->a, n2), s), t.fzg);
-        if (pu) place(b, ggml_scale(ctx, b.thin(pu->a, n2), s), t.fzu);
-        if (pd) place(b, ggml_scale(ctx, b.thin(ggml_cont(ctx, ggml_transpose(ctx, pd->b)), dy), s), t.fdz);
+        if (pg) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pg->a, n2), s), t.fzg);
+        if (pu) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pu->a, n2), s), t.fzu);
+        if (pd) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, pd->b)), dy), s), t.fdz);
     });
     timed([&] {
         swiglu_args a;
