@@ -59,6 +59,22 @@ __device__ void load_tile(bf16 * dst, const bf16 * __restrict__ src, int64_t hea
     }
 }
 
+// Key tile jt of K and V into Ks and Vs, once every warp is done with the last one.
+template <int D>
+__device__ void next_kv_tile(bf16 * Ks, bf16 * Vs, const bf16 * __restrict__ k, const bf16 * __restrict__ v, int64_t Hk, int64_t hk,
+                             int64_t tok0, int64_t jt, int64_t nt) {
+    __syncthreads();
+    load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
+    load_tile<D>(Vs, v, Hk, hk, tok0, jt * BR, nt);
+    __syncthreads();
+}
+
+template <int D>
+__device__ void zero(frag_c (&acc)[D / 16]) {
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+}
+
 // S [16][64] (F32) = A [16][D] B^T for B [64][D]; A and B are BF16 tile rows.
 template <int D>
 __device__ void mm_abt(const bf16 * A, const bf16 * B, float * S) {
@@ -175,13 +191,9 @@ __global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q,
 
     // Pass 2: O = exp(scale S - L) V.
     frag_c acc[D / 16];
-#pragma unroll
-    for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+    zero<D>(acc);
     for (int64_t jt = 0; jt <= it; jt++) {
-        __syncthreads();
-        load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
-        load_tile<D>(Vs, v, Hk, hk, tok0, jt * BR, nt);
-        __syncthreads();
+        next_kv_tile<D>(Ks, Vs, k, v, Hk, hk, tok0, jt, nt);
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
         __syncwarp();
         const int64_t kb = jt * BR;
@@ -232,13 +244,9 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__
     }
 
     frag_c acc[D / 16];
-#pragma unroll
-    for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.0f);
+    zero<D>(acc);
     for (int64_t jt = 0; jt <= it; jt++) {
-        __syncthreads();
-        load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
-        load_tile<D>(Vs, v, Hk, hk, tok0, jt * BR, nt);
-        __syncthreads();
+        next_kv_tile<D>(Ks, Vs, k, v, Hk, hk, tok0, jt, nt);
         // One F32 tile per warp (so that two blocks fit on an SM): S gives P (kept in BF16), then dP gives dS.
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
         __syncwarp();
@@ -300,11 +308,8 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
     const int64_t kbase = k0 + warp * 16;
 
     frag_c acc_k[D / 16], acc_v[D / 16];
-#pragma unroll
-    for (int n = 0; n < D / 16; n++) {
-        wmma::fill_fragment(acc_k[n], 0.0f);
-        wmma::fill_fragment(acc_v[n], 0.0f);
-    }
+    zero<D>(acc_k);
+    zero<D>(acc_v);
     for (int64_t it = jt; it < n_qt; it++) {
         const int64_t q0 = it * BR;
         __syncthreads();
