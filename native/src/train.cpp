@@ -873,7 +873,7 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         e->has_grad = true;
     }
     if (profile) {
-        fprintf(stderr, "[sqlr1 train] backward: head %.1f ms, %lld layers %.1f ms (%d graphs computing %.1f ms, attention kernels %.1f ms, "
+        fprintf(stderr, "[sqlr1 train] backward: head %.1f ms, %lld layers %.1f ms (%d graphs computing %.1f ms, fused kernels %.1f ms, "
                 "the rest is graph building, allocation and inputs), compute buffer %.0f MiB\n",
                 ms(t_start, t_head), (long long) hp.n_layer, ms(t_head, now()), t.graphs_run, t.compute_ms, kernel_ms,
                 (double) ggml_gallocr_get_buffer_size(t.galloc, 0) / 1048576.0);
