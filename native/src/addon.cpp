@@ -631,33 +631,22 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     d.ns = dim("ns");
     d.scale = (float) get_number(o, "scale", 1.0 / std::sqrt((double) d.hd));
     if (d.H % d.Hk != 0) bad_arg(env, "heads must be a multiple of kvHeads");
-    const size_t T = (size_t) (d.nt * d.ns);
-    auto f32 = [&](const char * key, size_t n) {
-        Napi::Value v = o.Get(key);
-        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) bad_arg(env, std::string(key) + " must be a Float32Array");
-        Napi::Float32Array a = v.As<Napi::Float32Array>();
-        if (a.ElementLength() != n) bad_arg(env, std::string(key) + " must hold " + std::to_string(n) + " values");
-        return a;
-    };
-    const size_t nq = (size_t) d.hd * d.H * T, nk = (size_t) d.hd * d.Hk * T;
-    Napi::Float32Array q = f32("q", nq), k = f32("k", nk), v = f32("v", nk), dout = f32("dout", nq);
+    const int64_t T = d.nt * d.ns, nq = d.hd * d.H * T, nk = d.hd * d.Hk * T;
+    const std::vector<float> q = get_f32(env, o.Get("q"), "q", nq), k = get_f32(env, o.Get("k"), "k", nk);
+    const std::vector<float> v = get_f32(env, o.Get("v"), "v", nk), dout = get_f32(env, o.Get("dout"), "dout", nq);
     attn_host_result r;
     guarded(env, [&]() {
 #ifdef SQLR1_WITH_CUDA
         if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
-        r = attn_cuda_from_host(d, q.Data(), k.Data(), v.Data(), dout.Data());
+        r = attn_cuda_from_host(d, q.data(), k.data(), v.data(), dout.data());
 #else
-        (void) q, (void) k, (void) v, (void) dout;
         fail("ERR_NO_CUDA", "this binary was built without CUDA");
 #endif
         return 0;
     });
     Napi::Object out = Napi::Object::New(env);
-    for (auto [name, vec] : { std::pair{ "o", &r.o }, std::pair{ "lse", &r.lse }, std::pair{ "dq", &r.dq }, std::pair{ "dk", &r.dk }, std::pair{ "dv", &r.dv } }) {
-        Napi::Float32Array a = Napi::Float32Array::New(env, vec->size());
-        std::copy(vec->begin(), vec->end(), a.Data());
-        out.Set(name, a);
-    }
+    for (auto [name, vec] : { std::pair{ "o", &r.o }, std::pair{ "lse", &r.lse }, std::pair{ "dq", &r.dq }, std::pair{ "dk", &r.dk }, std::pair{ "dv", &r.dv } })
+        out.Set(name, to_js(env, *vec));
     return out;
 }
 
@@ -675,27 +664,25 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
     a.F = dim("F", 1);
     a.T = dim("T", 1);
     a.r = dim("rank", 0);
-    std::vector<std::vector<float>> keep;
-    auto arr = [&](const char * key, int64_t n, bool optional) -> float * {
-        Napi::Value v = o.Get(key);
-        if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
-        if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) bad_arg(env, std::string(key) + " must be a Float32Array");
-        Napi::Float32Array t = v.As<Napi::Float32Array>();
-        if ((int64_t) t.ElementLength() != n) bad_arg(env, std::string(key) + " must hold " + std::to_string(n) + " values");
-        keep.emplace_back(t.Data(), t.Data() + n);
-        return keep.back().data();
-    };
-    keep.reserve(9);
-    a.g = arr("g", a.F * a.T, false);
-    a.u = arr("u", a.F * a.T, false);
-    a.dh = arr("dh", a.F * a.T, false);
-    a.bg = arr("bg", a.r * a.F, true);
-    a.zg = arr("zg", a.r * a.T, true);
-    a.bu = arr("bu", a.r * a.F, true);
-    a.zu = arr("zu", a.r * a.T, true);
-    a.ad = arr("ad", a.r * a.F, true);
-    a.dzd = arr("dzd", a.r * a.T, true);
-    if (!a.bg != !a.zg || !a.bu != !a.zu || !a.ad != !a.dzd) bad_arg(env, "each LoRA term needs both of its arrays");
+    std::vector<float> g = get_f32(env, o.Get("g"), "g", a.F * a.T), u = get_f32(env, o.Get("u"), "u", a.F * a.T);
+    std::vector<float> dh = get_f32(env, o.Get("dh"), "dh", a.F * a.T);
+    a.g = g.data();
+    a.u = u.data();
+    a.dh = dh.data();
+    // Each LoRA term: its factor [r, F] and its inputs [r, T], both given or both left out.
+    std::vector<float> lora[6];
+    const char * keys[3][2] = { { "bg", "zg" }, { "bu", "zu" }, { "ad", "dzd" } };
+    const float ** ptrs[3][2] = { { &a.bg, &a.zg }, { &a.bu, &a.zu }, { &a.ad, &a.dzd } };
+    for (int w = 0; w < 3; w++) {
+        auto given = [&](const char * key) { Napi::Value v = o.Get(key); return !v.IsUndefined() && !v.IsNull(); };
+        const bool has_f = given(keys[w][0]), has_z = given(keys[w][1]);
+        if (has_f != has_z) bad_arg(env, "each LoRA term needs both of its arrays");
+        if (!has_f) continue;
+        lora[2 * w] = get_f32(env, o.Get(keys[w][0]), keys[w][0], a.r * a.F);
+        lora[2 * w + 1] = get_f32(env, o.Get(keys[w][1]), keys[w][1], a.r * a.T);
+        *ptrs[w][0] = lora[2 * w].data();
+        *ptrs[w][1] = lora[2 * w + 1].data();
+    }
     guarded(env, [&]() {
 #ifdef SQLR1_WITH_CUDA
         if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
@@ -705,12 +692,10 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
 #endif
         return 0;
     });
-    Napi::Object out = Napi::Object::New(env);
-    for (auto [name, p] : { std::pair{ "h", a.g }, std::pair{ "dg", a.u }, std::pair{ "du", a.dh } }) {
-        Napi::Float32Array t = Napi::Float32Array::New(env, (size_t) (a.F * a.T));
-        std::copy(p, p + a.F * a.T, t.Data());
-        out.Set(name, t);
-    }
+    Napi::Object out = Napi::Object::New(env);  // in place: g, u, dh now hold h, dg, du
+    out.Set("h", to_js(env, g));
+    out.Set("dg", to_js(env, u));
+    out.Set("du", to_js(env, dh));
     return out;
 }
 

@@ -6,6 +6,7 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -65,6 +66,20 @@ inline std::vector<int32_t> get_i32_array(Napi::Object o, const char * key) {
         bad_arg(o.Env(), std::string("option '") + key + "' must be an Int32Array");
     Napi::Int32Array a = v.As<Napi::Int32Array>();
     return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// A Float32Array argument, copied out; with n >= 0 it must hold exactly n values.
+inline std::vector<float> get_f32(Napi::Env env, Napi::Value v, const std::string & what, int64_t n = -1) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) bad_arg(env, what + " must be a Float32Array");
+    Napi::Float32Array a = v.As<Napi::Float32Array>();
+    if (n >= 0 && (int64_t) a.ElementLength() != n) bad_arg(env, what + " must hold " + std::to_string(n) + " values");
+    return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+}
+
+inline Napi::Float32Array to_js(Napi::Env env, const std::vector<float> & v) {
+    Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+    std::copy(v.begin(), v.end(), a.Data());
+    return a;
 }
 
 // A Promise-returning worker: `exec` runs off the main thread, `done` builds the JS value.

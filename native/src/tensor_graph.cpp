@@ -446,21 +446,9 @@ std::vector<int64_t> get_shape(Napi::Env env, Napi::Value v, const std::string &
     return s;
 }
 
-std::vector<float> get_f32(Napi::Env env, Napi::Value v, const std::string & what) {
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) bad_arg(env, what + " must be a Float32Array");
-    Napi::Float32Array a = v.As<Napi::Float32Array>();
-    return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
-}
-
 std::string get_name(const Napi::CallbackInfo & info, size_t i = 0) {
     if (info.Length() <= i || !info[i].IsString()) bad_arg(info.Env(), "the parameter name must be a string");
     return info[i].As<Napi::String>().Utf8Value();
-}
-
-Napi::Float32Array to_js(Napi::Env env, const std::vector<float> & v) {
-    Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
-    if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
-    return a;
 }
 
 Napi::Array shape_to_js(Napi::Env env, const std::vector<int64_t> & s) {

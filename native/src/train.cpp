@@ -72,6 +72,13 @@ struct graph_inputs {
     std::vector<std::pair<ggml_tensor *, std::vector<float>>> f32;
 };
 
+// The adapter's pair on a layer's target, or null where it has none.
+const lora_pair * adapter_pair(const trainer & t, int64_t il, int target) {
+    if (!t.lora) return nullptr;
+    const lora_pair & p = t.lora->layers[il][target];
+    return p.a ? &p : nullptr;
+}
+
 struct builder {
     trainer & t;
     ggml_context * ctx;
@@ -139,11 +146,7 @@ struct builder {
 
     ggml_tensor * cast(ggml_tensor * x) { return ggml_cast(ctx, x, t.compute); }  // also makes a permuted view contiguous
 
-    const lora_pair * pair(int64_t il, int target) const {
-        if (!use_lora || !t.lora) return nullptr;
-        const lora_pair & p = t.lora->layers[il][target];
-        return p.a ? &p : nullptr;
-    }
+    const lora_pair * pair(int64_t il, int target) const { return use_lora ? adapter_pair(t, il, target) : nullptr; }
 
     // Adds g to a parameter's gradient accumulator, in place (the store names parameters as the adapter's tensors).
     void accumulate(ggml_tensor * value, ggml_tensor * g) {
@@ -598,9 +601,7 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         build(b);
         run_graph(t, g.gf, in);
     };
-    const lora_pair * pg = t.lora->layers[il][LORA_GATE].a ? &t.lora->layers[il][LORA_GATE] : nullptr;
-    const lora_pair * pu = t.lora->layers[il][LORA_UP].a ? &t.lora->layers[il][LORA_UP] : nullptr;
-    const lora_pair * pd = t.lora->layers[il][LORA_DOWN].a ? &t.lora->layers[il][LORA_DOWN] : nullptr;
+    const lora_pair * pg = adapter_pair(t, il, LORA_GATE), * pu = adapter_pair(t, il, LORA_UP), * pd = adapter_pair(t, il, LORA_DOWN);
 
     graph([&](builder & b) {
         layer_fwd f;

@@ -60,21 +60,15 @@ public:
         auto tr = acquire(env);
         return queue<std::vector<float>>(env,
             [tr, b, use_lora, keep]() { return trainer_forward(*tr, b, use_lora, keep); },
-            [](Napi::Env env, std::vector<float> & v) -> Napi::Value {
-                Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
-                std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
-                return a;
-            },
+            [](Napi::Env env, std::vector<float> & v) -> Napi::Value { return to_js(env, v); },
             releaser(tr), info.This());
     }
     // backward(dlogp: Float32Array) -> Promise<void>
     Napi::Value Backward(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
         if (!t) throw make_error(env, "ERR_DISPOSED", "the trainer was disposed");
-        if (info.Length() < 1 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-            bad_arg(env, "backward(dlogp: Float32Array)");
-        Napi::Float32Array d = info[0].As<Napi::Float32Array>();
-        std::vector<float> dl(d.Data(), d.Data() + d.ElementLength());
+        if (info.Length() < 1) bad_arg(env, "backward(dlogp: Float32Array)");
+        std::vector<float> dl = get_f32(env, info[0], "dlogp");
         auto tr = acquire(env);
         return queue<int>(env, [tr, dl]() { trainer_backward(*tr, dl); return 0; },
             [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, releaser(tr), info.This());
