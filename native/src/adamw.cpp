@@ -3,6 +3,10 @@
 #include "ggml-alloc.h"
 #include "gguf.h"
 
+#ifdef SQLR1_WITH_CUDA
+#include "multi_tensor.h"
+#endif
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -169,12 +173,38 @@ struct store_graph {
     }
 };
 
+#ifdef SQLR1_WITH_CUDA
+// On CUDA the optimizer passes run as one kernel launch each over all the tensors (native/cuda/multi_tensor.h);
+// elsewhere as ggml graphs of one node per tensor. False where the fused passes do not apply.
+bool cuda_spans(const param_store & s, const std::vector<param_entry *> & todo, std::vector<mt_span> & out) {
+    if (s.backends->device != "cuda") return false;
+    for (param_entry * e : todo) {
+        for (ggml_tensor * x : { e->value, e->grad, e->m, e->v })
+            if (!x->buffer || ggml_backend_buffer_is_host(x->buffer) || !ggml_is_contiguous(x) || x->type != GGML_TYPE_F32) return false;
+        out.push_back({ (float *) e->value->data, (float *) e->grad->data, (float *) e->m->data, (float *) e->v->data, ggml_nelements(e->value) });
+    }
+    return true;
+}
+#endif
+
+std::vector<param_entry *> with_grad(const param_store & s) {
+    std::vector<param_entry *> todo;
+    for (const auto & e : s.params) if (e->has_grad) todo.push_back(e.get());
+    return todo;
+}
+
 } // namespace
 
 double param_store_grad_norm(const param_store & s) {
-    std::vector<param_entry *> todo;
-    for (const auto & e : s.params) if (e->has_grad) todo.push_back(e.get());
+    std::vector<param_entry *> todo = with_grad(s);
     if (todo.empty()) return 0.0;
+#ifdef SQLR1_WITH_CUDA
+    if (std::vector<mt_span> spans; cuda_spans(s, todo, spans)) {
+        double total = 0.0;
+        for (double v : mt_grad_sumsq_cuda(spans)) total += v;
+        return std::sqrt(total);
+    }
+#endif
     // Each gradient's sum of squares is taken on the device in float32; only those values come back and are
     // added up in float64 (a LoRA adapter's gradients are 100+ MB: reading them back would dominate a step).
     store_graph g(4 * todo.size() + 16, "gradient norm");
@@ -196,8 +226,13 @@ double param_store_clip_grad_norm(param_store & s, double max_norm) {
     const double norm = param_store_grad_norm(s);
     const double coef = max_norm / (norm + 1e-6);
     if (!std::isfinite(norm) || coef >= 1.0) return norm;
-    std::vector<param_entry *> todo;
-    for (const auto & e : s.params) if (e->has_grad) todo.push_back(e.get());
+    std::vector<param_entry *> todo = with_grad(s);
+#ifdef SQLR1_WITH_CUDA
+    if (std::vector<mt_span> spans; cuda_spans(s, todo, spans)) {
+        mt_grad_scale_cuda(spans, (float) coef);
+        return norm;
+    }
+#endif
     store_graph g(2 * todo.size() + 16, "gradient clipping");
     for (param_entry * e : todo) ggml_build_forward_expand(g.gf, ggml_scale_inplace(g.ctx, e->grad, (float) coef));
     g.run(s, "gradient clipping");
@@ -205,6 +240,15 @@ double param_store_clip_grad_norm(param_store & s, double max_norm) {
 }
 
 void param_store_zero_grad(param_store & s) {
+#ifdef SQLR1_WITH_CUDA
+    std::vector<param_entry *> all;
+    for (auto & e : s.params) all.push_back(e.get());
+    if (std::vector<mt_span> spans; cuda_spans(s, all, spans)) {
+        mt_grad_zero_cuda(spans);
+        for (param_entry * e : all) e->has_grad = false;
+        return;
+    }
+#endif
     for (auto & e : s.params) {
         ggml_backend_tensor_memset(e->grad, 0, 0, ggml_nbytes(e->grad));
         e->has_grad = false;
@@ -226,8 +270,7 @@ void adamw_options_check(const adamw_options & o) {
 
 int64_t param_store_adamw_step(param_store & s, const adamw_options & o) {
     adamw_options_check(o);
-    std::vector<param_entry *> todo;
-    for (auto & e : s.params) if (e->has_grad) todo.push_back(e.get());
+    std::vector<param_entry *> todo = with_grad(s);
     if (todo.empty()) return 0;
 
     // ggml-opt's layout and bias corrections: beta1h = 1 / (1 - beta1^t), beta2h = 1 / (1 - beta2^t).
@@ -236,6 +279,12 @@ int64_t param_store_adamw_step(param_store & s, const adamw_options & o) {
         (float) (1.0 / (1.0 - std::pow(o.beta1, (double) o.step))),
         (float) (1.0 / (1.0 - std::pow(o.beta2, (double) o.step))),
     };
+#ifdef SQLR1_WITH_CUDA
+    if (std::vector<mt_span> spans; cuda_spans(s, todo, spans)) {
+        mt_adamw_cuda(spans, p);
+        return (int64_t) todo.size();
+    }
+#endif
     ggml_backend_tensor_set(s.adamw_params, p, 0, sizeof(p));
 
     const size_t n_graph = std::max<size_t>(GGML_DEFAULT_GRAPH_SIZE, 2 * todo.size() + 16);

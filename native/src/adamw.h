@@ -1,7 +1,8 @@
 // Persistent trainable parameters on one device and their optimizer state: a param_store holds named F32
 // tensors, each with a gradient accumulator and the AdamW moments m and v, all in the store's backend memory.
-// Backward passes (tensor_graph.cpp) add into the gradients; adamw_step applies ggml_opt_step_adamw to every
-// parameter that received a gradient since the last zero_grad.
+// Backward passes (tensor_graph.cpp) add into the gradients; adamw_step applies ggml_opt_step_adamw's update to
+// every parameter that received a gradient since the last zero_grad. On CUDA the norm, clipping, zeroing and
+// AdamW passes each run as one kernel over all the tensors (native/cuda/multi_tensor.h); elsewhere as ggml graphs.
 //
 // Shapes are given outermost first (row-major, as JS writes them): shape [R, C] is ggml's ne = [C, R].
 // Every function validates its input and throws sqlr1::error before ggml sees anything.
@@ -82,8 +83,8 @@ param_entry & param_store_get(param_store & s, const std::string & name);
 std::vector<float> param_store_read(const ggml_tensor * t);
 void param_store_write(ggml_tensor * t, const std::vector<float> & data, const char * what);
 
-// Global L2 norm over the gradients of the parameters that have one: per-tensor sums of squares in float32 on
-// the device, added up in float64 on the host.
+// Global L2 norm over the gradients of the parameters that have one: per-tensor sums of squares on the device
+// (float32 through ggml; float64 per chunk on CUDA), added up in float64 on the host.
 double param_store_grad_norm(const param_store & s);
 // Scales the gradients by max_norm / (norm + 1e-6) when that is below 1 (PyTorch's clip_grad_norm_); returns
 // the norm before clipping. A non-finite norm leaves the gradients as they are.

@@ -432,7 +432,6 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
     // SQLR1_TRAIN_PROFILE=2: run node by node and print the ops that took most of the time (a diagnostic; slow).
     static const bool by_node = getenv("SQLR1_TRAIN_PROFILE") && std::string(getenv("SQLR1_TRAIN_PROFILE")) == "2";
     if (by_node) {
-        std::vector<std::pair<double, std::string>> rows;
         for (int i = 0; i < ggml_graph_n_nodes(gf); i++) {
             ggml_cgraph one = ggml_graph_view(gf, i, i + 1);
             auto t0 = std::chrono::steady_clock::now();
@@ -443,20 +442,10 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
             snprintf(desc, sizeof(desc), "%s %s [%lld,%lld,%lld,%lld] <- %s%s", ggml_op_desc(n), ggml_type_name(n->type),
                      (long long) n->ne[0], (long long) n->ne[1], (long long) n->ne[2], (long long) n->ne[3],
                      n->src[0] ? ggml_type_name(n->src[0]->type) : "-", n->src[1] ? (std::string(",") + ggml_type_name(n->src[1]->type)).c_str() : "");
-            rows.emplace_back(us, desc);
+            auto & e = t.node_profile[desc];
+            e.first += us;
+            e.second++;
         }
-        double total = 0;
-        std::map<std::string, std::pair<double, int>> agg;
-        for (auto & r : rows) {
-            total += r.first;
-            agg[r.second].first += r.first;
-            agg[r.second].second++;
-        }
-        std::vector<std::pair<double, std::string>> top;
-        for (auto & [k, v] : agg) top.emplace_back(v.first, k + " x" + std::to_string(v.second));
-        std::sort(top.begin(), top.end(), [](auto & a, auto & b) { return a.first > b.first; });
-        fprintf(stderr, "[sqlr1 train] graph of %d nodes: %.2f ms node by node; top ops:\n", ggml_graph_n_nodes(gf), total / 1000);
-        for (size_t i = 0; i < top.size() && i < 40; i++) fprintf(stderr, "  %8.1f us  %s\n", top[i].first, top[i].second.c_str());
         return;
     }
     const auto t0 = std::chrono::steady_clock::now();
@@ -464,6 +453,21 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
     t.compute_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     t.graphs_run++;
     if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "a training graph failed to run (status %d): %s", (int) st, log_last_error().c_str());
+}
+
+// Prints the node-by-node profile gathered since the last print (SQLR1_TRAIN_PROFILE=2), heaviest ops first.
+void print_node_profile(trainer & t, const char * what) {
+    if (t.node_profile.empty()) return;
+    double total = 0;
+    std::vector<std::pair<double, std::string>> top;
+    for (auto & [k, v] : t.node_profile) {
+        total += v.first;
+        top.emplace_back(v.first, k + " x" + std::to_string(v.second));
+    }
+    std::sort(top.begin(), top.end(), [](auto & a, auto & b) { return a.first > b.first; });
+    fprintf(stderr, "[sqlr1 train] %s node by node: %.2f ms; top ops:\n", what, total / 1000);
+    for (size_t i = 0; i < top.size() && i < 60; i++) fprintf(stderr, "  %9.1f us  %s\n", top[i].first, top[i].second.c_str());
+    t.node_profile.clear();
 }
 
 void keep_free(trainer & t) {
@@ -780,6 +784,7 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
         }
     }
     run_graph(t, g.gf, in);
+    print_node_profile(t, use_lora ? "policy forward" : "reference forward");
 
     std::vector<float> lp_sel(n_sel);
     int64_t off = 0;
@@ -873,6 +878,7 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         if (!e->external) continue;
         e->has_grad = true;
     }
+    print_node_profile(t, "backward");
     if (profile) {
         fprintf(stderr, "[sqlr1 train] backward: head %.1f ms, %lld layers %.1f ms (%d graphs computing %.1f ms, fused kernels %.1f ms, "
                 "the rest is graph building, allocation and inputs), compute buffer %.0f MiB\n",

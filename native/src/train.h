@@ -19,6 +19,8 @@
 #include "graph.h"
 
 #include <atomic>
+#include <map>
+#include <string>
 
 namespace sqlr1 {
 
@@ -85,6 +87,7 @@ struct trainer {
     std::vector<uint8_t> meta;        // graph metadata, reused by every graph
     double compute_ms = 0.0;          // time inside ggml's graph compute since the last backward began (profiling)
     int graphs_run = 0;
+    std::map<std::string, std::pair<double, int>> node_profile;  // SQLR1_TRAIN_PROFILE=2: op -> (us, count)
     std::atomic<bool> busy{false};
     ~trainer();
 };

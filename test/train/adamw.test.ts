@@ -70,8 +70,8 @@ for (const device of devices) {
   });
 }
 
-t.test('gradients accumulate across backward calls until zeroGrad', async (t) => {
-  const s = store(t);
+for (const device of devices) t.test(`gradients accumulate across backward calls until zeroGrad (${device})`, async (t) => {
+  const s = store(t, device);
   s.add('p', [2, 3], [1, 2, 3, 4, 5, 6]);
   const g = Float32Array.from([0.5, -1, 2, 0, 3, -4]);
   t.equal(s.grad('p'), undefined, 'no gradient before a backward');
@@ -85,8 +85,8 @@ t.test('gradients accumulate across backward calls until zeroGrad', async (t) =>
   t.same(Array.from(s.get('p')), [1, 2, 3, 4, 5, 6]);
 });
 
-t.test('grad norm and clipping match plain loops', async (t) => {
-  const s = store(t);
+for (const device of devices) t.test(`grad norm and clipping match plain loops (${device})`, async (t) => {
+  const s = store(t, device);
   const seed = 777;
   s.add('a', [5, 7]);
   s.add('b', [13]);
@@ -96,7 +96,8 @@ t.test('grad norm and clipping match plain loops', async (t) => {
   let ss = 0;
   for (const g of Object.values(grads)) for (const x of g) ss += x * x;
   const norm = Math.sqrt(ss);
-  // Per-tensor sums of squares run in float32 on the device (relative error ~1e-7 sqrt(n) for n terms): 1e-6.
+  // Per-tensor sums of squares run in float32 on the CPU (relative error ~1e-7 sqrt(n) for n terms), in float64
+  // on CUDA: 1e-6 covers both.
   t.ok(Math.abs(s.gradNorm() - norm) <= 1e-6 * norm, `gradNorm ${s.gradNorm()} = ${norm} (seed ${seed})`);
   t.equal(s.clipGradNorm(norm * 10), s.gradNorm(), 'clipping above the norm returns the norm...');
   t.same(Array.from(s.grad('a')!), Array.from(grads.a), '...and leaves the gradients alone');
@@ -162,6 +163,55 @@ if (devices.includes('cuda')) {
       result.push(s.get('w'));
     }
     t.ok(result[1]!.every((v, i) => Math.abs(v - result[0]![i]!) <= 1e-6), `cuda and cpu agree within 1e-6 (seed ${seed})`);
+  });
+}
+
+if (devices.includes('cuda')) {
+  // On CUDA the passes run over all tensors at once, each tensor cut into chunks of 16384 elements: sizes
+  // below, at and across chunk boundaries, and many small tensors in one launch.
+  t.test('CUDA multi-tensor passes: norm, clipping, AdamW and zeroGrad across chunk boundaries', async (t) => {
+    const s = store(t, 'cuda');
+    const seed = 31337;
+    const shapes: [string, number[]][] = [['big', [3, 20000]], ['edge', [16384]], ['edge1', [16385]], ['one', []]];
+    for (let i = 0; i < 40; i++) shapes.push([`small${i}`, [1 + (i * 37) % 97]]);
+    const ref: Record<string, { w: Float64Array; m: Float64Array; v: Float64Array }> = {};
+    shapes.forEach(([name, shape], k) => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const w0 = uniform(n, seed + k);
+      s.add(name, shape, w0);
+      ref[name] = { w: Float64Array.from(w0), m: new Float64Array(n), v: new Float64Array(n) };
+    });
+    const o = { lr: 0.003, betas: [0.9, 0.95] as [number, number], eps: 1e-8, weightDecay: 0.02 };
+    const opt = new AdamW(s, o);
+    for (let step = 1; step <= 2; step++) {
+      const grads: Record<string, Float32Array> = {};
+      shapes.forEach(([name], k) => { grads[name] = uniform(ref[name]!.w.length, seed + 1000 * step + k, -2, 2); });
+      await setGrads(s, grads);
+      let ss = 0;
+      for (const g of Object.values(grads)) for (const x of g) ss += x * x;
+      // float64 sums of float32 squares on both sides: only the order of additions differs.
+      t.ok(Math.abs(s.gradNorm() - Math.sqrt(ss)) <= 1e-12 * Math.sqrt(ss), `step ${step}: norm ${s.gradNorm()} vs ${Math.sqrt(ss)}`);
+      const max = Math.sqrt(ss) / 4, coef = max / (Math.sqrt(ss) + 1e-6);
+      s.clipGradNorm(max);
+      for (const [name, g] of Object.entries(grads)) {
+        const got = s.grad(name)!;
+        t.ok(got.every((x, i) => Math.abs(x - g[i]! * coef) <= 1e-6 * Math.abs(g[i]! * coef)), `step ${step}: ${name} clipped`);
+        grads[name] = got;
+      }
+      await opt.step();
+      opt.zeroGrad();
+      for (const [name] of shapes) {
+        adamwRef(ref[name]!.w, ref[name]!.m, ref[name]!.v, grads[name]!, o, step);
+        const got = s.get(name);
+        t.ok(got.every((x, i) => Math.abs(x - ref[name]!.w[i]!) <= 4e-7 * (Math.abs(ref[name]!.w[i]!) + o.lr)), `step ${step}: ${name} updated as the reference`);
+        t.equal(s.grad(name), undefined, `step ${step}: ${name} gradient cleared`);
+      }
+    }
+    await setGrads(s, { big: uniform(60000, seed, -1, 1) });
+    s.zeroGrad();
+    await setGrads(s, { edge: uniform(16384, seed, -1, 1) });
+    t.same(Array.from(s.grad('edge')!), Array.from(uniform(16384, seed, -1, 1)), 'zeroGrad left nothing behind: a new gradient reads back as itself');
+    t.equal(s.grad('big'), undefined);
   });
 }
 
