@@ -154,5 +154,7 @@ export interface NativeBinding {
   swigluCuda(req: {
     F: number; T: number; rank: number; g: Float32Array; u: Float32Array; dh: Float32Array;
     bg?: Float32Array; zg?: Float32Array; bu?: Float32Array; zu?: Float32Array; ad?: Float32Array; dzd?: Float32Array;
-  }): { h: Float32Array; dg: Float32Array; du: Float32Array };
+    /** Also return the kernel's BF16 copies of dg and du (raw 16-bit words). */
+    bf16?: boolean;
+  }): { h: Float32Array; dg: Float32Array; du: Float32Array; dgBf16?: Uint16Array; duBf16?: Uint16Array };
 }

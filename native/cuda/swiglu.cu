@@ -4,6 +4,7 @@
 #include "common.h"
 #include "cuda_check.h"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 namespace sqlr1 {
@@ -79,9 +80,12 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
             const int64_t i = t * a.F + f;
             const float g = gv[tt] + acc[0][tt], u = uv[tt] + acc[1][tt], dh = dv[tt] + acc[2][tt];
             const float sig = 1.0f / (1.0f + __expf(-g)), sg = g * sig;
-            a.g[i] = sg * u;                                    // h
-            a.u[i] = dh * u * sig * (1.0f + g * (1.0f - sig));  // dg: silu'(g) = sig (1 + g (1 - sig))
-            a.dh[i] = dh * sg;                                  // du
+            const float dg = dh * u * sig * (1.0f + g * (1.0f - sig));  // silu'(g) = sig (1 + g (1 - sig))
+            a.g[i] = sg * u;                                              // h
+            a.u[i] = dg;
+            a.dh[i] = dh * sg;                                            // du
+            if (a.dg_bf16) reinterpret_cast<__nv_bfloat16 *>(a.dg_bf16)[i] = __float2bfloat16(dg);
+            if (a.du_bf16) reinterpret_cast<__nv_bfloat16 *>(a.du_bf16)[i] = __float2bfloat16(dh * sg);
         }
     }
 }
@@ -103,7 +107,7 @@ void swiglu_cuda(const swiglu_args & a) {
 void swiglu_cuda_from_host(swiglu_args a) {
     const size_t n = (size_t) (a.F * a.T), nf = (size_t) (a.F * a.r), nz = (size_t) (a.T * a.r);
     float * dev = nullptr;
-    cuda_check(cudaMalloc(&dev, (3 * n + 3 * nf + 3 * nz + 1) * sizeof(float)), "cudaMalloc");
+    cuda_check(cudaMalloc(&dev, (3 * n + 3 * nf + 3 * nz + n + 1) * sizeof(float)), "cudaMalloc");
     struct guard { float * p; ~guard() { cudaFree(p); } } gd{dev};
     float * host_io[3] = { a.g, a.u, a.dh };
     float * d_io[3] = { dev, dev + n, dev + 2 * n };
@@ -123,8 +127,13 @@ void swiglu_cuda_from_host(swiglu_args a) {
     d.bg = up(a.bg, nf); d.zg = up(a.zg, nz);
     d.bu = up(a.bu, nf); d.zu = up(a.zu, nz);
     d.ad = up(a.ad, nf); d.dzd = up(a.dzd, nz);
+    uint16_t * d_bf16 = reinterpret_cast<uint16_t *>(next);  // n floats hold both n-element BF16 copies
+    d.dg_bf16 = a.dg_bf16 ? d_bf16 : nullptr;
+    d.du_bf16 = a.du_bf16 ? d_bf16 + n : nullptr;
     swiglu_cuda(d);
     for (int i = 0; i < 3; i++) cuda_check(cudaMemcpy(host_io[i], d_io[i], n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    if (a.dg_bf16) cuda_check(cudaMemcpy(a.dg_bf16, d.dg_bf16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    if (a.du_bf16) cuda_check(cudaMemcpy(a.du_bf16, d.du_bf16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
 }
 
 } // namespace sqlr1

@@ -4,6 +4,7 @@
 //   h = silu(g) u,    du = dh silu(g),  dg = dh u silu'(g)
 // where G = W_gate x, U = W_up x and DH = W_down^T dy come from the graph. In place: G becomes h, U becomes dg and
 // DH becomes du. Layouts are ggml's: [F, T] with F fastest; z* [r, T]; B* [r, F]; Ad [F, r]. All F32.
+// Optionally the kernel also writes dg and du rounded to BF16, the form the next matrix products read.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +18,7 @@ struct swiglu_args {
     const float * bg = nullptr, * zg = nullptr;   // null: no LoRA on the gate
     const float * bu = nullptr, * zu = nullptr;   // null: no LoRA on up
     const float * ad = nullptr, * dzd = nullptr;  // null: no LoRA on down
+    uint16_t * dg_bf16 = nullptr, * du_bf16 = nullptr;  // optional BF16 copies of dg and du [F, T]
 };
 
 #ifdef SQLR1_WITH_CUDA

@@ -651,7 +651,8 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
 }
 
 // The training SwiGLU kernel from host arrays (native/cuda/swiglu.h), for the tests against a plain-loop
-// reference: { F, T, rank, g, u, dh, bg?, zg?, bu?, zu?, ad?, dzd? } -> { h, dg, du }.
+// reference: { F, T, rank, g, u, dh, bg?, zg?, bu?, zu?, ad?, dzd?, bf16? } -> { h, dg, du, dgBf16?, duBf16? }
+// (bf16: also the kernel's BF16 copies of dg and du, as raw 16-bit words).
 Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = need_object(info, 0, "request");
@@ -683,6 +684,12 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
         *ptrs[w][0] = lora[2 * w].data();
         *ptrs[w][1] = lora[2 * w + 1].data();
     }
+    const bool bf16 = o.Has("bf16") && o.Get("bf16").ToBoolean();
+    std::vector<uint16_t> dg16(bf16 ? a.F * a.T : 0), du16(dg16.size());
+    if (bf16) {
+        a.dg_bf16 = dg16.data();
+        a.du_bf16 = du16.data();
+    }
     guarded(env, [&]() {
 #ifdef SQLR1_WITH_CUDA
         if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
@@ -696,6 +703,13 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
     out.Set("h", to_js(env, g));
     out.Set("dg", to_js(env, u));
     out.Set("du", to_js(env, dh));
+    if (bf16) {
+        for (auto [key, v] : { std::pair<const char *, std::vector<uint16_t> *>{ "dgBf16", &dg16 }, { "duBf16", &du16 } }) {
+            Napi::Uint16Array arr = Napi::Uint16Array::New(env, v->size());
+            std::copy(v->begin(), v->end(), arr.Data());
+            out.Set(key, arr);
+        }
+    }
     return out;
 }
 

@@ -509,6 +509,7 @@ void scratch_free(trainer & t) {
     t.buf_scratch = nullptr;
     t.ctx_scratch = nullptr;
     t.scratch_capacity = 0;
+    for (ggml_tensor *& x : t.stacked) x = nullptr;
 }
 
 #ifdef SQLR1_WITH_CUDA
@@ -524,7 +525,7 @@ void scratch_alloc(trainer & t, int64_t T) {
     scratch_free(t);
     const hparams & hp = t.m->hp;
     const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv, E = hp.n_embd, F = hp.n_ff, r = t.lora->rank;
-    ggml_init_params ip = { ggml_tensor_overhead() * 24, nullptr, true };
+    ggml_init_params ip = { ggml_tensor_overhead() * (32 + LORA_N_TARGETS), nullptr, true };
     t.ctx_scratch = ggml_init(ip);
     if (!t.ctx_scratch) fail("ERR_OUT_OF_MEMORY", "could not create the kernels' scratch context");
     ggml_context * c = t.ctx_scratch;
@@ -551,6 +552,14 @@ void scratch_alloc(trainer & t, int64_t T) {
     t.fzq = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
     t.fzk = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
     t.fzv = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.fzo = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    t.fdgb = ggml_new_tensor_2d(c, GGML_TYPE_BF16, F, T);
+    t.fdub = ggml_new_tensor_2d(c, GGML_TYPE_BF16, F, T);
+    for (int tg = 0; tg < LORA_N_TARGETS; tg++) {
+        if (tg == LORA_DOWN) continue;
+        const ggml_tensor * w = lora_target_weight(*t.m, 0, tg);  // the same shape in every layer
+        t.stacked[tg] = ggml_new_tensor_2d(c, GGML_TYPE_BF16, w->ne[1], w->ne[0] + r);
+    }
     t.buf_scratch = ggml_backend_alloc_ctx_tensors(c, t.m->backends->primary);
     if (!t.buf_scratch) {
         scratch_free(t);
@@ -559,25 +568,59 @@ void scratch_alloc(trainer & t, int64_t T) {
     t.scratch_capacity = T;
 }
 
-// Places a graph node's result in a scratch tensor of the same size (the node then skips the graph allocator),
-// so that a kernel between graphs reads it with no copy.
+// Places a graph node's result in a persistent tensor of the same size (the node then skips the graph
+// allocator), so that a kernel or a later graph reads it with no copy.
 ggml_tensor * place(builder & b, ggml_tensor * node, ggml_tensor * at) {
     if (ggml_nbytes(node) != ggml_nbytes(at)) fail("ERR_INTERNAL", "scratch placement of %s: size mismatch", ggml_op_desc(node));
-    if (ggml_backend_tensor_alloc(b.t.buf_scratch, node, at->data) != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "scratch placement failed");
+    if (ggml_backend_tensor_alloc(at->buffer, node, at->data) != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "scratch placement failed");
     ggml_build_forward_expand(b.gf, node);
     return node;
 }
 
-// A linear layer's record for its backward, from saved pieces (input x, and zs = s A x for the adapter).
-linear_fwd linear_saved(builder & b, int64_t il, int target, ggml_tensor * w, ggml_tensor * x, ggml_tensor * zs) {
+// A linear layer's record for its backward, from saved pieces: input x, and zs = s A x for the adapter (made
+// from x when not given). The weight comes from the stacked copy (stack_weight).
+linear_fwd linear_saved(builder & b, int64_t il, int target, ggml_tensor * x, ggml_tensor * zs) {
     linear_fwd f;
     f.p = b.pair(il, target);
     f.x = x;
-    f.wc = b.frozen(w);
     if (f.p) f.zs = zs ? zs : ggml_scale(b.ctx, ggml_mul_mat(b.ctx, f.p->a, x), b.t.lora->scale());
-    else f.zs = nullptr;
     return f;
 }
+
+// Fills the target's stacked weight [W^T; s B^T] (trainer::stacked) from its dequantized weight wc [in, out].
+void stack_weight(builder & b, int target, ggml_tensor * wc, const lora_pair * p) {
+    ggml_context * ctx = b.ctx;
+    ggml_tensor * dst = b.t.stacked[target];
+    const int64_t in = wc->ne[0], out = wc->ne[1];
+    // As 3-d same-type copies, ggml's CUDA backend transposes in shared-memory tiles (see transpose01).
+    ggml_tensor * top = ggml_view_3d(ctx, dst, out, in, 1, dst->nb[1], dst->nb[1] * in, 0);
+    ggml_build_forward_expand(b.gf, ggml_cpy(ctx, ggml_transpose(ctx, ggml_reshape_3d(ctx, wc, in, out, 1)), top));
+    if (!p) return;
+    const int64_t r = p->b->ne[0];
+    ggml_tensor * low = ggml_view_2d(ctx, dst, out, r, dst->nb[1], dst->nb[1] * in);
+    ggml_build_forward_expand(b.gf, ggml_cpy(ctx, ggml_transpose(ctx, ggml_scale(ctx, p->b, b.t.lora->scale())), low));
+}
+
+// linear_back through the stacked weight: one product gives W^T dy (rows [0, in)) and dz = s B^T dy (rows
+// [in, in + r)). dy is F32 (for the adapter's gradients); dy_mm is what the product reads (dy, or a BF16 copy).
+// Returns dx (null when !need_dx).
+ggml_tensor * linear_back_stacked(builder & b, int target, const linear_fwd & f, ggml_tensor * dy, ggml_tensor * dy_mm, bool need_dx) {
+    ggml_context * ctx = b.ctx;
+    ggml_tensor * w = b.t.stacked[target];
+    const int64_t out = w->ne[0], in = f.x->ne[0], r = f.p ? f.zs->ne[0] : 0;
+    const int64_t row0 = need_dx ? 0 : in, rows = (need_dx ? in : 0) + r;
+    if (rows == 0) return nullptr;
+    ggml_tensor * P = ggml_mul_mat(ctx, ggml_view_2d(ctx, w, out, rows, w->nb[1], w->nb[1] * row0), dy_mm);   // [rows, T]
+    const int64_t T = P->ne[1];
+    ggml_tensor * dx = need_dx ? ggml_view_2d(ctx, P, in, T, P->nb[1], 0) : nullptr;
+    if (!f.p) return dx;
+    ggml_tensor * dz = ggml_view_2d(ctx, P, r, T, P->nb[1], (rows - r) * sizeof(float));
+    b.accumulate(f.p->b, ggml_out_prod(ctx, f.zs, dy));                                               // [r, out]
+    b.accumulate(f.p->a, ggml_out_prod(ctx, f.x, dz));                                                // [in, r]
+    return dx ? ggml_add(ctx, dx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, f.p->a)), dz)) : nullptr;
+}
+
+ggml_tensor * add_some(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) { return !a ? b : !b ? a : ggml_add(ctx, a, b); }
 
 // One layer's backward around the fused kernels, in four graphs:
 //  (A) the attention's inputs -> attention forward kernel;
@@ -614,6 +657,9 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         if (f.q.zs) place(b, f.q.zs, t.fzq);
         if (f.k.zs) place(b, f.k.zs, t.fzk);
         if (f.v.zs) place(b, f.v.zs, t.fzv);
+        stack_weight(b, LORA_Q, f.q.wc, f.q.p);
+        stack_weight(b, LORA_K, f.k.wc, f.k.p);
+        stack_weight(b, LORA_V, f.v.wc, f.v.p);
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.q3, t.aq));
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.k3, t.ak));
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.v3, t.av));
@@ -623,10 +669,16 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
     graph([&](builder & b) {
         ggml_context * ctx = b.ctx;
         const linear_fwd o = linear(b, il, LORA_O, L.wo, nullptr, t.ao, true);
+        stack_weight(b, LORA_O, o.wc, o.p);
+        if (o.zs) place(b, o.zs, t.fzo);
         ggml_tensor * x2 = place(b, ggml_add(ctx, x, o.y), t.fx2);
         ggml_tensor * n2 = place(b, rms_norm_w(b, x2, L.ffn_norm), t.fn2);
-        place(b, ggml_mul_mat(ctx, b.frozen(L.ffn_gate), n2), t.fg);
-        place(b, ggml_mul_mat(ctx, b.frozen(L.ffn_up), n2), t.fu);
+        ggml_tensor * wg = b.frozen(L.ffn_gate), * wu = b.frozen(L.ffn_up);
+        stack_weight(b, LORA_GATE, wg, pg);
+        stack_weight(b, LORA_UP, wu, pu);
+        ggml_tensor * n2b = ggml_cast(ctx, n2, GGML_TYPE_BF16);  // one conversion for both products
+        place(b, ggml_mul_mat(ctx, wg, n2b), t.fg);
+        place(b, ggml_mul_mat(ctx, wu, n2b), t.fu);
         place(b, ggml_mul_mat(ctx, transpose01(ctx, b.frozen(L.ffn_down)), dy), t.fdh);
         if (pg) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pg->a, n2), s), t.fzg);
         if (pu) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pu->a, n2), s), t.fzu);
@@ -643,18 +695,24 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         if (pg) { a.bg = (const float *) pg->b->data; a.zg = (const float *) t.fzg->data; }
         if (pu) { a.bu = (const float *) pu->b->data; a.zu = (const float *) t.fzu->data; }
         if (pd) { a.ad = (const float *) pd->a->data; a.dzd = (const float *) t.fdz->data; }
-        swiglu_cuda(a);  // fg, fu, fdh now hold h, dg, du
+        a.dg_bf16 = (uint16_t *) t.fdgb->data;
+        a.du_bf16 = (uint16_t *) t.fdub->data;
+        swiglu_cuda(a);  // fg, fu, fdh now hold h, dg, du; fdgb, fdub dg and du in BF16
     });
 
     graph([&](builder & b) {
         ggml_context * ctx = b.ctx;
-        linear_back(b, linear_saved(b, il, LORA_DOWN, L.ffn_down, t.fg, nullptr), dy, false);  // the adapter's gradients only
-        ggml_tensor * dn2 = ggml_add(ctx, linear_back(b, linear_saved(b, il, LORA_GATE, L.ffn_gate, t.fn2, pg ? t.fzg : nullptr), t.fu, true),
-                                     linear_back(b, linear_saved(b, il, LORA_UP, L.ffn_up, t.fn2, pu ? t.fzu : nullptr), t.fdh, true));
-        ggml_tensor * dx2 = ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2));
-        ggml_tensor * dattn = linear_back(b, linear_saved(b, il, LORA_O, L.wo, t.ao, nullptr), dx2, true);
+        if (pd) {  // down: the adapter's gradients only, with dz = s B^T dy from (B)
+            ggml_tensor * zd = ggml_scale(ctx, ggml_mul_mat(ctx, pd->a, t.fg), s);                  // s A h
+            b.accumulate(pd->b, ggml_out_prod(ctx, zd, dy));
+            b.accumulate(pd->a, ggml_out_prod(ctx, t.fg, t.fdz));
+        }
+        ggml_tensor * dn2 = add_some(ctx,
+            linear_back_stacked(b, LORA_GATE, linear_saved(b, il, LORA_GATE, t.fn2, t.fzg), t.fu, t.fdgb, true),
+            linear_back_stacked(b, LORA_UP, linear_saved(b, il, LORA_UP, t.fn2, t.fzu), t.fdh, t.fdub, true));
+        ggml_tensor * dx2 = place(b, ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2)), dx_buf);  // kept for (D)
+        ggml_tensor * dattn = linear_back_stacked(b, LORA_O, linear_saved(b, il, LORA_O, t.ao, t.fzo), dx2, dx2, true);
         ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.ado));
-        ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dx2, dx_buf));
     });
     timed([&] {
         attn_cuda_backward(d, t.aq->data, t.ak->data, t.av->data, (const float *) t.ao->data, t.ado->data, (const float *) t.alse->data,
@@ -663,13 +721,16 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
     });
 
     graph([&](builder & b) {
-        layer_fwd f;
-        f.x = x;
-        f.q = linear_saved(b, il, LORA_Q, L.wq, t.fn1, t.fzq);
-        f.k = linear_saved(b, il, LORA_K, L.wk, t.fn1, t.fzk);
-        f.v = linear_saved(b, il, LORA_V, L.wv, t.fn1, t.fzv);
-        ggml_tensor * dx = inputs_backward(b, f, t.adq, t.adk, t.adv, dx_buf, il, il > 0);
-        if (dx) ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, dx, dx_buf));
+        ggml_context * ctx = b.ctx;
+        const bool need_dx = il > 0;
+        ggml_tensor * dq = ggml_reshape_2d(ctx, rope(b, t.adq, true), hd * H, T);
+        ggml_tensor * dk = ggml_reshape_2d(ctx, rope(b, t.adk, true), hd * hp.n_head_kv, T);
+        ggml_tensor * dv = ggml_reshape_2d(ctx, t.adv, hd * hp.n_head_kv, T);
+        ggml_tensor * dn1 = linear_back_stacked(b, LORA_Q, linear_saved(b, il, LORA_Q, t.fn1, t.fzq), dq, dq, need_dx);
+        dn1 = add_some(ctx, dn1, linear_back_stacked(b, LORA_K, linear_saved(b, il, LORA_K, t.fn1, t.fzk), dk, dk, need_dx));
+        dn1 = add_some(ctx, dn1, linear_back_stacked(b, LORA_V, linear_saved(b, il, LORA_V, t.fn1, t.fzv), dv, dv, need_dx));
+        // dx = dx2 + d(norm)/dx, added into dx_buf where (C) left dx2
+        if (need_dx) ggml_build_forward_expand(b.gf, ggml_add_inplace(ctx, dx_buf, rms_norm_w_back(b, x, L.attn_norm, dn1)));
     });
 }
 #endif

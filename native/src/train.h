@@ -73,6 +73,11 @@ struct trainer {
     ggml_tensor * fzg = nullptr, * fzu = nullptr, * fdz = nullptr;                   // F32 [r, T] LoRA inputs
     ggml_tensor * fx2 = nullptr, * fn2 = nullptr;                                    // F32 [E, T]: residual, its norm
     ggml_tensor * fn1 = nullptr, * fzq = nullptr, * fzk = nullptr, * fzv = nullptr;  // the attention's input norm, its LoRA inputs
+    ggml_tensor * fzo = nullptr;                                                     // the O product's LoRA input
+    ggml_tensor * fdgb = nullptr, * fdub = nullptr;                                  // BF16 [F, T] copies of dg, du
+    // Per target but down: the frozen weight transposed, with s B^T stacked under it, BF16 [out, in + r], made
+    // in the graph that dequantizes the weight for W x and read by the backward's product (one for dx and dz).
+    ggml_tensor * stacked[LORA_N_TARGETS] = {};
     int64_t scratch_capacity = 0;
 
     // Host copies of the inputs that depend only on the batch shape: positions, the causal mask (F32, F16).

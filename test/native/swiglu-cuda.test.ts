@@ -7,7 +7,7 @@
  * nmse ~1e-12; the bound 1e-10 leaves room and still catches any indexing or formula error (those give ~1).
  */
 import t from 'tap';
-import { binding, cudaSkipReason, nmse, randomArray } from '../helpers/native.js';
+import { binding, cudaSkipReason, nmse, randomArray, toBf16 } from '../helpers/native.js';
 
 const skip = cudaSkipReason();
 
@@ -40,10 +40,15 @@ t.test('SwiGLU kernel matches float64 loops', { skip }, async (t) => {
     if (lora === 'all' || lora.includes('up')) { a.bu = arr(r * F, 0.5); a.zu = arr(r * T, 0.5); }
     if (lora === 'all' || lora.includes('down')) { a.ad = arr(r * F, 0.5); a.dzd = arr(r * T, 0.5); }
     const ref = reference(F, T, r, a);
-    const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }) });
+    const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), bf16: true });
     for (const key of ['h', 'dg', 'du'] as const) {
       const e = nmse(got[key], ref[key]);
       t.ok(e <= 1e-10, `F ${F}, T ${T}, rank ${r}, LoRA on ${lora}: ${key} nmse ${e.toExponential(2)} <= 1e-10`);
+    }
+    // The BF16 copies are the F32 results rounded to nearest even: bit for bit.
+    for (const [key, words] of [['dg', got.dgBf16], ['du', got.duBf16]] as const) {
+      const want = new Uint32Array(toBf16(got[key]).buffer);
+      t.ok(words && words.every((w, i) => w === want[i]! >>> 16), `F ${F}, T ${T}: the BF16 copy of ${key} is its F32 value rounded`);
     }
   }
 });
