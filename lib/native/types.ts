@@ -152,9 +152,12 @@ export interface NativeBinding {
   }): { o: Float32Array; lse: Float32Array; dq: Float32Array; dk: Float32Array; dv: Float32Array };
   /** The training SwiGLU kernel on host data (CUDA builds; tests). */
   swigluCuda(req: {
-    F: number; T: number; rank: number; g: Float32Array; u: Float32Array; dh: Float32Array;
+    /** Without dh the kernel runs forward only and returns h. */
+    F: number; T: number; rank: number; g: Float32Array; u: Float32Array; dh?: Float32Array;
     bg?: Float32Array; zg?: Float32Array; bu?: Float32Array; zu?: Float32Array; ad?: Float32Array; dzd?: Float32Array;
+    /** Token strides of g, u (default F) and of zg, zu (default rank): rows of wider arrays. */
+    ld?: number; ldz?: number;
     /** Also return the kernel's BF16 copies of dg and du (raw 16-bit words). */
     bf16?: boolean;
-  }): { h: Float32Array; dg: Float32Array; du: Float32Array; dgBf16?: Uint16Array; duBf16?: Uint16Array };
+  }): { h: Float32Array; dg?: Float32Array; du?: Float32Array; dgBf16?: Uint16Array; duBf16?: Uint16Array };
 }

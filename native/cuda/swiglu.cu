@@ -19,6 +19,7 @@ constexpr int KC = 16;       // ranks per chunk
 // Each thread keeps its row's slice of the three LoRA factors in registers (for ranks <= 16, once per block)
 // and reads the tokens' z vectors from shared memory as broadcasts: 48 multiply-adds per element for 12 vector
 // loads.
+template <bool BACKWARD>
 __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
     __shared__ __align__(16) float sz[3][TT][KC];  // zg, zu, dzd for the step's tokens: [t][k]
     const int64_t f = (int64_t) blockIdx.x * TF + threadIdx.x;
@@ -31,7 +32,7 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
             const bool in = on && kk < a.r;
             b[0][k] = in && a.bg ? a.bg[f * a.r + kk] : 0.0f;
             b[1][k] = in && a.bu ? a.bu[f * a.r + kk] : 0.0f;
-            b[2][k] = in && a.ad ? a.ad[kk * a.F + f] : 0.0f;
+            b[2][k] = BACKWARD && in && a.ad ? a.ad[kk * a.F + f] : 0.0f;
         }
     };
     const bool one_chunk = a.r <= KC;
@@ -43,11 +44,11 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
         float gv[TT], uv[TT], dv[TT];
 #pragma unroll
         for (int tt = 0; tt < TT; tt++) {
-            const int64_t i = (t0 + tt) * a.F + f;
+            const int64_t i = (t0 + tt) * a.ld + f;
             const bool in = on && t0 + tt < a.T;
             gv[tt] = in ? a.g[i] : 0.0f;
             uv[tt] = in ? a.u[i] : 0.0f;
-            dv[tt] = in ? a.dh[i] : 0.0f;
+            dv[tt] = BACKWARD && in ? a.dh[(t0 + tt) * a.F + f] : 0.0f;
         }
         float acc[3][TT] = {};
         for (int64_t kc = 0; kc < a.r; kc += KC) {
@@ -56,8 +57,9 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
             for (int i = threadIdx.x; i < 3 * TT * KC; i += TF) {
                 const int w = i / (TT * KC), tt = (i / KC) % TT, k = i % KC;
                 const int64_t t = t0 + tt, kk = kc + k;
-                const float * z = w == 0 ? a.zg : w == 1 ? a.zu : a.dzd;
-                sz[w][tt][k] = z && kk < a.r && t < a.T ? z[t * a.r + kk] : 0.0f;
+                const float * z = w == 0 ? a.zg : w == 1 ? a.zu : BACKWARD ? a.dzd : nullptr;
+                const int64_t ldz = w < 2 ? a.ldz : a.r;
+                sz[w][tt][k] = z && kk < a.r && t < a.T ? z[t * ldz + kk] : 0.0f;
             }
             __syncthreads();
 #pragma unroll
@@ -77,61 +79,69 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
         for (int tt = 0; tt < TT; tt++) {
             const int64_t t = t0 + tt;
             if (t >= a.T) break;
-            const int64_t i = t * a.F + f;
+            const int64_t i = t * a.ld + f;
             const float g = gv[tt] + acc[0][tt], u = uv[tt] + acc[1][tt], dh = dv[tt] + acc[2][tt];
             const float sig = 1.0f / (1.0f + __expf(-g)), sg = g * sig;
-            const float dg = dh * u * sig * (1.0f + g * (1.0f - sig));  // silu'(g) = sig (1 + g (1 - sig))
             a.g[i] = sg * u;                                              // h
+            if (!BACKWARD) continue;
+            const float dg = dh * u * sig * (1.0f + g * (1.0f - sig));  // silu'(g) = sig (1 + g (1 - sig))
             a.u[i] = dg;
-            a.dh[i] = dh * sg;                                            // du
-            if (a.dg_bf16) reinterpret_cast<__nv_bfloat16 *>(a.dg_bf16)[i] = __float2bfloat16(dg);
-            if (a.du_bf16) reinterpret_cast<__nv_bfloat16 *>(a.du_bf16)[i] = __float2bfloat16(dh * sg);
+            const int64_t j = t * a.F + f;
+            a.dh[j] = dh * sg;                                            // du
+            if (a.dg_bf16) reinterpret_cast<__nv_bfloat16 *>(a.dg_bf16)[j] = __float2bfloat16(dg);
+            if (a.du_bf16) reinterpret_cast<__nv_bfloat16 *>(a.du_bf16)[j] = __float2bfloat16(dh * sg);
         }
     }
 }
 
 } // namespace
 
-void swiglu_cuda(const swiglu_args & a) {
-    if (a.F <= 0 || a.T <= 0 || a.r < 0 || (a.F + TF - 1) / TF > INT32_MAX || (a.T + TT * STEPS - 1) / (TT * STEPS) > 65535)
-        fail("ERR_INVALID_ARG", "swiglu: bad dimensions %lld x %lld, rank %lld", (long long) a.F, (long long) a.T, (long long) a.r);
+void swiglu_cuda(const swiglu_args & args) {
+    swiglu_args a = args;
+    if (a.ld == 0) a.ld = a.F;
+    if (a.ldz == 0) a.ldz = a.r;
+    if (a.F <= 0 || a.T <= 0 || a.r < 0 || (a.F + TF - 1) / TF > INT32_MAX || (a.T + TT * STEPS - 1) / (TT * STEPS) > 65535 || a.ld < a.F || a.ldz < a.r)
+        fail("ERR_INVALID_ARG", "swiglu: bad dimensions %lld x %lld (stride %lld), rank %lld (stride %lld)", (long long) a.F, (long long) a.T,
+             (long long) a.ld, (long long) a.r, (long long) a.ldz);
     cudaPointerAttributes at{};
     cuda_check(cudaPointerGetAttributes(&at, a.g), "cudaPointerGetAttributes");
     cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
     const dim3 grid((unsigned) ((a.F + TF - 1) / TF), (unsigned) ((a.T + TT * STEPS - 1) / (TT * STEPS)));
-    swiglu_kernel<<<grid, TF>>>(a);
+    if (a.dh) swiglu_kernel<true><<<grid, TF>>>(a);
+    else swiglu_kernel<false><<<grid, TF>>>(a);
     cuda_check(cudaGetLastError(), "swiglu launch");
     cuda_check(cudaStreamSynchronize(0), "swiglu");
 }
 
 void swiglu_cuda_from_host(swiglu_args a) {
-    const size_t n = (size_t) (a.F * a.T), nf = (size_t) (a.F * a.r), nz = (size_t) (a.T * a.r);
+    const int64_t ld = a.ld ? a.ld : a.F, ldz = a.ldz ? a.ldz : a.r;
+    const size_t n = (size_t) (a.F * a.T), ng = (size_t) (ld * a.T), nf = (size_t) (a.F * a.r), nz = (size_t) (ldz * a.T);
     float * dev = nullptr;
-    cuda_check(cudaMalloc(&dev, (3 * n + 3 * nf + 3 * nz + n + 1) * sizeof(float)), "cudaMalloc");
+    cuda_check(cudaMalloc(&dev, (2 * ng + n + 3 * nf + 3 * nz + n + 1) * sizeof(float)), "cudaMalloc");
     struct guard { float * p; ~guard() { cudaFree(p); } } gd{dev};
-    float * host_io[3] = { a.g, a.u, a.dh };
-    float * d_io[3] = { dev, dev + n, dev + 2 * n };
-    for (int i = 0; i < 3; i++) cuda_check(cudaMemcpy(d_io[i], host_io[i], n * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
-    swiglu_args d = a;
-    d.g = d_io[0];
-    d.u = d_io[1];
-    d.dh = d_io[2];
-    float * next = dev + 3 * n;
-    auto up = [&](const float * h, size_t cnt) -> const float * {
+    float * next = dev;
+    auto up = [&](const float * h, size_t cnt) -> float * {
         if (!h) return nullptr;
         float * p = next;
         next += cnt;
         cuda_check(cudaMemcpy(p, h, cnt * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
         return p;
     };
+    swiglu_args d = a;
+    d.g = up(a.g, ng);
+    d.u = up(a.u, ng);
+    d.dh = up(a.dh, n);
     d.bg = up(a.bg, nf); d.zg = up(a.zg, nz);
     d.bu = up(a.bu, nf); d.zu = up(a.zu, nz);
-    d.ad = up(a.ad, nf); d.dzd = up(a.dzd, nz);
+    d.ad = up(a.ad, nf); d.dzd = up(a.dzd, (size_t) (a.r * a.T));
     uint16_t * d_bf16 = reinterpret_cast<uint16_t *>(next);  // n floats hold both n-element BF16 copies
     d.dg_bf16 = a.dg_bf16 ? d_bf16 : nullptr;
     d.du_bf16 = a.du_bf16 ? d_bf16 + n : nullptr;
     swiglu_cuda(d);
-    for (int i = 0; i < 3; i++) cuda_check(cudaMemcpy(host_io[i], d_io[i], n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    auto down = [&](float * h, const float * p, size_t cnt) { if (h) cuda_check(cudaMemcpy(h, p, cnt * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy"); };
+    down(a.g, d.g, ng);
+    down(a.u, d.u, ng);
+    down(a.dh, d.dh, n);
     if (a.dg_bf16) cuda_check(cudaMemcpy(a.dg_bf16, d.dg_bf16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
     if (a.du_bf16) cuda_check(cudaMemcpy(a.du_bf16, d.du_bf16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
 }

@@ -12,8 +12,13 @@
 
 namespace sqlr1 {
 
+// Forward only (dh null): h = silu(g) u into G, nothing else written.
+//
+// G and U (and zg, zu) may be rows of wider tensors: ld is the token stride of G and U (0: F), ldz that of zg
+// and zu (0: r), so that one product's output [W_gate; W_up; A_gate; A_up] x feeds the kernel as it is.
 struct swiglu_args {
     int64_t F = 0, T = 0, r = 0;
+    int64_t ld = 0, ldz = 0;
     float * g = nullptr, * u = nullptr, * dh = nullptr;
     const float * bg = nullptr, * zg = nullptr;   // null: no LoRA on the gate
     const float * bu = nullptr, * zu = nullptr;   // null: no LoRA on up

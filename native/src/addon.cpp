@@ -651,8 +651,9 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
 }
 
 // The training SwiGLU kernel from host arrays (native/cuda/swiglu.h), for the tests against a plain-loop
-// reference: { F, T, rank, g, u, dh, bg?, zg?, bu?, zu?, ad?, dzd?, bf16? } -> { h, dg, du, dgBf16?, duBf16? }
-// (bf16: also the kernel's BF16 copies of dg and du, as raw 16-bit words).
+// reference: { F, T, rank, g, u, dh?, bg?, zg?, bu?, zu?, ad?, dzd?, ld?, ldz?, bf16? } -> { h, dg?, du?, dgBf16?,
+// duBf16? }. Without dh the kernel runs forward only (h); ld and ldz are the token strides of g, u and of zg,
+// zu; bf16 also returns the kernel's BF16 copies of dg and du, as raw 16-bit words.
 Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = need_object(info, 0, "request");
@@ -661,30 +662,33 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
         if (!(v >= lo && v <= (1 << 24) && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [" + std::to_string((int) lo) + ", 16777216]");
         return (int64_t) v;
     };
+    auto given = [&](const char * key) { Napi::Value v = o.Get(key); return !v.IsUndefined() && !v.IsNull(); };
     swiglu_args a;
     a.F = dim("F", 1);
     a.T = dim("T", 1);
     a.r = dim("rank", 0);
-    std::vector<float> g = get_f32(env, o.Get("g"), "g", a.F * a.T), u = get_f32(env, o.Get("u"), "u", a.F * a.T);
-    std::vector<float> dh = get_f32(env, o.Get("dh"), "dh", a.F * a.T);
+    a.ld = given("ld") ? dim("ld", (double) a.F) : a.F;
+    a.ldz = given("ldz") ? dim("ldz", (double) a.r) : a.r;
+    std::vector<float> g = get_f32(env, o.Get("g"), "g", a.ld * a.T), u = get_f32(env, o.Get("u"), "u", a.ld * a.T);
+    std::vector<float> dh = given("dh") ? get_f32(env, o.Get("dh"), "dh", a.F * a.T) : std::vector<float>();
     a.g = g.data();
     a.u = u.data();
-    a.dh = dh.data();
+    a.dh = dh.empty() ? nullptr : dh.data();
     // Each LoRA term: its factor [r, F] and its inputs [r, T], both given or both left out.
     std::vector<float> lora[6];
     const char * keys[3][2] = { { "bg", "zg" }, { "bu", "zu" }, { "ad", "dzd" } };
     const float ** ptrs[3][2] = { { &a.bg, &a.zg }, { &a.bu, &a.zu }, { &a.ad, &a.dzd } };
     for (int w = 0; w < 3; w++) {
-        auto given = [&](const char * key) { Napi::Value v = o.Get(key); return !v.IsUndefined() && !v.IsNull(); };
         const bool has_f = given(keys[w][0]), has_z = given(keys[w][1]);
         if (has_f != has_z) bad_arg(env, "each LoRA term needs both of its arrays");
         if (!has_f) continue;
+        if (w == 2 && !a.dh) bad_arg(env, "the down projection's LoRA term needs dh (it is part of the backward)");
         lora[2 * w] = get_f32(env, o.Get(keys[w][0]), keys[w][0], a.r * a.F);
-        lora[2 * w + 1] = get_f32(env, o.Get(keys[w][1]), keys[w][1], a.r * a.T);
+        lora[2 * w + 1] = get_f32(env, o.Get(keys[w][1]), keys[w][1], (w < 2 ? a.ldz : a.r) * a.T);
         *ptrs[w][0] = lora[2 * w].data();
         *ptrs[w][1] = lora[2 * w + 1].data();
     }
-    const bool bf16 = o.Has("bf16") && o.Get("bf16").ToBoolean();
+    const bool bf16 = a.dh && o.Has("bf16") && o.Get("bf16").ToBoolean();
     std::vector<uint16_t> dg16(bf16 ? a.F * a.T : 0), du16(dg16.size());
     if (bf16) {
         a.dg_bf16 = dg16.data();
@@ -699,10 +703,12 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
 #endif
         return 0;
     });
-    Napi::Object out = Napi::Object::New(env);  // in place: g, u, dh now hold h, dg, du
+    Napi::Object out = Napi::Object::New(env);  // in place: g, u, dh now hold h, dg, du ([ld, T] for h and dg)
     out.Set("h", to_js(env, g));
-    out.Set("dg", to_js(env, u));
-    out.Set("du", to_js(env, dh));
+    if (a.dh) {
+        out.Set("dg", to_js(env, u));
+        out.Set("du", to_js(env, dh));
+    }
     if (bf16) {
         for (auto [key, v] : { std::pair<const char *, std::vector<uint16_t> *>{ "dgBf16", &dg16 }, { "duBf16", &du16 } }) {
             Napi::Uint16Array arr = Napi::Uint16Array::New(env, v->size());

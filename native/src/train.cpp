@@ -279,42 +279,40 @@ void layer_rest(builder & b, int64_t il, ggml_tensor * attn, bool for_backward, 
     f.y = ggml_add(ctx, f.x2, f.down.y);
 }
 
-layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backward) {
+// The attention over f.q3, f.k3, f.v3 -> [hd * H, T]: flash attention in forward-only reduced-precision passes
+// where the backend has it; else written out, keeping in f what its backward needs.
+ggml_tensor * attention(builder & b, layer_fwd & f, bool for_backward) {
     ggml_context * ctx = b.ctx;
     const hparams & hp = b.hp();
     const int64_t hd = hp.head_dim, H = hp.n_head, Hk = hp.n_head_kv, nt = b.nt, ns = b.ns, T = b.T();
-    layer_fwd f;
-    attn_inputs(b, il, x, for_backward, f);
     ggml_tensor * q4 = ggml_reshape_4d(ctx, f.q3, hd, H, nt, ns);
     ggml_tensor * k4 = ggml_reshape_4d(ctx, f.k3, hd, Hk, nt, ns);
     ggml_tensor * v4 = ggml_reshape_4d(ctx, f.v3, hd, Hk, nt, ns);
-
     const float kq_scale = 1.0f / std::sqrt((float) hd);
-    ggml_tensor * attn;
-    ggml_tensor * fa = nullptr;
     if (!for_backward && b.t.compute != GGML_TYPE_F32) {
         // Forward only, reduced precision: flash attention (no [nt x nt] scores in memory), K and V in F16 as
         // the kernel takes them. Where the backend has no kernel for the shape (small head sizes on CUDA), the
         // written-out form is used.
         ggml_tensor * kh = ggml_cpy(ctx, ggml_permute(ctx, k4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
         ggml_tensor * vh = ggml_cpy(ctx, ggml_permute(ctx, v4, 0, 2, 1, 3), ggml_new_tensor_4d(ctx, GGML_TYPE_F16, hd, nt, Hk, ns));
-        fa = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3), kh, vh, b.mask_f16(), kq_scale, 0.0f, 0.0f);
+        ggml_tensor * fa = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3), kh, vh, b.mask_f16(), kq_scale, 0.0f, 0.0f);
         ggml_flash_attn_ext_set_prec(fa, GGML_PREC_F32);
-        if (!ggml_backend_supports_op(b.t.m->backends->primary, fa)) fa = nullptr;
+        if (ggml_backend_supports_op(b.t.m->backends->primary, fa)) return ggml_reshape_2d(ctx, fa, hd * H, T);  // [hd, H, nt, ns]
     }
-    if (fa) {
-        attn = ggml_reshape_2d(ctx, fa, hd * H, T);                                   // the result is [hd, H, nt, ns]
-    } else {
-        // Heads outside tokens; these permutes keep dimension 0, so the copies stay coalesced.
-        f.qp = ggml_cont(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3));                   // F32 [hd, nt, H, ns]
-        f.kp = b.cast(ggml_permute(ctx, k4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
-        f.vp = b.cast(ggml_permute(ctx, v4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
-        ggml_tensor * kq = ggml_mul_mat(ctx, f.kp, f.qp);                            // [nt_k, nt_q, H, ns]
-        f.P = ggml_soft_max_ext(ctx, kq, b.mask(), kq_scale, 0.0f);
-        ggml_tensor * o = ggml_mul_mat(ctx, transpose01(ctx, f.vp), f.P);           // [hd, nt, H, ns]
-        attn = ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3)), hd * H, T);
-    }
-    layer_rest(b, il, attn, for_backward, f);
+    // Heads outside tokens; these permutes keep dimension 0, so the copies stay coalesced.
+    f.qp = ggml_cont(ctx, ggml_permute(ctx, q4, 0, 2, 1, 3));                   // F32 [hd, nt, H, ns]
+    f.kp = b.cast(ggml_permute(ctx, k4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
+    f.vp = b.cast(ggml_permute(ctx, v4, 0, 2, 1, 3));                            // [hd, nt, Hk, ns]
+    ggml_tensor * kq = ggml_mul_mat(ctx, f.kp, f.qp);                            // [nt_k, nt_q, H, ns]
+    f.P = ggml_soft_max_ext(ctx, kq, b.mask(), kq_scale, 0.0f);
+    ggml_tensor * o = ggml_mul_mat(ctx, transpose01(ctx, f.vp), f.P);           // [hd, nt, H, ns]
+    return ggml_reshape_2d(ctx, ggml_cont(ctx, ggml_permute(ctx, o, 0, 2, 1, 3)), hd * H, T);
+}
+
+layer_fwd layer_forward(builder & b, int64_t il, ggml_tensor * x, bool for_backward) {
+    layer_fwd f;
+    attn_inputs(b, il, x, for_backward, f);
+    layer_rest(b, il, attention(b, f, for_backward), for_backward, f);
     return f;
 }
 
@@ -503,6 +501,11 @@ void keep_alloc(trainer & t, int64_t T) {
     t.keep_capacity = T;
 }
 
+// The groups of targets that share an input (group_forward).
+enum { GROUP_QKV, GROUP_O, GROUP_GU, GROUP_DOWN, N_GROUPS };
+constexpr int GROUP_TARGETS[N_GROUPS][3] = {
+    { LORA_Q, LORA_K, LORA_V }, { LORA_O, -1, -1 }, { LORA_GATE, LORA_UP, -1 }, { LORA_DOWN, -1, -1 } };
+
 void scratch_free(trainer & t) {
     if (t.buf_scratch) ggml_backend_buffer_free(t.buf_scratch);
     if (t.ctx_scratch) ggml_free(t.ctx_scratch);
@@ -510,6 +513,7 @@ void scratch_free(trainer & t) {
     t.ctx_scratch = nullptr;
     t.scratch_capacity = 0;
     for (ggml_tensor *& x : t.stacked) x = nullptr;
+    for (int gi = 0; gi < N_GROUPS; gi++) t.group_w[gi] = t.group_y[gi] = nullptr;
 }
 
 #ifdef SQLR1_WITH_CUDA
@@ -540,19 +544,22 @@ void scratch_alloc(trainer & t, int64_t T) {
     t.adk = ggml_new_tensor_3d(c, GGML_TYPE_F32, hd, Hk, T);
     t.adv = ggml_new_tensor_3d(c, GGML_TYPE_F32, hd, Hk, T);
     t.aph = H > Hk ? ggml_new_tensor_2d(c, GGML_TYPE_F32, hd * H * T, 2) : nullptr;
-    t.fg = ggml_new_tensor_2d(c, GGML_TYPE_F32, F, T);
-    t.fu = ggml_new_tensor_2d(c, GGML_TYPE_F32, F, T);
     t.fdh = ggml_new_tensor_2d(c, GGML_TYPE_F32, F, T);
-    t.fzg = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
-    t.fzu = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
     t.fdz = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
     t.fx2 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
     t.fn2 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
     t.fn1 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
-    t.fzq = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
-    t.fzk = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
-    t.fzv = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
-    t.fzo = ggml_new_tensor_2d(c, GGML_TYPE_F32, r, T);
+    for (int gi = 0; gi < N_GROUPS; gi++) {
+        int64_t in = 0, rows = 0;
+        for (int tg : GROUP_TARGETS[gi]) {
+            if (tg < 0) continue;
+            const ggml_tensor * w = lora_target_weight(*t.m, 0, tg);  // the same shapes in every layer
+            in = w->ne[0];
+            rows += w->ne[1] + r;
+        }
+        t.group_w[gi] = ggml_new_tensor_2d(c, GGML_TYPE_BF16, in, rows);
+        if (gi != GROUP_DOWN) t.group_y[gi] = ggml_new_tensor_2d(c, GGML_TYPE_F32, rows, T);
+    }
     t.fdgb = ggml_new_tensor_2d(c, GGML_TYPE_BF16, F, T);
     t.fdub = ggml_new_tensor_2d(c, GGML_TYPE_BF16, F, T);
     for (int tg = 0; tg < LORA_N_TARGETS; tg++) {
@@ -570,9 +577,9 @@ void scratch_alloc(trainer & t, int64_t T) {
 
 // Places a graph node's result in a persistent tensor of the same size (the node then skips the graph
 // allocator), so that a kernel or a later graph reads it with no copy.
-ggml_tensor * place(builder & b, ggml_tensor * node, ggml_tensor * at) {
-    if (ggml_nbytes(node) != ggml_nbytes(at)) fail("ERR_INTERNAL", "scratch placement of %s: size mismatch", ggml_op_desc(node));
-    if (ggml_backend_tensor_alloc(at->buffer, node, at->data) != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "scratch placement failed");
+ggml_tensor * place(builder & b, ggml_tensor * node, ggml_tensor * at, size_t offset = 0) {
+    if (ggml_nbytes(node) + offset > ggml_nbytes(at)) fail("ERR_INTERNAL", "scratch placement of %s: too large", ggml_op_desc(node));
+    if (ggml_backend_tensor_alloc(at->buffer, node, (char *) at->data + offset) != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "scratch placement failed");
     ggml_build_forward_expand(b.gf, node);
     return node;
 }
@@ -622,17 +629,142 @@ ggml_tensor * linear_back_stacked(builder & b, int target, const linear_fwd & f,
 
 ggml_tensor * add_some(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) { return !a ? b : !b ? a : ggml_add(ctx, a, b); }
 
+// Targets that share an input x, as one product: [W_1; ...; W_n; s A_1; ...; s A_n] x, with the weights
+// dequantized straight into the group's region (no concatenation copies) and each adapter's A scaled in after
+// them. Each target's W x and its adapter input zs = s A x are row views of the result; the dequantized weights
+// stay in the region for stack_weight. keep_y (optional) is where the result is placed.
+struct group_fwd {
+    int n = 0;
+    int64_t rows = 0;                 // of the product
+    ggml_tensor * P = nullptr;
+    ggml_tensor * y[3] = {}, * zs[3] = {}, * wc[3] = {};
+    const lora_pair * p[3] = {};
+    int64_t row[3] = {}, zrow[3] = {};
+};
+
+group_fwd group_forward(builder & b, int64_t il, int group, ggml_tensor * x, ggml_tensor * keep_y) {
+    ggml_context * ctx = b.ctx;
+    ggml_tensor * R = b.t.group_w[group];
+    const int64_t in = R->ne[0];
+    group_fwd g;
+    int64_t row = 0;
+    for (int tg : GROUP_TARGETS[group]) {
+        if (tg < 0) continue;
+        const int i = g.n++;
+        ggml_tensor * w = lora_target_weight(*b.t.m, il, tg);
+        const int64_t out = w->ne[1];
+        ggml_tensor * at = ggml_view_2d(ctx, R, in, out, R->nb[1], R->nb[1] * row);
+        ggml_tensor * wc = b.frozen(w);
+        if (wc->op != GGML_OP_NONE && !wc->view_src && !wc->data) place(b, wc, R, R->nb[1] * row);  // dequantized in place
+        else ggml_build_forward_expand(b.gf, ggml_cpy(ctx, wc, at));
+        g.wc[i] = at;
+        g.p[i] = b.pair(il, tg);
+        g.row[i] = row;
+        row += out;
+    }
+    for (int i = 0; i < g.n; i++) {
+        if (!g.p[i]) continue;
+        const int64_t r = g.p[i]->a->ne[1];
+        ggml_tensor * at = ggml_view_2d(ctx, R, in, r, R->nb[1], R->nb[1] * row);
+        ggml_build_forward_expand(b.gf, ggml_cpy(ctx, ggml_scale(ctx, g.p[i]->a, b.t.lora->scale()), at));
+        g.zrow[i] = row;
+        row += r;
+    }
+    g.rows = row;
+    g.P = ggml_mul_mat(ctx, ggml_view_2d(ctx, R, in, row, R->nb[1], 0), x);                          // [rows, T]
+    if (keep_y) place(b, g.P, keep_y);
+    const int64_t T = g.P->ne[1];
+    for (int i = 0; i < g.n; i++) {
+        const int64_t out = g.wc[i]->ne[1];
+        g.y[i] = ggml_view_2d(ctx, g.P, out, T, g.P->nb[1], g.row[i] * sizeof(float));
+        if (g.p[i]) g.zs[i] = ggml_view_2d(ctx, g.P, g.p[i]->a->ne[1], T, g.P->nb[1], g.zrow[i] * sizeof(float));
+    }
+    return g;
+}
+
+// Target i's output from the group product: + bias, + B zs, as a contiguous tensor.
+ggml_tensor * group_output(builder & b, const group_fwd & g, int i, ggml_tensor * bias) {
+    ggml_tensor * y = g.y[i];
+    if (bias) y = ggml_add(b.ctx, y, bias);
+    if (g.p[i]) y = ggml_add(b.ctx, y, ggml_mul_mat(b.ctx, g.p[i]->b, g.zs[i]));
+    return y == g.y[i] ? ggml_cont(b.ctx, y) : y;
+}
+
+// The SwiGLU kernel's view of the gate/up group product (placed in group_y[GROUP_GU]). Only g's numbers are
+// read: its tensors belong to a graph that has run.
+swiglu_args swiglu_group(const trainer & t, const group_fwd & g, int64_t T) {
+    swiglu_args a;
+    float * base = (float *) t.group_y[GROUP_GU]->data;
+    a.F = t.m->hp.n_ff;
+    a.T = T;
+    a.r = t.lora->rank;
+    a.ld = a.ldz = g.rows;
+    a.g = base + g.row[0];
+    a.u = base + g.row[1];
+    if (g.p[0]) { a.bg = (const float *) g.p[0]->b->data; a.zg = base + g.zrow[0]; }
+    if (g.p[1]) { a.bu = (const float *) g.p[1]->b->data; a.zu = base + g.zrow[1]; }
+    return a;
+}
+
+// Runs one graph built by `build` in the trainer's reusable metadata.
+template <typename F>
+void run_built(trainer & t, const train_batch & batch, bool use_lora, F build) {
+    graph_ctx g(t, TRAIN_GRAPH_NODES);
+    graph_inputs in;
+    builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, use_lora};
+    build(b);
+    run_graph(t, g.gf, in);
+}
+
+// The attention's inputs from the Q, K, V group: norm, products, biases and adapter terms, RoPE.
+group_fwd attn_inputs_grouped(builder & b, int64_t il, ggml_tensor * x, ggml_tensor * keep_y, layer_fwd & f) {
+    ggml_context * ctx = b.ctx;
+    const hparams & hp = b.hp();
+    const layer_weights & L = b.t.m->layers[il];
+    f.x = x;
+    f.n1 = rms_norm_w(b, x, L.attn_norm);
+    group_fwd g = group_forward(b, il, GROUP_QKV, ggml_cast(ctx, f.n1, GGML_TYPE_BF16), keep_y);
+    f.q3 = rope(b, ggml_reshape_3d(ctx, group_output(b, g, 0, L.bq), hp.head_dim, hp.n_head, b.T()), false);
+    f.k3 = rope(b, ggml_reshape_3d(ctx, group_output(b, g, 1, L.bk), hp.head_dim, hp.n_head_kv, b.T()), false);
+    f.v3 = ggml_reshape_3d(ctx, group_output(b, g, 2, L.bv), hp.head_dim, hp.n_head_kv, b.T());
+    return g;
+}
+
+// The policy forward of one layer on CUDA in BF16, in two graphs around the SwiGLU kernel (forward mode, with
+// the gate and up adapter terms on the fly): ckpt[il] -> ckpt[il + 1].
+void layer_forward_fused(trainer & t, const train_batch & batch, int64_t il) {
+    const layer_weights & L = t.m->layers[il];
+    const int64_t T = batch.ns * batch.nt;
+    group_fwd gu;
+    run_built(t, batch, true, [&](builder & b) {
+        ggml_context * ctx = b.ctx;
+        layer_fwd f;
+        attn_inputs_grouped(b, il, t.ckpt[il], t.group_y[GROUP_QKV], f);
+        group_fwd o = group_forward(b, il, GROUP_O, attention(b, f, false), t.group_y[GROUP_O]);
+        ggml_tensor * x2 = place(b, ggml_add(ctx, t.ckpt[il], group_output(b, o, 0, nullptr)), t.fx2);
+        gu = group_forward(b, il, GROUP_GU, ggml_cast(ctx, rms_norm_w(b, x2, L.ffn_norm), GGML_TYPE_BF16), t.group_y[GROUP_GU]);
+    });
+    swiglu_cuda(swiglu_group(t, gu, T));  // h into the gate's rows
+    run_built(t, batch, true, [&](builder & b) {
+        ggml_context * ctx = b.ctx;
+        ggml_tensor * h = ggml_view_2d(ctx, t.group_y[GROUP_GU], t.m->hp.n_ff, T, gu.rows * sizeof(float), 0);
+        group_fwd dn = group_forward(b, il, GROUP_DOWN, h, nullptr);
+        place(b, ggml_add(ctx, t.fx2, group_output(b, dn, 0, nullptr)), t.ckpt[il + 1]);
+    });
+}
+
 // One layer's backward around the fused kernels, in four graphs:
-//  (A) the attention's inputs -> attention forward kernel;
-//  (B) O product, residual, norm, the gate and up products, W_down^T dy -> SwiGLU kernel (activation and its
+//  (A) the attention's inputs (the Q, K, V group) -> attention forward kernel;
+//  (B) the O group, residual, norm, the gate/up group, W_down^T dy -> SwiGLU kernel (activation and its
 //      backward in one pass, with the LoRA terms);
 //  (C) the down, gate, up and O backward down to d attn -> attention backward kernels;
 //  (D) back through RoPE, the Q, K, V products and the norm.
-// dx2 passes from C to D in dx_buf; (A) keeps the attention's input norm and LoRA inputs for (D).
+// The groups' products stay in the scratch for the later graphs (their adapter inputs zs); (A) and (B) also
+// stack the transposed weights for (C) and (D). dx2 passes from C to D in dx_buf.
 void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, ggml_tensor * dy, ggml_tensor * dx_buf, double & kernel_ms) {
     const hparams & hp = t.m->hp;
     const layer_weights & L = t.m->layers[il];
-    const int64_t hd = hp.head_dim, H = hp.n_head, T = batch.ns * batch.nt;
+    const int64_t hd = hp.head_dim, H = hp.n_head, T = batch.ns * batch.nt, F = hp.n_ff;
     const attn_dims d{ hd, H, hp.n_head_kv, batch.nt, batch.ns, 1.0f / std::sqrt((float) hd) };
     const float s = t.lora->scale();
     ggml_tensor * x = t.ckpt[il];
@@ -641,77 +773,61 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         fn();
         kernel_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     };
-    auto graph = [&](auto build) {
-        graph_ctx g(t, TRAIN_GRAPH_NODES);
-        graph_inputs in;
-        builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, true};
-        build(b);
-        run_graph(t, g.gf, in);
-    };
-    const lora_pair * pg = adapter_pair(t, il, LORA_GATE), * pu = adapter_pair(t, il, LORA_UP), * pd = adapter_pair(t, il, LORA_DOWN);
+    const lora_pair * pd = adapter_pair(t, il, LORA_DOWN);
+    group_fwd qkv, o, gu;  // only their numbers outlive their graphs
 
-    graph([&](builder & b) {
+    run_built(t, batch, true, [&](builder & b) {
         layer_fwd f;
-        attn_inputs(b, il, x, true, f);
+        qkv = attn_inputs_grouped(b, il, x, t.group_y[GROUP_QKV], f);
         place(b, f.n1, t.fn1);  // kept for (D)
-        if (f.q.zs) place(b, f.q.zs, t.fzq);
-        if (f.k.zs) place(b, f.k.zs, t.fzk);
-        if (f.v.zs) place(b, f.v.zs, t.fzv);
-        stack_weight(b, LORA_Q, f.q.wc, f.q.p);
-        stack_weight(b, LORA_K, f.k.wc, f.k.p);
-        stack_weight(b, LORA_V, f.v.wc, f.v.p);
+        for (int i = 0; i < 3; i++) stack_weight(b, GROUP_TARGETS[GROUP_QKV][i], qkv.wc[i], qkv.p[i]);
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.q3, t.aq));
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.k3, t.ak));
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.v3, t.av));
     });
     timed([&] { attn_cuda_forward(d, t.aq->data, t.ak->data, t.av->data, (float *) t.ao->data, (float *) t.alse->data); });
 
-    graph([&](builder & b) {
+    run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
-        const linear_fwd o = linear(b, il, LORA_O, L.wo, nullptr, t.ao, true);
-        stack_weight(b, LORA_O, o.wc, o.p);
-        if (o.zs) place(b, o.zs, t.fzo);
-        ggml_tensor * x2 = place(b, ggml_add(ctx, x, o.y), t.fx2);
+        o = group_forward(b, il, GROUP_O, t.ao, t.group_y[GROUP_O]);
+        stack_weight(b, LORA_O, o.wc[0], o.p[0]);
+        ggml_tensor * x2 = place(b, ggml_add(ctx, x, group_output(b, o, 0, nullptr)), t.fx2);
         ggml_tensor * n2 = place(b, rms_norm_w(b, x2, L.ffn_norm), t.fn2);
-        ggml_tensor * wg = b.frozen(L.ffn_gate), * wu = b.frozen(L.ffn_up);
-        stack_weight(b, LORA_GATE, wg, pg);
-        stack_weight(b, LORA_UP, wu, pu);
-        ggml_tensor * n2b = ggml_cast(ctx, n2, GGML_TYPE_BF16);  // one conversion for both products
-        place(b, ggml_mul_mat(ctx, wg, n2b), t.fg);
-        place(b, ggml_mul_mat(ctx, wu, n2b), t.fu);
+        gu = group_forward(b, il, GROUP_GU, ggml_cast(ctx, n2, GGML_TYPE_BF16), t.group_y[GROUP_GU]);
+        stack_weight(b, LORA_GATE, gu.wc[0], gu.p[0]);
+        stack_weight(b, LORA_UP, gu.wc[1], gu.p[1]);
         place(b, ggml_mul_mat(ctx, transpose01(ctx, b.frozen(L.ffn_down)), dy), t.fdh);
-        if (pg) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pg->a, n2), s), t.fzg);
-        if (pu) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, pu->a, n2), s), t.fzu);
         if (pd) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, pd->b)), dy), s), t.fdz);
     });
     timed([&] {
-        swiglu_args a;
-        a.F = hp.n_ff;
-        a.T = T;
-        a.r = t.lora->rank;
-        a.g = (float *) t.fg->data;
-        a.u = (float *) t.fu->data;
+        swiglu_args a = swiglu_group(t, gu, T);
         a.dh = (float *) t.fdh->data;
-        if (pg) { a.bg = (const float *) pg->b->data; a.zg = (const float *) t.fzg->data; }
-        if (pu) { a.bu = (const float *) pu->b->data; a.zu = (const float *) t.fzu->data; }
         if (pd) { a.ad = (const float *) pd->a->data; a.dzd = (const float *) t.fdz->data; }
         a.dg_bf16 = (uint16_t *) t.fdgb->data;
         a.du_bf16 = (uint16_t *) t.fdub->data;
-        swiglu_cuda(a);  // fg, fu, fdh now hold h, dg, du; fdgb, fdub dg and du in BF16
+        swiglu_cuda(a);  // the gate's rows now hold h, the up rows dg; fdh holds du; fdgb, fdub dg and du in BF16
     });
 
-    graph([&](builder & b) {
+    // Views of what the earlier graphs kept, in a later graph's context.
+    auto rows_of = [&](builder & b, int group, const group_fwd & g, int64_t row, int64_t n) {
+        return ggml_view_2d(b.ctx, t.group_y[group], n, T, g.rows * sizeof(float), row * sizeof(float));
+    };
+    auto zs_of = [&](builder & b, int group, const group_fwd & g, int i) {
+        return g.p[i] ? rows_of(b, group, g, g.zrow[i], g.p[i]->a->ne[1]) : nullptr;
+    };
+    run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
+        ggml_tensor * h = rows_of(b, GROUP_GU, gu, gu.row[0], F), * dg = rows_of(b, GROUP_GU, gu, gu.row[1], F);
         if (pd) {  // down: the adapter's gradients only, with dz = s B^T dy from (B)
-            ggml_tensor * zd = ggml_scale(ctx, ggml_mul_mat(ctx, pd->a, t.fg), s);                  // s A h
+            ggml_tensor * zd = ggml_scale(ctx, ggml_mul_mat(ctx, pd->a, h), s);                     // s A h
             b.accumulate(pd->b, ggml_out_prod(ctx, zd, dy));
-            b.accumulate(pd->a, ggml_out_prod(ctx, t.fg, t.fdz));
+            b.accumulate(pd->a, ggml_out_prod(ctx, h, t.fdz));
         }
         ggml_tensor * dn2 = add_some(ctx,
-            linear_back_stacked(b, LORA_GATE, linear_saved(b, il, LORA_GATE, t.fn2, t.fzg), t.fu, t.fdgb, true),
-            linear_back_stacked(b, LORA_UP, linear_saved(b, il, LORA_UP, t.fn2, t.fzu), t.fdh, t.fdub, true));
+            linear_back_stacked(b, LORA_GATE, linear_saved(b, il, LORA_GATE, t.fn2, zs_of(b, GROUP_GU, gu, 0)), dg, t.fdgb, true),
+            linear_back_stacked(b, LORA_UP, linear_saved(b, il, LORA_UP, t.fn2, zs_of(b, GROUP_GU, gu, 1)), t.fdh, t.fdub, true));
         ggml_tensor * dx2 = place(b, ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2)), dx_buf);  // kept for (D)
-        ggml_tensor * dattn = linear_back_stacked(b, LORA_O, linear_saved(b, il, LORA_O, t.ao, t.fzo), dx2, dx2, true);
+        ggml_tensor * dattn = linear_back_stacked(b, LORA_O, linear_saved(b, il, LORA_O, t.ao, zs_of(b, GROUP_O, o, 0)), dx2, dx2, true);
         ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.ado));
     });
     timed([&] {
@@ -720,15 +836,18 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
                            t.aph ? (float *) t.aph->data : nullptr);
     });
 
-    graph([&](builder & b) {
+    run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
         const bool need_dx = il > 0;
         ggml_tensor * dq = ggml_reshape_2d(ctx, rope(b, t.adq, true), hd * H, T);
         ggml_tensor * dk = ggml_reshape_2d(ctx, rope(b, t.adk, true), hd * hp.n_head_kv, T);
         ggml_tensor * dv = ggml_reshape_2d(ctx, t.adv, hd * hp.n_head_kv, T);
-        ggml_tensor * dn1 = linear_back_stacked(b, LORA_Q, linear_saved(b, il, LORA_Q, t.fn1, t.fzq), dq, dq, need_dx);
-        dn1 = add_some(ctx, dn1, linear_back_stacked(b, LORA_K, linear_saved(b, il, LORA_K, t.fn1, t.fzk), dk, dk, need_dx));
-        dn1 = add_some(ctx, dn1, linear_back_stacked(b, LORA_V, linear_saved(b, il, LORA_V, t.fn1, t.fzv), dv, dv, need_dx));
+        ggml_tensor * dys[3] = { dq, dk, dv };
+        ggml_tensor * dn1 = nullptr;
+        for (int i = 0; i < 3; i++) {
+            const int tg = GROUP_TARGETS[GROUP_QKV][i];
+            dn1 = add_some(ctx, dn1, linear_back_stacked(b, tg, linear_saved(b, il, tg, t.fn1, zs_of(b, GROUP_QKV, qkv, i)), dys[i], dys[i], need_dx));
+        }
         // dx = dx2 + d(norm)/dx, added into dx_buf where (C) left dx2
         if (need_dx) ggml_build_forward_expand(b.gf, ggml_add_inplace(ctx, dx_buf, rms_norm_w_back(b, x, L.attn_norm, dn1)));
     });
@@ -822,16 +941,29 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
     if (keep) keep_alloc(t, T);
     t.kept = false;
 
+    // On CUDA in BF16 a kept forward runs layer by layer around the SwiGLU kernel (layer_forward_fused), each
+    // layer's input going straight into its checkpoint; elsewhere the whole forward is one graph.
+    bool fused = false;
+#ifdef SQLR1_WITH_CUDA
+    fused = keep && use_fused_kernels(t);
+    if (fused) {
+        scratch_alloc(t, T);
+        run_built(t, batch, true, [&](builder & b) {
+            place(b, ggml_get_rows(b.ctx, t.m->tok_embd, b.input_i32(T, batch.tokens)), t.ckpt[0]);
+        });
+        for (int64_t il = 0; il < hp.n_layer; il++) layer_forward_fused(t, batch, il);
+    }
+#endif
+
     graph_ctx g(t, TRAIN_GRAPH_NODES);
     graph_inputs in;
     builder b{t, g.ctx, g.gf, in, batch.ns, batch.nt, use_lora};
-    ggml_tensor * tokens = b.input_i32(T, batch.tokens);
-    ggml_tensor * x = ggml_get_rows(g.ctx, t.m->tok_embd, tokens);
-    for (int64_t il = 0; il < hp.n_layer; il++) {
+    ggml_tensor * x = fused ? t.ckpt[hp.n_layer] : ggml_get_rows(g.ctx, t.m->tok_embd, b.input_i32(T, batch.tokens));
+    for (int64_t il = 0; il < hp.n_layer && !fused; il++) {
         if (keep) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, x, t.ckpt[il]));
         x = layer_forward(b, il, x, false).y;
     }
-    if (keep) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, x, t.ckpt[hp.n_layer]));
+    if (keep && !fused) ggml_build_forward_expand(g.gf, ggml_cpy(g.ctx, x, t.ckpt[hp.n_layer]));
     const head_rows rows = head_select(batch);
     const int64_t n_sel = (int64_t) rows.pos.size();
     std::vector<ggml_tensor *> lps;

@@ -69,12 +69,12 @@ struct trainer {
     ggml_tensor * aq = nullptr, * ak = nullptr, * av = nullptr, * ado = nullptr;     // attention: BF16, after RoPE
     ggml_tensor * ao = nullptr, * alse = nullptr, * adsum = nullptr;                 // F32
     ggml_tensor * adq = nullptr, * adk = nullptr, * adv = nullptr, * aph = nullptr;  // F32; aph per query head
-    ggml_tensor * fg = nullptr, * fu = nullptr, * fdh = nullptr;                     // SwiGLU: F32 [F, T] in and out
-    ggml_tensor * fzg = nullptr, * fzu = nullptr, * fdz = nullptr;                   // F32 [r, T] LoRA inputs
-    ggml_tensor * fx2 = nullptr, * fn2 = nullptr;                                    // F32 [E, T]: residual, its norm
-    ggml_tensor * fn1 = nullptr, * fzq = nullptr, * fzk = nullptr, * fzv = nullptr;  // the attention's input norm, its LoRA inputs
-    ggml_tensor * fzo = nullptr;                                                     // the O product's LoRA input
+    ggml_tensor * fdh = nullptr, * fdz = nullptr;                                    // SwiGLU: F32 W_down^T dy [F, T], s B^T dy [r, T]
+    ggml_tensor * fx2 = nullptr, * fn2 = nullptr, * fn1 = nullptr;                   // F32 [E, T]: residual, the norms
     ggml_tensor * fdgb = nullptr, * fdub = nullptr;                                  // BF16 [F, T] copies of dg, du
+    // Targets that share an input run as one product (group_forward): the dequantized weights with s A stacked
+    // after them, BF16 [in, rows], and the product's output F32 [rows, T] where a later graph or kernel reads it.
+    ggml_tensor * group_w[4] = {}, * group_y[4] = {};
     // Per target but down: the frozen weight transposed, with s B^T stacked under it, BF16 [out, in + r], made
     // in the graph that dequantizes the weight for W x and read by the backward's product (one for dx and dz).
     ggml_tensor * stacked[LORA_N_TARGETS] = {};

@@ -42,13 +42,52 @@ t.test('SwiGLU kernel matches float64 loops', { skip }, async (t) => {
     const ref = reference(F, T, r, a);
     const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), bf16: true });
     for (const key of ['h', 'dg', 'du'] as const) {
-      const e = nmse(got[key], ref[key]);
+      const e = nmse(got[key]!, ref[key]);
       t.ok(e <= 1e-10, `F ${F}, T ${T}, rank ${r}, LoRA on ${lora}: ${key} nmse ${e.toExponential(2)} <= 1e-10`);
     }
     // The BF16 copies are the F32 results rounded to nearest even: bit for bit.
     for (const [key, words] of [['dg', got.dgBf16], ['du', got.duBf16]] as const) {
-      const want = new Uint32Array(toBf16(got[key]).buffer);
+      const want = new Uint32Array(toBf16(got[key]!).buffer);
       t.ok(words && words.every((w, i) => w === want[i]! >>> 16), `F ${F}, T ${T}: the BF16 copy of ${key} is its F32 value rounded`);
+    }
+  }
+});
+
+// In training the kernel reads G, U, zg and zu as rows of one product's output [W_g; W_u; s A_g; s A_u] x, so
+// their token stride is wider than their rows; forward-only passes (no dh) compute h alone.
+t.test('SwiGLU kernel on strided rows, backward and forward only', { skip }, async (t) => {
+  let seed = 500;
+  const [F, T, r] = [150, 41, 16];
+  const ld = 2 * F + 2 * r + 3, ldz = ld;  // G at row 0, U at F, zg at 2F, zu at 2F + r (as in training), plus padding
+  const arr = (n: number, s = 2) => randomArray(n, seed++, s);
+  const dense = { g: arr(F * T, 4), u: arr(F * T), dh: arr(F * T), bg: arr(r * F, 0.5), zg: arr(r * T, 0.5), bu: arr(r * F, 0.5), zu: arr(r * T, 0.5) };
+  const widen = (x: Float32Array, rows: number, stride: number) => {
+    const w = arr(stride * T, 9);  // filler the kernel must leave alone
+    for (let tk = 0; tk < T; tk++) w.set(x.subarray(tk * rows, (tk + 1) * rows), tk * stride);
+    return w;
+  };
+  const narrow = (w: Float32Array, rows: number, stride: number) => {
+    const x = new Float32Array(rows * T);
+    for (let tk = 0; tk < T; tk++) x.set(w.subarray(tk * stride, tk * stride + rows), tk * rows);
+    return x;
+  };
+  const ref = reference(F, T, r, dense);
+  for (const backward of [true, false]) {
+    const g = widen(dense.g, F, ld), u = widen(dense.u, F, ld);
+    const [g0, u0] = [Float32Array.from(g), Float32Array.from(u)];
+    const got = binding('cuda').swigluCuda({
+      F, T, rank: r, ld, ldz, g, u, ...(backward ? { dh: dense.dh } : {}),
+      bg: dense.bg, zg: widen(dense.zg, r, ldz), bu: dense.bu, zu: widen(dense.zu, r, ldz),
+    });
+    const mode = backward ? 'backward' : 'forward only';
+    t.ok(nmse(narrow(got.h, F, ld), ref.h) <= 1e-10, `${mode}: h from strided rows`);
+    const untouched = (w: Float32Array, w0: Float32Array) => w.every((v, i) => i % ld < F || v === w0[i]);
+    t.ok(untouched(got.h, g0), `${mode}: nothing written outside G's rows`);
+    if (backward) {
+      t.ok(nmse(narrow(got.dg!, F, ld), ref.dg) <= 1e-10, 'backward: dg into U\'s strided rows');
+      t.ok(nmse(got.du!, ref.du) <= 1e-10, 'backward: du');
+    } else {
+      t.equal(got.dg, undefined, 'forward only: no dg');
     }
   }
 });
@@ -59,5 +98,8 @@ t.test('SwiGLU kernel rejects bad requests with typed errors', async (t) => {
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: new Float32Array(7) }), { code: 'ERR_INVALID_ARG' }, 'an array of the wrong size');
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: x, bg: new Float32Array(4) }), { code: 'ERR_INVALID_ARG' }, 'half a LoRA term');
   t.throws(() => b.swigluCuda({ F: 0, T: 2, rank: 1, g: x, u: x, dh: x }), { code: 'ERR_INVALID_ARG' }, 'a zero dimension');
+  t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: x, ld: 3 }), { code: 'ERR_INVALID_ARG' }, 'a stride below F');
+  t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, ad: new Float32Array(4), dzd: new Float32Array(2) }), { code: 'ERR_INVALID_ARG' },
+    'the down term without dh');
   if (skip) t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 0, g: x, u: x, dh: x }), { code: 'ERR_NO_CUDA' }, 'no CUDA in this binary or machine');
 });
