@@ -150,6 +150,8 @@ export interface NativeBinding {
     q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array;
     headDim: number; heads: number; kvHeads: number; nt: number; ns: number; scale?: number;
   }): { o: Float32Array; lse: Float32Array; dq: Float32Array; dk: Float32Array; dv: Float32Array };
+  /** The training graphs' Q4_0 -> BF16 dequantization on host data (CUDA builds; tests): BF16 words. */
+  dequantQ4_0Cuda(blocks: Uint8Array, n: number): Uint16Array;
   /** The training SwiGLU kernel on host data (CUDA builds; tests). */
   swigluCuda(req: {
     /** Without dh the kernel runs forward only and returns h. */
@@ -159,5 +161,10 @@ export interface NativeBinding {
     ld?: number; ldz?: number;
     /** Also return the kernel's BF16 copies of dg and du (raw 16-bit words). */
     bf16?: boolean;
-  }): { h: Float32Array; dg?: Float32Array; du?: Float32Array; dgBf16?: Uint16Array; duBf16?: Uint16Array };
+    /** Gradients the kernel adds the adapters' sums into (rank <= 16): dBg += zg dg^T, dBu += zu du^T, dAd += h dzd^T. */
+    grads?: { bg?: Float32Array; bu?: Float32Array; ad?: Float32Array };
+  }): {
+    h: Float32Array; dg?: Float32Array; du?: Float32Array; dgBf16?: Uint16Array; duBf16?: Uint16Array;
+    grads?: { bg?: Float32Array; bu?: Float32Array; ad?: Float32Array };
+  };
 }

@@ -19,8 +19,9 @@ constexpr int KC = 16;       // ranks per chunk
 // Each thread keeps its row's slice of the three LoRA factors in registers (for ranks <= 16, once per block)
 // and reads the tokens' z vectors from shared memory as broadcasts: 48 multiply-adds per element for 12 vector
 // loads.
-template <bool BACKWARD>
+template <bool BACKWARD, bool REDUCE>
 __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
+    static_assert(BACKWARD || !REDUCE, "the gradient sums are part of the backward");
     __shared__ __align__(16) float sz[3][TT][KC];  // zg, zu, dzd for the step's tokens: [t][k]
     const int64_t f = (int64_t) blockIdx.x * TF + threadIdx.x;
     const bool on = f < a.F;
@@ -37,6 +38,7 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
     };
     const bool one_chunk = a.r <= KC;
     if (one_chunk) load_factors(0);
+    float red[3][KC] = {};  // REDUCE: this row's sums over the block's tokens of zg dg, zu du, dzd h
     for (int step = 0; step < STEPS; step++) {
         const int64_t t0 = ((int64_t) blockIdx.y * STEPS + step) * TT;
         if (t0 >= a.T) break;
@@ -82,19 +84,53 @@ __global__ void __launch_bounds__(TF) swiglu_kernel(swiglu_args a) {
             const int64_t i = t * a.ld + f;
             const float g = gv[tt] + acc[0][tt], u = uv[tt] + acc[1][tt], dh = dv[tt] + acc[2][tt];
             const float sig = 1.0f / (1.0f + __expf(-g)), sg = g * sig;
-            a.g[i] = sg * u;                                              // h
+            const float h = sg * u;
+            a.g[i] = h;
             if (!BACKWARD) continue;
-            const float dg = dh * u * sig * (1.0f + g * (1.0f - sig));  // silu'(g) = sig (1 + g (1 - sig))
-            a.u[i] = dg;
+            const float dg = dh * u * sig * (1.0f + g * (1.0f - sig)), du = dh * sg;  // silu'(g) = sig (1 + g (1 - sig))
             const int64_t j = t * a.F + f;
-            a.dh[j] = dh * sg;                                            // du
+            if (!REDUCE) {
+                a.u[i] = dg;
+                a.dh[j] = du;
+            } else {
+                // sz still holds this step's z vectors (one chunk: r <= 16); zero where a term is absent.
+#pragma unroll
+                for (int k = 0; k < KC; k++) {
+                    red[0][k] += sz[0][tt][k] * dg;
+                    red[1][k] += sz[1][tt][k] * du;
+                    red[2][k] += sz[2][tt][k] * h;
+                }
+            }
             if (a.dg_bf16) reinterpret_cast<__nv_bfloat16 *>(a.dg_bf16)[j] = __float2bfloat16(dg);
-            if (a.du_bf16) reinterpret_cast<__nv_bfloat16 *>(a.du_bf16)[j] = __float2bfloat16(dh * sg);
+            if (a.du_bf16) reinterpret_cast<__nv_bfloat16 *>(a.du_bf16)[j] = __float2bfloat16(du);
         }
+    }
+    if (REDUCE && on) {
+        // partial[(y * 3 + w) * r + k][f], f fastest: one block row per token block
+        float * part = a.partial + (int64_t) blockIdx.y * 3 * a.r * a.F;
+#pragma unroll
+        for (int w = 0; w < 3; w++)
+#pragma unroll
+            for (int k = 0; k < KC; k++)
+                if (k < a.r) part[((int64_t) w * a.r + k) * a.F + f] = red[w][k];
     }
 }
 
+// Adds the token blocks' partial sums into the gradients, in block order.
+__global__ void swiglu_reduce_kernel(swiglu_args a, int n_blocks) {
+    const int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;  // over [3, r, F]
+    if (i >= 3 * a.r * a.F) return;
+    const int64_t w = i / (a.r * a.F), k = (i / a.F) % a.r, f = i % a.F;
+    float * dst = w == 0 ? a.dbg : w == 1 ? a.dbu : a.dad;
+    if (!dst) return;
+    float s = 0.0f;
+    for (int y = 0; y < n_blocks; y++) s += a.partial[(int64_t) y * 3 * a.r * a.F + i];
+    dst[w < 2 ? f * a.r + k : k * a.F + f] += s;  // B is [r, F] (r fastest), A is [F, r]
+}
+
 } // namespace
+
+int64_t swiglu_partial_floats(int64_t F, int64_t T, int64_t r) { return ((T + TT * STEPS - 1) / (TT * STEPS)) * 3 * r * F; }
 
 void swiglu_cuda(const swiglu_args & args) {
     swiglu_args a = args;
@@ -107,9 +143,20 @@ void swiglu_cuda(const swiglu_args & args) {
     cuda_check(cudaPointerGetAttributes(&at, a.g), "cudaPointerGetAttributes");
     cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
     const dim3 grid((unsigned) ((a.F + TF - 1) / TF), (unsigned) ((a.T + TT * STEPS - 1) / (TT * STEPS)));
-    if (a.dh) swiglu_kernel<true><<<grid, TF>>>(a);
-    else swiglu_kernel<false><<<grid, TF>>>(a);
+    const bool reduce = a.dbg || a.dbu || a.dad;
+    if (reduce && (!a.dh || !swiglu_reduces(a.r) || !a.partial))
+        fail("ERR_INVALID_ARG", "swiglu: the fused gradient sums need the backward, a rank in [1, 16] and a partial buffer (rank %lld)", (long long) a.r);
+    if (reduce && ((a.dbg && !a.zg) || (a.dbu && !a.zu) || (a.dad && !a.dzd)))
+        fail("ERR_INVALID_ARG", "swiglu: a gradient sum needs its adapter input");
+    if (reduce) swiglu_kernel<true, true><<<grid, TF>>>(a);
+    else if (a.dh) swiglu_kernel<true, false><<<grid, TF>>>(a);
+    else swiglu_kernel<false, false><<<grid, TF>>>(a);
     cuda_check(cudaGetLastError(), "swiglu launch");
+    if (reduce) {
+        const int64_t n = 3 * a.r * a.F;
+        swiglu_reduce_kernel<<<(unsigned) ((n + 255) / 256), 256>>>(a, (int) grid.y);
+        cuda_check(cudaGetLastError(), "swiglu reduce launch");
+    }
     cuda_check(cudaStreamSynchronize(0), "swiglu");
 }
 
@@ -127,7 +174,20 @@ void swiglu_cuda_from_host(swiglu_args a) {
         cuda_check(cudaMemcpy(p, h, cnt * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
         return p;
     };
+    const size_t np = a.dbg || a.dbu || a.dad ? (size_t) swiglu_partial_floats(a.F, a.T, a.r) : 0;
+    float * part = nullptr;
+    if (np) cuda_check(cudaMalloc(&part, np * sizeof(float)), "cudaMalloc");
+    struct guard2 { float * p; ~guard2() { if (p) cudaFree(p); } } gp{part};
+    float * grads = nullptr;
+    if (np) cuda_check(cudaMalloc(&grads, 3 * nf * sizeof(float)), "cudaMalloc");
+    struct guard3 { float * p; ~guard3() { if (p) cudaFree(p); } } gg{grads};
     swiglu_args d = a;
+    d.partial = part;
+    float * hg[3] = { a.dbg, a.dbu, a.dad }, ** dg3[3] = { &d.dbg, &d.dbu, &d.dad };
+    for (int w = 0; w < 3; w++) {
+        *dg3[w] = hg[w] ? grads + w * nf : nullptr;
+        if (hg[w]) cuda_check(cudaMemcpy(*dg3[w], hg[w], nf * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    }
     d.g = up(a.g, ng);
     d.u = up(a.u, ng);
     d.dh = up(a.dh, n);
@@ -144,6 +204,7 @@ void swiglu_cuda_from_host(swiglu_args a) {
     down(a.dh, d.dh, n);
     if (a.dg_bf16) cuda_check(cudaMemcpy(a.dg_bf16, d.dg_bf16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
     if (a.du_bf16) cuda_check(cudaMemcpy(a.du_bf16, d.du_bf16, n * sizeof(uint16_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    for (int w = 0; w < 3; w++) if (hg[w]) cuda_check(cudaMemcpy(hg[w], *dg3[w], nf * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
 }
 
 } // namespace sqlr1

@@ -24,7 +24,16 @@ struct swiglu_args {
     const float * bu = nullptr, * zu = nullptr;   // null: no LoRA on up
     const float * ad = nullptr, * dzd = nullptr;  // null: no LoRA on down
     uint16_t * dg_bf16 = nullptr, * du_bf16 = nullptr;  // optional BF16 copies of dg and du [F, T]
+    // Optional, backward with r <= 16 (swiglu_reduces): the adapters' gradients dBg += zg dg^T, dBu += zu du^T
+    // ([r, F]) and dAd += h dzd^T ([F, r]) are added in by the kernel, the per-block sums going through `partial`
+    // (swiglu_partial_floats floats) and a second pass in a fixed order, so results repeat exactly. Then dg and du
+    // are not written in F32 (only the BF16 copies, where asked).
+    float * dbg = nullptr, * dbu = nullptr, * dad = nullptr;
+    float * partial = nullptr;
 };
+
+inline bool swiglu_reduces(int64_t r) { return r >= 1 && r <= 16; }
+int64_t swiglu_partial_floats(int64_t F, int64_t T, int64_t r);
 
 #ifdef SQLR1_WITH_CUDA
 void swiglu_cuda(const swiglu_args & a);  // device pointers; returns when done

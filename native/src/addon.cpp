@@ -3,6 +3,7 @@
 // Heavy calls run in AsyncWorkers and return Promises; each holds a reference on its owner.
 #include "attention.h"
 #include "context.h"
+#include "dequant.h"
 #include "lora.h"
 #include "napi_helpers.h"
 #include "ops.h"
@@ -650,10 +651,37 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     return out;
 }
 
+// The training graphs' Q4_0 -> BF16 dequantization (native/cuda/dequant.h) on host data, for the tests:
+// (blocks: Uint8Array of 18-byte Q4_0 blocks, n elements) -> Uint16Array of BF16 words.
+Napi::Value DequantQ4_0Cuda(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !info[1].IsNumber())
+        bad_arg(env, "dequantQ4_0Cuda(blocks: Uint8Array, n: number)");
+    Napi::Uint8Array blocks = info[0].As<Napi::Uint8Array>();
+    const double n = info[1].As<Napi::Number>().DoubleValue();
+    if (!(n >= 32 && n <= (1 << 28) && n == std::floor(n) && std::fmod(n, 32) == 0))
+        bad_arg(env, "n must be a positive multiple of 32 (at most 2^28)");
+    if ((double) blocks.ByteLength() != n / 32 * 18) bad_arg(env, "blocks must hold n / 32 Q4_0 blocks of 18 bytes");
+    std::vector<uint16_t> out((size_t) n);
+    guarded(env, [&]() {
+#ifdef SQLR1_WITH_CUDA
+        if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
+        dequant_q4_0_bf16_from_host(blocks.Data(), (int64_t) n, out.data());
+#else
+        fail("ERR_NO_CUDA", "this binary was built without CUDA");
+#endif
+        return 0;
+    });
+    Napi::Uint16Array arr = Napi::Uint16Array::New(env, out.size());
+    std::copy(out.begin(), out.end(), arr.Data());
+    return arr;
+}
+
 // The training SwiGLU kernel from host arrays (native/cuda/swiglu.h), for the tests against a plain-loop
 // reference: { F, T, rank, g, u, dh?, bg?, zg?, bu?, zu?, ad?, dzd?, ld?, ldz?, bf16? } -> { h, dg?, du?, dgBf16?,
 // duBf16? }. Without dh the kernel runs forward only (h); ld and ldz are the token strides of g, u and of zg,
-// zu; bf16 also returns the kernel's BF16 copies of dg and du, as raw 16-bit words.
+// zu; bf16 also returns the kernel's BF16 copies of dg and du, as raw 16-bit words. grads { bg?, bu?, ad? }:
+// the adapters' gradient sums are added into these (rank <= 16) and returned; dg and du then stay on the device.
 Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = need_object(info, 0, "request");
@@ -688,6 +716,20 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
         *ptrs[w][0] = lora[2 * w].data();
         *ptrs[w][1] = lora[2 * w + 1].data();
     }
+    // grads: { bg?, bu?, ad? } gradients the kernel adds the adapters' sums into (returned as `grads`).
+    std::vector<float> gr[3];
+    if (given("grads")) {
+        if (!o.Get("grads").IsObject()) bad_arg(env, "grads must be an object { bg?, bu?, ad? }");
+        Napi::Object go = o.Get("grads").As<Napi::Object>();
+        const char * gk[3] = { "bg", "bu", "ad" };
+        float ** gp[3] = { &a.dbg, &a.dbu, &a.dad };
+        for (int w = 0; w < 3; w++) {
+            Napi::Value v = go.Get(gk[w]);
+            if (v.IsUndefined() || v.IsNull()) continue;
+            gr[w] = get_f32(env, v, gk[w], a.r * a.F);
+            *gp[w] = gr[w].data();
+        }
+    }
     const bool bf16 = a.dh && o.Has("bf16") && o.Get("bf16").ToBoolean();
     std::vector<uint16_t> dg16(bf16 ? a.F * a.T : 0), du16(dg16.size());
     if (bf16) {
@@ -705,9 +747,15 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
     });
     Napi::Object out = Napi::Object::New(env);  // in place: g, u, dh now hold h, dg, du ([ld, T] for h and dg)
     out.Set("h", to_js(env, g));
-    if (a.dh) {
+    if (a.dh && !(a.dbg || a.dbu || a.dad)) {
         out.Set("dg", to_js(env, u));
         out.Set("du", to_js(env, dh));
+    }
+    if (a.dbg || a.dbu || a.dad) {
+        Napi::Object go = Napi::Object::New(env);
+        const char * gk[3] = { "bg", "bu", "ad" };
+        for (int w = 0; w < 3; w++) if (!gr[w].empty()) go.Set(gk[w], to_js(env, gr[w]));
+        out.Set("grads", go);
     }
     if (bf16) {
         for (auto [key, v] : { std::pair<const char *, std::vector<uint16_t> *>{ "dgBf16", &dg16 }, { "duBf16", &du16 } }) {
@@ -737,6 +785,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("sampleRows", Napi::Function::New(env, SampleRows));
     exports.Set("attentionCuda", Napi::Function::New(env, AttentionCuda));
     exports.Set("swigluCuda", Napi::Function::New(env, SwigluCuda));
+    exports.Set("dequantQ4_0Cuda", Napi::Function::New(env, DequantQ4_0Cuda));
     tensor_graph_register(env, exports);
     train_register(env, exports);
     return exports;

@@ -8,6 +8,7 @@
 
 #ifdef SQLR1_WITH_CUDA
 #include "attention.h"
+#include "dequant.h"
 #include "ggml-cuda.h"
 #include "swiglu.h"
 #endif
@@ -560,6 +561,7 @@ void scratch_alloc(trainer & t, int64_t T) {
         t.group_w[gi] = ggml_new_tensor_2d(c, GGML_TYPE_BF16, in, rows);
         if (gi != GROUP_DOWN) t.group_y[gi] = ggml_new_tensor_2d(c, GGML_TYPE_F32, rows, T);
     }
+    t.fpart = swiglu_reduces(r) ? ggml_new_tensor_1d(c, GGML_TYPE_F32, swiglu_partial_floats(F, T, r)) : nullptr;
     t.fdgb = ggml_new_tensor_2d(c, GGML_TYPE_BF16, F, T);
     t.fdub = ggml_new_tensor_2d(c, GGML_TYPE_BF16, F, T);
     for (int tg = 0; tg < LORA_N_TARGETS; tg++) {
@@ -584,16 +586,6 @@ ggml_tensor * place(builder & b, ggml_tensor * node, ggml_tensor * at, size_t of
     return node;
 }
 
-// A linear layer's record for its backward, from saved pieces: input x, and zs = s A x for the adapter (made
-// from x when not given). The weight comes from the stacked copy (stack_weight).
-linear_fwd linear_saved(builder & b, int64_t il, int target, ggml_tensor * x, ggml_tensor * zs) {
-    linear_fwd f;
-    f.p = b.pair(il, target);
-    f.x = x;
-    if (f.p) f.zs = zs ? zs : ggml_scale(b.ctx, ggml_mul_mat(b.ctx, f.p->a, x), b.t.lora->scale());
-    return f;
-}
-
 // Fills the target's stacked weight [W^T; s B^T] (trainer::stacked) from its dequantized weight wc [in, out].
 void stack_weight(builder & b, int target, ggml_tensor * wc, const lora_pair * p) {
     ggml_context * ctx = b.ctx;
@@ -608,23 +600,43 @@ void stack_weight(builder & b, int target, ggml_tensor * wc, const lora_pair * p
     ggml_build_forward_expand(b.gf, ggml_cpy(ctx, ggml_transpose(ctx, ggml_scale(ctx, p->b, b.t.lora->scale())), low));
 }
 
-// linear_back through the stacked weight: one product gives W^T dy (rows [0, in)) and dz = s B^T dy (rows
-// [in, in + r)). dy is F32 (for the adapter's gradients); dy_mm is what the product reads (dy, or a BF16 copy).
-// Returns dx (null when !need_dx).
-ggml_tensor * linear_back_stacked(builder & b, int target, const linear_fwd & f, ggml_tensor * dy, ggml_tensor * dy_mm, bool need_dx) {
+ggml_tensor * add_some(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
+
+// The backward of a group's targets (inputs x, adapter inputs zs) from their output gradients dy_i (F32, for the
+// adapter's dB; null where dB is already added; dy_mm[i] is what the product reads: dy_i or a BF16 copy). Per target one product over the
+// stacked weight gives W^T dy (rows [0, in)) and dz = s B^T dy (rows [in, in + r)); the adapters' terms of dx and
+// their dA then take one product and one outer product for the whole group, over [A_1 ... A_n] and
+// [dz_1; ...; dz_n]. Returns dx (null when !need_dx).
+ggml_tensor * group_backward(builder & b, int64_t il, int group, ggml_tensor * x, ggml_tensor * const zs[3], ggml_tensor * const dy[3],
+                             ggml_tensor * const dy_mm[3], bool need_dx) {
     ggml_context * ctx = b.ctx;
-    ggml_tensor * w = b.t.stacked[target];
-    const int64_t out = w->ne[0], in = f.x->ne[0], r = f.p ? f.zs->ne[0] : 0;
-    const int64_t row0 = need_dx ? 0 : in, rows = (need_dx ? in : 0) + r;
-    if (rows == 0) return nullptr;
-    ggml_tensor * P = ggml_mul_mat(ctx, ggml_view_2d(ctx, w, out, rows, w->nb[1], w->nb[1] * row0), dy_mm);   // [rows, T]
-    const int64_t T = P->ne[1];
-    ggml_tensor * dx = need_dx ? ggml_view_2d(ctx, P, in, T, P->nb[1], 0) : nullptr;
-    if (!f.p) return dx;
-    ggml_tensor * dz = ggml_view_2d(ctx, P, r, T, P->nb[1], (rows - r) * sizeof(float));
-    b.accumulate(f.p->b, ggml_out_prod(ctx, f.zs, dy));                                               // [r, out]
-    b.accumulate(f.p->a, ggml_out_prod(ctx, f.x, dz));                                                // [in, r]
-    return dx ? ggml_add(ctx, dx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, f.p->a)), dz)) : nullptr;
+    const int64_t in = x->ne[0];
+    ggml_tensor * dx = nullptr, * dz = nullptr, * a_cat = nullptr;
+    std::vector<std::pair<const lora_pair *, int64_t>> parts;  // (pair, its first column in dz)
+    int64_t rz = 0;
+    for (int i = 0; i < 3; i++) {
+        const int tg = GROUP_TARGETS[group][i];
+        if (tg < 0) continue;
+        const lora_pair * p = b.pair(il, tg);
+        ggml_tensor * w = b.t.stacked[tg];
+        const int64_t out = w->ne[0], r = p ? p->a->ne[1] : 0;
+        const int64_t row0 = need_dx ? 0 : in, rows = (need_dx ? in : 0) + r;
+        if (rows == 0) continue;
+        ggml_tensor * P = ggml_mul_mat(ctx, ggml_view_2d(ctx, w, out, rows, w->nb[1], w->nb[1] * row0), dy_mm[i]);   // [rows, T]
+        const int64_t T = P->ne[1];
+        if (need_dx) dx = add_some(ctx, dx, ggml_view_2d(ctx, P, in, T, P->nb[1], 0));
+        if (!p) continue;
+        if (dy[i]) b.accumulate(p->b, ggml_out_prod(ctx, zs[i], dy[i]));                               // [r, out] (else done)
+        ggml_tensor * dzi = ggml_view_2d(ctx, P, r, T, P->nb[1], (rows - r) * sizeof(float));
+        dz = dz ? ggml_concat(ctx, dz, dzi, 0) : dzi;
+        a_cat = a_cat ? ggml_concat(ctx, a_cat, p->a, 1) : p->a;
+        parts.emplace_back(p, rz);
+        rz += r;
+    }
+    if (parts.empty()) return dx;
+    ggml_tensor * da = ggml_out_prod(ctx, x, dz);                                                      // [in, sum r]
+    for (auto [p, c0] : parts) b.accumulate(p->a, ggml_view_2d(ctx, da, in, p->a->ne[1], da->nb[1], da->nb[1] * c0));
+    return need_dx ? ggml_add(ctx, dx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, a_cat)), dz)) : nullptr;
 }
 
 ggml_tensor * add_some(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) { return !a ? b : !b ? a : ggml_add(ctx, a, b); }
@@ -654,9 +666,11 @@ group_fwd group_forward(builder & b, int64_t il, int group, ggml_tensor * x, ggm
         ggml_tensor * w = lora_target_weight(*b.t.m, il, tg);
         const int64_t out = w->ne[1];
         ggml_tensor * at = ggml_view_2d(ctx, R, in, out, R->nb[1], R->nb[1] * row);
-        ggml_tensor * wc = b.frozen(w);
-        if (wc->op != GGML_OP_NONE && !wc->view_src && !wc->data) place(b, wc, R, R->nb[1] * row);  // dequantized in place
-        else ggml_build_forward_expand(b.gf, ggml_cpy(ctx, wc, at));
+        if (!b.t.weight_ready[tg]) {
+            ggml_tensor * wc = b.frozen(w);
+            if (wc->op != GGML_OP_NONE && !wc->view_src && !wc->data) place(b, wc, R, R->nb[1] * row);  // dequantized in place
+            else ggml_build_forward_expand(b.gf, ggml_cpy(ctx, wc, at));
+        }
         g.wc[i] = at;
         g.p[i] = b.pair(il, tg);
         g.row[i] = row;
@@ -680,6 +694,24 @@ group_fwd group_forward(builder & b, int64_t il, int group, ggml_tensor * x, ggm
         if (g.p[i]) g.zs[i] = ggml_view_2d(ctx, g.P, g.p[i]->a->ne[1], T, g.P->nb[1], g.zrow[i] * sizeof(float));
     }
     return g;
+}
+
+// Dequantizes the layer's Q4_0 weights into their group regions, all in one launch (dequant.h), and marks them
+// ready for group_forward; other types are dequantized there by graph nodes.
+void dequant_layer(trainer & t, int64_t il) {
+    std::vector<dequant_job> jobs;
+    for (int gi = 0; gi < N_GROUPS; gi++) {
+        int64_t row = 0;
+        for (int tg : GROUP_TARGETS[gi]) {
+            if (tg < 0) continue;
+            ggml_tensor * w = lora_target_weight(*t.m, il, tg);
+            t.weight_ready[tg] = w->type == GGML_TYPE_Q4_0 && ggml_is_contiguous(w) && w->buffer && !ggml_backend_buffer_is_host(w->buffer);
+            if (t.weight_ready[tg])
+                jobs.push_back({ w->data, (uint16_t *) ((char *) t.group_w[gi]->data + t.group_w[gi]->nb[1] * row), ggml_nelements(w) });
+            row += w->ne[1];
+        }
+    }
+    if (!jobs.empty()) dequant_q4_0_bf16_cuda(jobs);
 }
 
 // Target i's output from the group product: + bias, + B zs, as a contiguous tensor.
@@ -723,7 +755,7 @@ group_fwd attn_inputs_grouped(builder & b, int64_t il, ggml_tensor * x, ggml_ten
     const layer_weights & L = b.t.m->layers[il];
     f.x = x;
     f.n1 = rms_norm_w(b, x, L.attn_norm);
-    group_fwd g = group_forward(b, il, GROUP_QKV, ggml_cast(ctx, f.n1, GGML_TYPE_BF16), keep_y);
+    group_fwd g = group_forward(b, il, GROUP_QKV, f.n1, keep_y);  // the product converts n1 once (faster than a cast node)
     f.q3 = rope(b, ggml_reshape_3d(ctx, group_output(b, g, 0, L.bq), hp.head_dim, hp.n_head, b.T()), false);
     f.k3 = rope(b, ggml_reshape_3d(ctx, group_output(b, g, 1, L.bk), hp.head_dim, hp.n_head_kv, b.T()), false);
     f.v3 = ggml_reshape_3d(ctx, group_output(b, g, 2, L.bv), hp.head_dim, hp.n_head_kv, b.T());
@@ -736,13 +768,14 @@ void layer_forward_fused(trainer & t, const train_batch & batch, int64_t il) {
     const layer_weights & L = t.m->layers[il];
     const int64_t T = batch.ns * batch.nt;
     group_fwd gu;
+    dequant_layer(t, il);
     run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
         layer_fwd f;
         attn_inputs_grouped(b, il, t.ckpt[il], t.group_y[GROUP_QKV], f);
         group_fwd o = group_forward(b, il, GROUP_O, attention(b, f, false), t.group_y[GROUP_O]);
         ggml_tensor * x2 = place(b, ggml_add(ctx, t.ckpt[il], group_output(b, o, 0, nullptr)), t.fx2);
-        gu = group_forward(b, il, GROUP_GU, ggml_cast(ctx, rms_norm_w(b, x2, L.ffn_norm), GGML_TYPE_BF16), t.group_y[GROUP_GU]);
+        gu = group_forward(b, il, GROUP_GU, rms_norm_w(b, x2, L.ffn_norm), t.group_y[GROUP_GU]);
     });
     swiglu_cuda(swiglu_group(t, gu, T));  // h into the gate's rows
     run_built(t, batch, true, [&](builder & b) {
@@ -775,6 +808,7 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
     };
     const lora_pair * pd = adapter_pair(t, il, LORA_DOWN);
     group_fwd qkv, o, gu;  // only their numbers outlive their graphs
+    timed([&] { dequant_layer(t, il); });
 
     run_built(t, batch, true, [&](builder & b) {
         layer_fwd f;
@@ -793,19 +827,33 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         stack_weight(b, LORA_O, o.wc[0], o.p[0]);
         ggml_tensor * x2 = place(b, ggml_add(ctx, x, group_output(b, o, 0, nullptr)), t.fx2);
         ggml_tensor * n2 = place(b, rms_norm_w(b, x2, L.ffn_norm), t.fn2);
-        gu = group_forward(b, il, GROUP_GU, ggml_cast(ctx, n2, GGML_TYPE_BF16), t.group_y[GROUP_GU]);
+        gu = group_forward(b, il, GROUP_GU, n2, t.group_y[GROUP_GU]);
         stack_weight(b, LORA_GATE, gu.wc[0], gu.p[0]);
         stack_weight(b, LORA_UP, gu.wc[1], gu.p[1]);
-        place(b, ggml_mul_mat(ctx, transpose01(ctx, b.frozen(L.ffn_down)), dy), t.fdh);
+        ggml_tensor * R = t.group_w[GROUP_DOWN];
+        ggml_tensor * wd = t.weight_ready[LORA_DOWN] ? ggml_view_2d(ctx, R, F, hp.n_embd, R->nb[1], 0) : b.frozen(L.ffn_down);
+        place(b, ggml_mul_mat(ctx, transpose01(ctx, wd), dy), t.fdh);
         if (pd) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, pd->b)), dy), s), t.fdz);
     });
+    // For ranks <= 16 the kernel also adds dB of gate and up and dA of down (their sums over tokens); otherwise
+    // graph (C) does, from dg and du in F32.
+    const bool reduced = t.fpart != nullptr;
+    auto grad_of = [&](const lora_pair * p, bool b_side) {
+        return p ? (float *) param_store_get(*t.params, ggml_get_name(b_side ? p->b : p->a)).grad->data : nullptr;
+    };
     timed([&] {
         swiglu_args a = swiglu_group(t, gu, T);
         a.dh = (float *) t.fdh->data;
         if (pd) { a.ad = (const float *) pd->a->data; a.dzd = (const float *) t.fdz->data; }
         a.dg_bf16 = (uint16_t *) t.fdgb->data;
         a.du_bf16 = (uint16_t *) t.fdub->data;
-        swiglu_cuda(a);  // the gate's rows now hold h, the up rows dg; fdh holds du; fdgb, fdub dg and du in BF16
+        if (reduced) {
+            a.dbg = grad_of(gu.p[0], true);
+            a.dbu = grad_of(gu.p[1], true);
+            a.dad = grad_of(pd, false);
+            a.partial = (float *) t.fpart->data;
+        }
+        swiglu_cuda(a);  // the gate's rows now hold h; fdgb, fdub dg and du in BF16 (and in F32 in the up rows and fdh if !reduced)
     });
 
     // Views of what the earlier graphs kept, in a later graph's context.
@@ -821,13 +869,14 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         if (pd) {  // down: the adapter's gradients only, with dz = s B^T dy from (B)
             ggml_tensor * zd = ggml_scale(ctx, ggml_mul_mat(ctx, pd->a, h), s);                     // s A h
             b.accumulate(pd->b, ggml_out_prod(ctx, zd, dy));
-            b.accumulate(pd->a, ggml_out_prod(ctx, h, t.fdz));
+            if (!reduced) b.accumulate(pd->a, ggml_out_prod(ctx, h, t.fdz));
         }
-        ggml_tensor * dn2 = add_some(ctx,
-            linear_back_stacked(b, LORA_GATE, linear_saved(b, il, LORA_GATE, t.fn2, zs_of(b, GROUP_GU, gu, 0)), dg, t.fdgb, true),
-            linear_back_stacked(b, LORA_UP, linear_saved(b, il, LORA_UP, t.fn2, zs_of(b, GROUP_GU, gu, 1)), t.fdh, t.fdub, true));
+        ggml_tensor * zgu[3] = { zs_of(b, GROUP_GU, gu, 0), zs_of(b, GROUP_GU, gu, 1) };
+        ggml_tensor * dgu[3] = { reduced ? nullptr : dg, reduced ? nullptr : t.fdh }, * dgu_mm[3] = { t.fdgb, t.fdub };
+        ggml_tensor * dn2 = group_backward(b, il, GROUP_GU, t.fn2, zgu, dgu, dgu_mm, true);
         ggml_tensor * dx2 = place(b, ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2)), dx_buf);  // kept for (D)
-        ggml_tensor * dattn = linear_back_stacked(b, LORA_O, linear_saved(b, il, LORA_O, t.ao, zs_of(b, GROUP_O, o, 0)), dx2, dx2, true);
+        ggml_tensor * zo[3] = { zs_of(b, GROUP_O, o, 0) }, * dyo[3] = { dx2 };
+        ggml_tensor * dattn = group_backward(b, il, GROUP_O, t.ao, zo, dyo, dyo, true);
         ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.ado));
     });
     timed([&] {
@@ -843,11 +892,8 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         ggml_tensor * dk = ggml_reshape_2d(ctx, rope(b, t.adk, true), hd * hp.n_head_kv, T);
         ggml_tensor * dv = ggml_reshape_2d(ctx, t.adv, hd * hp.n_head_kv, T);
         ggml_tensor * dys[3] = { dq, dk, dv };
-        ggml_tensor * dn1 = nullptr;
-        for (int i = 0; i < 3; i++) {
-            const int tg = GROUP_TARGETS[GROUP_QKV][i];
-            dn1 = add_some(ctx, dn1, linear_back_stacked(b, tg, linear_saved(b, il, tg, t.fn1, zs_of(b, GROUP_QKV, qkv, i)), dys[i], dys[i], need_dx));
-        }
+        ggml_tensor * zs[3] = { zs_of(b, GROUP_QKV, qkv, 0), zs_of(b, GROUP_QKV, qkv, 1), zs_of(b, GROUP_QKV, qkv, 2) };
+        ggml_tensor * dn1 = group_backward(b, il, GROUP_QKV, t.fn1, zs, dys, dys, need_dx);
         // dx = dx2 + d(norm)/dx, added into dx_buf where (C) left dx2
         if (need_dx) ggml_build_forward_expand(b.gf, ggml_add_inplace(ctx, dx_buf, rms_norm_w_back(b, x, L.attn_norm, dn1)));
     });

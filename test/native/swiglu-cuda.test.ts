@@ -92,6 +92,51 @@ t.test('SwiGLU kernel on strided rows, backward and forward only', { skip }, asy
   }
 });
 
+// With gradients given (rank <= 16), the kernel also adds the adapters' gradient sums over the tokens:
+// dBg[k, f] += sum_t zg[k, t] dg[f, t], dBu likewise with du, dAd[f, k] += sum_t h[f, t] dzd[k, t]. Float32 sums of
+// T terms (in token blocks, then added in block order) against float64: relative error ~1e-7 sqrt(T) per
+// element, so nmse ~1e-13; the bound 1e-10 still catches any indexing or layout error.
+t.test('SwiGLU kernel adds the adapters\' gradient sums', { skip }, async (t) => {
+  let seed = 900;
+  for (const [F, T, r, lora] of [[300, 300, 16, 'all'], [70, 45, 5, 'gate+down'], [257, 129, 1, 'up']] as const) {
+    const arr = (n: number, s = 2) => randomArray(n, seed++, s);
+    const a: Record<string, Float32Array | undefined> = { g: arr(F * T, 4), u: arr(F * T), dh: arr(F * T) };
+    if (lora === 'all' || lora.includes('gate')) { a.bg = arr(r * F, 0.5); a.zg = arr(r * T, 0.5); }
+    if (lora === 'all' || lora.includes('up')) { a.bu = arr(r * F, 0.5); a.zu = arr(r * T, 0.5); }
+    if (lora === 'all' || lora.includes('down')) { a.ad = arr(r * F, 0.5); a.dzd = arr(r * T, 0.5); }
+    const ref = reference(F, T, r, a);
+    const g0 = { bg: a.bg && arr(r * F), bu: a.bu && arr(r * F), ad: a.ad && arr(r * F) };
+    const want: Record<string, Float64Array> = {};
+    if (g0.bg) want.bg = Float64Array.from(g0.bg);
+    if (g0.bu) want.bu = Float64Array.from(g0.bu);
+    if (g0.ad) want.ad = Float64Array.from(g0.ad);
+    for (let tk = 0; tk < T; tk++) {
+      for (let f = 0; f < F; f++) {
+        for (let k = 0; k < r; k++) {
+          if (want.bg) want.bg[f * r + k] += a.zg![tk * r + k]! * ref.dg[tk * F + f]!;
+          if (want.bu) want.bu[f * r + k] += a.zu![tk * r + k]! * ref.du[tk * F + f]!;
+          if (want.ad) want.ad[k * F + f] += ref.h[tk * F + f]! * a.dzd![tk * r + k]!;
+        }
+      }
+    }
+    const grads = Object.fromEntries(Object.entries(g0).filter(([, v]) => v)) as { bg?: Float32Array; bu?: Float32Array; ad?: Float32Array };
+    const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), grads, bf16: true });
+    t.ok(nmse(got.h, ref.h) <= 1e-10, `F ${F}, T ${T}, rank ${r}, LoRA on ${lora}: h`);
+    for (const [key, w] of Object.entries(want)) {
+      const e = nmse(got.grads![key as 'bg']!, w);
+      t.ok(e <= 1e-10, `F ${F}, T ${T}, rank ${r}, LoRA on ${lora}: d${key} nmse ${e.toExponential(2)} <= 1e-10`);
+    }
+    // The F32 value the kernel rounds differs from float64 by ~1e-7 relative: its BF16 word is within one BF16
+    // ulp (2^-8 relative) of the reference.
+    const words = new Uint32Array(got.dgBf16!.length);
+    got.dgBf16!.forEach((w, i) => { words[i] = w << 16; });
+    const vals = new Float32Array(words.buffer);
+    let off = 0;
+    for (let i = 0; i < F * T; i++) if (Math.abs(vals[i]! - ref.dg[i]!) > 2 ** -7 * Math.abs(ref.dg[i]!) + 1e-30) off++;
+    t.equal(off, 0, `F ${F}, T ${T}: the BF16 copy of dg still comes out`);
+  }
+});
+
 t.test('SwiGLU kernel rejects bad requests with typed errors', async (t) => {
   const b = binding('cpu');
   const x = new Float32Array(8);
@@ -99,6 +144,11 @@ t.test('SwiGLU kernel rejects bad requests with typed errors', async (t) => {
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: x, bg: new Float32Array(4) }), { code: 'ERR_INVALID_ARG' }, 'half a LoRA term');
   t.throws(() => b.swigluCuda({ F: 0, T: 2, rank: 1, g: x, u: x, dh: x }), { code: 'ERR_INVALID_ARG' }, 'a zero dimension');
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: x, ld: 3 }), { code: 'ERR_INVALID_ARG' }, 'a stride below F');
+  if (!skip) {
+    const big = new Float32Array(17 * 4);
+    t.throws(() => binding('cuda').swigluCuda({ F: 4, T: 2, rank: 17, g: x, u: x, dh: x, bg: big, zg: new Float32Array(34), grads: { bg: big } }),
+      { code: 'ERR_INVALID_ARG' }, 'gradient sums above rank 16');
+  }
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, ad: new Float32Array(4), dzd: new Float32Array(2) }), { code: 'ERR_INVALID_ARG' },
     'the down term without dh');
   if (skip) t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 0, g: x, u: x, dh: x }), { code: 'ERR_NO_CUDA' }, 'no CUDA in this binary or machine');
