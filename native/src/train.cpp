@@ -518,8 +518,9 @@ void scratch_free(trainer & t) {
 }
 
 #ifdef SQLR1_WITH_CUDA
-// The fused kernels run the backward on CUDA in BF16 where they cover the head size. SQLR1_FUSED_KERNELS=0
-// keeps the written-out graphs instead (for comparisons).
+// On CUDA in BF16, where the attention kernels cover the head size, the kept forward and the backward run layer
+// by layer around the project's kernels (layer_forward_fused, layer_backward_fused). SQLR1_FUSED_KERNELS=0 keeps
+// the written-out graphs instead (for comparisons).
 bool use_fused_kernels(const trainer & t) {
     static const bool off = getenv("SQLR1_FUSED_KERNELS") && std::string(getenv("SQLR1_FUSED_KERNELS")) == "0";
     return !off && t.compute == GGML_TYPE_BF16 && t.cuda && attn_cuda_supported(t.m->hp.head_dim, t.ckpt[0]->data);
@@ -600,13 +601,13 @@ void stack_weight(builder & b, int target, ggml_tensor * wc, const lora_pair * p
     ggml_build_forward_expand(b.gf, ggml_cpy(ctx, ggml_transpose(ctx, ggml_scale(ctx, p->b, b.t.lora->scale())), low));
 }
 
-ggml_tensor * add_some(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b);
+ggml_tensor * add_some(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) { return !a ? b : !b ? a : ggml_add(ctx, a, b); }
 
-// The backward of a group's targets (inputs x, adapter inputs zs) from their output gradients dy_i (F32, for the
-// adapter's dB; null where dB is already added; dy_mm[i] is what the product reads: dy_i or a BF16 copy). Per target one product over the
-// stacked weight gives W^T dy (rows [0, in)) and dz = s B^T dy (rows [in, in + r)); the adapters' terms of dx and
-// their dA then take one product and one outer product for the whole group, over [A_1 ... A_n] and
-// [dz_1; ...; dz_n]. Returns dx (null when !need_dx).
+// The backward of a group's targets (inputs x, adapter inputs zs) from their output gradients dy_i: F32, for the
+// adapter's dB (null where dB is already added); dy_mm[i] is what the product reads (dy_i or a BF16 copy). Per
+// target one product over the stacked weight gives W^T dy (rows [0, in)) and dz = s B^T dy (rows [in, in + r));
+// the adapters' terms of dx and their dA then take one product and one outer product for the whole group, over
+// [A_1 ... A_n] and [dz_1; ...; dz_n]. Returns dx (null when !need_dx).
 ggml_tensor * group_backward(builder & b, int64_t il, int group, ggml_tensor * x, ggml_tensor * const zs[3], ggml_tensor * const dy[3],
                              ggml_tensor * const dy_mm[3], bool need_dx) {
     ggml_context * ctx = b.ctx;
@@ -638,8 +639,6 @@ ggml_tensor * group_backward(builder & b, int64_t il, int group, ggml_tensor * x
     for (auto [p, c0] : parts) b.accumulate(p->a, ggml_view_2d(ctx, da, in, p->a->ne[1], da->nb[1], da->nb[1] * c0));
     return need_dx ? ggml_add(ctx, dx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, a_cat)), dz)) : nullptr;
 }
-
-ggml_tensor * add_some(ggml_context * ctx, ggml_tensor * a, ggml_tensor * b) { return !a ? b : !b ? a : ggml_add(ctx, a, b); }
 
 // Targets that share an input x, as one product: [W_1; ...; W_n; s A_1; ...; s A_n] x, with the weights
 // dequantized straight into the group's region (no concatenation copies) and each adapter's A scaled in after

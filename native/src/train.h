@@ -2,12 +2,17 @@
 // backward pass, and the backward pass itself, into the adapter's tensors only.
 //
 // The training graph is its own (the sampling graph's flash attention and KV cache have no backward):
-//  - attention in the backward: on CUDA with BF16, the project's fused kernels (native/cuda/attention.h), the
-//    layer's graph split in three around them; elsewhere written out (K^T Q, softmax with a causal mask, V P),
-//    so that its backward is plain ops. Forward-only passes use flash attention where the backend has it;
-//  - frozen weights of any type enter matrix products converted to one compute type: dequantized with
-//    get_rows and, for the input gradient W^T dy, transposed into a scratch copy. BF16 runs on the GPU's
-//    matrix units with F32 accumulation (ggml's cuBLAS path); F32 is exact, for the CPU and for checks;
+//  - on CUDA with BF16, the kept forward and the backward run layer by layer, in graphs around the project's
+//    kernels (native/cuda): Q4_0 dequantization (all of a layer's weights in one launch), attention forward and
+//    backward, SwiGLU with the adapters' terms (forward, and backward with the gate/up/down adapter sums), and
+//    the optimizer's passes. Targets that share an input (q/k/v, gate/up) run as one product with s A stacked
+//    after the weights, and the input gradient W^T dy comes with dz = s B^T dy from one product over a stacked
+//    transposed copy [W^T; s B^T]; see layer_forward_fused and layer_backward_fused in train.cpp;
+//  - elsewhere attention is written out (K^T Q, softmax with a causal mask, V P), so that its backward is plain
+//    ops; forward-only passes use flash attention where the backend has it;
+//  - frozen weights of any type enter matrix products converted to one compute type: dequantized (get_rows,
+//    or the Q4_0 kernel) and, for the input gradient W^T dy, transposed into a scratch copy. BF16 runs on the
+//    GPU's matrix units with F32 accumulation (ggml's cuBLAS path); F32 is exact, for the CPU and for checks;
 //  - activation checkpointing: the forward keeps only each layer's input; the backward recomputes one layer
 //    at a time from it, so activation memory is one layer's, whatever the depth;
 //  - the output head runs in token chunks: no [tokens x vocab] buffer outlives its chunk.

@@ -31,14 +31,20 @@ function reference(F: number, T: number, r: number, a: Record<string, Float32Arr
   return { h, dg, du };
 }
 
+/** Activations and the LoRA terms named in `lora` ('all', 'none', or names joined by '+'). */
+function inputs(F: number, T: number, r: number, lora: string, arr: (n: number, s?: number) => Float32Array) {
+  const a: Record<string, Float32Array | undefined> = { g: arr(F * T, 4), u: arr(F * T), dh: arr(F * T) };
+  if (lora === 'all' || lora.includes('gate')) { a.bg = arr(r * F, 0.5); a.zg = arr(r * T, 0.5); }
+  if (lora === 'all' || lora.includes('up')) { a.bu = arr(r * F, 0.5); a.zu = arr(r * T, 0.5); }
+  if (lora === 'all' || lora.includes('down')) { a.ad = arr(r * F, 0.5); a.dzd = arr(r * T, 0.5); }
+  return a;
+}
+
 t.test('SwiGLU kernel matches float64 loops', { skip }, async (t) => {
   let seed = 100;
   for (const [F, T, r, lora] of [[200, 37, 16, 'all'], [64, 16, 5, 'gate+down'], [130, 50, 33, 'up'], [96, 20, 0, 'none']] as const) {
     const arr = (n: number, s = 2) => randomArray(n, seed++, s);
-    const a: Record<string, Float32Array | undefined> = { g: arr(F * T, 4), u: arr(F * T), dh: arr(F * T) };
-    if (lora === 'all' || lora.includes('gate')) { a.bg = arr(r * F, 0.5); a.zg = arr(r * T, 0.5); }
-    if (lora === 'all' || lora.includes('up')) { a.bu = arr(r * F, 0.5); a.zu = arr(r * T, 0.5); }
-    if (lora === 'all' || lora.includes('down')) { a.ad = arr(r * F, 0.5); a.dzd = arr(r * T, 0.5); }
+    const a = inputs(F, T, r, lora, arr);
     const ref = reference(F, T, r, a);
     const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), bf16: true });
     for (const key of ['h', 'dg', 'du'] as const) {
@@ -100,10 +106,7 @@ t.test('SwiGLU kernel adds the adapters\' gradient sums', { skip }, async (t) =>
   let seed = 900;
   for (const [F, T, r, lora] of [[300, 300, 16, 'all'], [70, 45, 5, 'gate+down'], [257, 129, 1, 'up']] as const) {
     const arr = (n: number, s = 2) => randomArray(n, seed++, s);
-    const a: Record<string, Float32Array | undefined> = { g: arr(F * T, 4), u: arr(F * T), dh: arr(F * T) };
-    if (lora === 'all' || lora.includes('gate')) { a.bg = arr(r * F, 0.5); a.zg = arr(r * T, 0.5); }
-    if (lora === 'all' || lora.includes('up')) { a.bu = arr(r * F, 0.5); a.zu = arr(r * T, 0.5); }
-    if (lora === 'all' || lora.includes('down')) { a.ad = arr(r * F, 0.5); a.dzd = arr(r * T, 0.5); }
+    const a = inputs(F, T, r, lora, arr);
     const ref = reference(F, T, r, a);
     const g0 = { bg: a.bg && arr(r * F), bu: a.bu && arr(r * F), ad: a.ad && arr(r * F) };
     const want: Record<string, Float64Array> = {};

@@ -32,18 +32,24 @@ function adamwRef(w: Float64Array, m: Float64Array, v: Float64Array, g: ArrayLik
   }
 }
 
+/** Adds uniform-random parameters to the store; returns their float64 copies with zero moments (the reference). */
+function addParams(s: ParamStore, shapes: [string, number[]][], seed: number) {
+  const ref: Record<string, { w: Float64Array; m: Float64Array; v: Float64Array }> = {};
+  shapes.forEach(([name, shape], k) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const w0 = uniform(n, seed + k);
+    s.add(name, shape, w0);
+    ref[name] = { w: Float64Array.from(w0), m: new Float64Array(n), v: new Float64Array(n) };
+  });
+  return ref;
+}
+
 for (const device of devices) {
   t.test(`AdamW steps on ${device} match the plain-loop reference`, async (t) => {
     const s = store(t, device);
     const seed = 4242;
     const shapes: Record<string, number[]> = { w: [7, 13], b: [13], untouched: [5] };
-    const ref: Record<string, { w: Float64Array; m: Float64Array; v: Float64Array }> = {};
-    for (const [k, [name, shape]] of Object.entries(shapes).entries()) {
-      const n = shape.reduce((a, b) => a * b, 1);
-      const w0 = uniform(n, seed + k);
-      s.add(name, shape, w0);
-      ref[name] = { w: Float64Array.from(w0), m: new Float64Array(n), v: new Float64Array(n) };
-    }
+    const ref = addParams(s, Object.entries(shapes), seed);
     const o = { lr: 0.01, betas: [0.9, 0.999] as [number, number], eps: 1e-8, weightDecay: 0.1 };
     const opt = new AdamW(s, o);
     for (let step = 1; step <= 3; step++) {
@@ -174,13 +180,7 @@ if (devices.includes('cuda')) {
     const seed = 31337;
     const shapes: [string, number[]][] = [['big', [3, 20000]], ['edge', [16384]], ['edge1', [16385]], ['one', []]];
     for (let i = 0; i < 40; i++) shapes.push([`small${i}`, [1 + (i * 37) % 97]]);
-    const ref: Record<string, { w: Float64Array; m: Float64Array; v: Float64Array }> = {};
-    shapes.forEach(([name, shape], k) => {
-      const n = shape.reduce((a, b) => a * b, 1);
-      const w0 = uniform(n, seed + k);
-      s.add(name, shape, w0);
-      ref[name] = { w: Float64Array.from(w0), m: new Float64Array(n), v: new Float64Array(n) };
-    });
+    const ref = addParams(s, shapes, seed);
     const o = { lr: 0.003, betas: [0.9, 0.95] as [number, number], eps: 1e-8, weightDecay: 0.02 };
     const opt = new AdamW(s, o);
     for (let step = 1; step <= 2; step++) {
