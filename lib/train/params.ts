@@ -121,7 +121,7 @@ export class ParamStore {
     });
   }
 
-  /** Global L2 norm of the gradients (per-tensor sums of squares in float32 on the device, added in float64). */
+  /** Global L2 norm of the gradients (sums of squares on the device: float32 per tensor, float64 per chunk on CUDA; added in float64). */
   gradNorm(): number {
     return callNativeSync(() => this.handle().gradNorm());
   }

@@ -672,9 +672,7 @@ Napi::Value DequantQ4_0Cuda(const Napi::CallbackInfo & info) {
 #endif
         return 0;
     });
-    Napi::Uint16Array arr = Napi::Uint16Array::New(env, out.size());
-    std::copy(out.begin(), out.end(), arr.Data());
-    return arr;
+    return to_js(env, out);
 }
 
 // The training SwiGLU kernel from host arrays (native/cuda/swiglu.h), for the tests against a plain-loop
@@ -758,11 +756,8 @@ Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
         out.Set("grads", go);
     }
     if (bf16) {
-        for (auto [key, v] : { std::pair<const char *, std::vector<uint16_t> *>{ "dgBf16", &dg16 }, { "duBf16", &du16 } }) {
-            Napi::Uint16Array arr = Napi::Uint16Array::New(env, v->size());
-            std::copy(v->begin(), v->end(), arr.Data());
-            out.Set(key, arr);
-        }
+        out.Set("dgBf16", to_js(env, dg16));
+        out.Set("duBf16", to_js(env, du16));
     }
     return out;
 }

@@ -82,6 +82,13 @@ inline Napi::Float32Array to_js(Napi::Env env, const std::vector<float> & v) {
     return a;
 }
 
+// 16-bit words (BF16 values, for the kernels' tests).
+inline Napi::Uint16Array to_js(Napi::Env env, const std::vector<uint16_t> & v) {
+    Napi::Uint16Array a = Napi::Uint16Array::New(env, v.size());
+    std::copy(v.begin(), v.end(), a.Data());
+    return a;
+}
+
 // A Promise-returning worker: `exec` runs off the main thread, `done` builds the JS value.
 template <typename R>
 class promise_worker : public Napi::AsyncWorker {

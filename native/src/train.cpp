@@ -640,6 +640,11 @@ ggml_tensor * group_backward(builder & b, int64_t il, int group, ggml_tensor * x
     return need_dx ? ggml_add(ctx, dx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, a_cat)), dz)) : nullptr;
 }
 
+// The weights dequant_layer converts (Q4_0 in device memory); get_rows nodes do the others.
+bool dequant_kernel_takes(const ggml_tensor * w) {
+    return w->type == GGML_TYPE_Q4_0 && ggml_is_contiguous(w) && w->buffer && !ggml_backend_buffer_is_host(w->buffer);
+}
+
 // Targets that share an input x, as one product: [W_1; ...; W_n; s A_1; ...; s A_n] x, with the weights
 // dequantized straight into the group's region (no concatenation copies) and each adapter's A scaled in after
 // them. Each target's W x and its adapter input zs = s A x are row views of the result; the dequantized weights
@@ -665,7 +670,7 @@ group_fwd group_forward(builder & b, int64_t il, int group, ggml_tensor * x, ggm
         ggml_tensor * w = lora_target_weight(*b.t.m, il, tg);
         const int64_t out = w->ne[1];
         ggml_tensor * at = ggml_view_2d(ctx, R, in, out, R->nb[1], R->nb[1] * row);
-        if (!b.t.weight_ready[tg]) {
+        if (!dequant_kernel_takes(w)) {  // else dequant_layer filled it
             ggml_tensor * wc = b.frozen(w);
             if (wc->op != GGML_OP_NONE && !wc->view_src && !wc->data) place(b, wc, R, R->nb[1] * row);  // dequantized in place
             else ggml_build_forward_expand(b.gf, ggml_cpy(ctx, wc, at));
@@ -695,8 +700,8 @@ group_fwd group_forward(builder & b, int64_t il, int group, ggml_tensor * x, ggm
     return g;
 }
 
-// Dequantizes the layer's Q4_0 weights into their group regions, all in one launch (dequant.h), and marks them
-// ready for group_forward; other types are dequantized there by graph nodes.
+// Dequantizes the layer's Q4_0 weights into their group regions, all in one launch (dequant.h); group_forward,
+// which runs after it, dequantizes the other types by graph nodes.
 void dequant_layer(trainer & t, int64_t il) {
     std::vector<dequant_job> jobs;
     for (int gi = 0; gi < N_GROUPS; gi++) {
@@ -704,8 +709,7 @@ void dequant_layer(trainer & t, int64_t il) {
         for (int tg : GROUP_TARGETS[gi]) {
             if (tg < 0) continue;
             ggml_tensor * w = lora_target_weight(*t.m, il, tg);
-            t.weight_ready[tg] = w->type == GGML_TYPE_Q4_0 && ggml_is_contiguous(w) && w->buffer && !ggml_backend_buffer_is_host(w->buffer);
-            if (t.weight_ready[tg])
+            if (dequant_kernel_takes(w))
                 jobs.push_back({ w->data, (uint16_t *) ((char *) t.group_w[gi]->data + t.group_w[gi]->nb[1] * row), ggml_nelements(w) });
             row += w->ne[1];
         }
@@ -830,7 +834,7 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         stack_weight(b, LORA_GATE, gu.wc[0], gu.p[0]);
         stack_weight(b, LORA_UP, gu.wc[1], gu.p[1]);
         ggml_tensor * R = t.group_w[GROUP_DOWN];
-        ggml_tensor * wd = t.weight_ready[LORA_DOWN] ? ggml_view_2d(ctx, R, F, hp.n_embd, R->nb[1], 0) : b.frozen(L.ffn_down);
+        ggml_tensor * wd = dequant_kernel_takes(L.ffn_down) ? ggml_view_2d(ctx, R, F, hp.n_embd, R->nb[1], 0) : b.frozen(L.ffn_down);
         place(b, ggml_mul_mat(ctx, transpose01(ctx, wd), dy), t.fdh);
         if (pd) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, pd->b)), dy), s), t.fdz);
     });

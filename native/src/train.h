@@ -81,7 +81,6 @@ struct trainer {
     // Targets that share an input run as one product (group_forward): the dequantized weights with s A stacked
     // after them, BF16 [in, rows], and the product's output F32 [rows, T] where a later graph or kernel reads it.
     ggml_tensor * group_w[4] = {}, * group_y[4] = {};
-    bool weight_ready[LORA_N_TARGETS] = {};  // the layer's weight is already in its region (dequant_layer)
     // Per target but down: the frozen weight transposed, with s B^T stacked under it, BF16 [out, in + r], made
     // in the graph that dequantizes the weight for W x and read by the backward's product (one for dx and dz).
     ggml_tensor * stacked[LORA_N_TARGETS] = {};
