@@ -18,7 +18,7 @@
 #include <mma.h>
 
 #include <cmath>
-#include <mutex>
+
 #include <tuple>
 
 namespace sqlr1 {
@@ -354,13 +354,18 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
 #endif
 }
 
-// D = rowsum(dO * O) per query row and head [H, T], one warp per row.
-__global__ void dsum_kernel(const bf16 * __restrict__ dout, const float * __restrict__ o, float * __restrict__ dsum, int64_t hd, int64_t rows) {
+// D = rowsum(dO * O) per query row and head [H, T], one warp per row, and the BF16 copy of dO.
+__global__ void dsum_kernel(const float * __restrict__ dout, const float * __restrict__ o, float * __restrict__ dsum,
+                            bf16 * __restrict__ dout_bf16, int64_t hd, int64_t rows) {
     const int64_t row = (int64_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= rows) return;
     const int lane = threadIdx.x & 31;
     float acc = 0.0f;
-    for (int64_t e = lane; e < hd; e += 32) acc += __bfloat162float(dout[row * hd + e]) * o[row * hd + e];
+    for (int64_t e = lane; e < hd; e += 32) {
+        const float g = dout[row * hd + e];
+        acc += g * o[row * hd + e];
+        dout_bf16[row * hd + e] = __float2bfloat16(g);
+    }
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) dsum[row] = acc;
 }
@@ -380,21 +385,6 @@ template <int D> constexpr size_t smem_fwd() { return 3 * cfg<D>::TILE * 2 + WAR
 template <int D> constexpr size_t smem_dq() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2); }
 template <int D> constexpr size_t smem_dkv() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + 2 * LDP * 2) + 2 * BR * 4; }
 
-// One stream per device, made on first use; each call waits for its kernels before it returns (the training
-// graphs around them run on ggml's own stream).
-cudaStream_t device_stream(const void * ptr) {
-    cudaPointerAttributes at{};
-    cuda_check(cudaPointerGetAttributes(&at, ptr), "cudaPointerGetAttributes");
-    if (at.type != cudaMemoryTypeDevice) fail("ERR_INTERNAL", "attention kernels need device memory");
-    cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
-    static std::mutex mu;
-    static cudaStream_t streams[64] = {};
-    std::lock_guard<std::mutex> lock(mu);
-    if (at.device < 0 || at.device >= 64) fail("ERR_INTERNAL", "CUDA device index %d out of range", at.device);
-    if (!streams[at.device]) cuda_check(cudaStreamCreateWithFlags(&streams[at.device], cudaStreamNonBlocking), "cudaStreamCreate");
-    return streams[at.device];
-}
-
 template <typename K, typename... A>
 void launch(K kernel, size_t smem, const attn_dims & d, cudaStream_t st, const char * what, A... args) {
     cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem), what);
@@ -411,17 +401,17 @@ void check_dims(const attn_dims & d) {
 
 template <int D>
 void forward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, float * o, float * lse) {
-    cudaStream_t st = device_stream(q);
+    cudaStream_t st = project_stream(q);
     launch(attn_fwd<D>, smem_fwd<D>(), d, st, "attention forward", q, k, v, o, lse);
-    cuda_check(cudaStreamSynchronize(st), "attention forward");
+    project_launched(st, "attention forward");
 }
 
 template <int D>
-void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, const float * o, const bf16 * dout,
-                const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head) {
-    cudaStream_t st = device_stream(q);
+void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, const float * o, const float * dout_f32,
+                bf16 * dout, const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head) {
+    cudaStream_t st = project_stream(q);
     const int64_t rows = d.H * d.nt * d.ns;
-    dsum_kernel<<<(unsigned) ((rows + 7) / 8), 256, 0, st>>>(dout, o, dsum, d.hd, rows);
+    dsum_kernel<<<(unsigned) ((rows + 7) / 8), 256, 0, st>>>(dout_f32, o, dsum, dout, d.hd, rows);
     cuda_check(cudaGetLastError(), "attention backward (D)");
     launch(attn_bwd_dq<D>, smem_dq<D>(), d, st, "attention backward (dQ)", q, k, v, dout, lse, dsum, dq);
     const int64_t group = d.H / d.Hk;
@@ -433,9 +423,8 @@ void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 
         const unsigned blocks = (unsigned) ((n + 255) / 256);
         group_sum_kernel<<<blocks, 256, 0, st>>>(per_head, dk, d.hd, d.Hk, group, n);
         group_sum_kernel<<<blocks, 256, 0, st>>>(per_head + nh, dv, d.hd, d.Hk, group, n);
-        cuda_check(cudaGetLastError(), "attention backward (group sums)");
     }
-    cuda_check(cudaStreamSynchronize(st), "attention backward");
+    project_launched(st, "attention backward");
 }
 
 #define SQLR1_ATTN_HEAD_SIZES(X) X(16) X(32) X(64) X(128)
@@ -473,12 +462,12 @@ void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, cons
     fail("ERR_UNSUPPORTED_TYPE", "no attention kernel for head size %lld", (long long) d.hd);
 }
 
-void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const float * o, const void * dout,
-                        const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head) {
+void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const float * o, const float * dout,
+                        void * dout_bf16, const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head) {
     check_dims(d);
     if (d.H != d.Hk && !per_head) fail("ERR_INTERNAL", "attention backward: grouped heads need the per-head scratch");
     switch (d.hd) {
-#define X(n) case n: backward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, o, (const bf16 *) dout, lse, dsum, dq, dk, dv, per_head); return;
+#define X(n) case n: backward_d<n>(d, (const bf16 *) q, (const bf16 *) k, (const bf16 *) v, o, dout, (bf16 *) dout_bf16, lse, dsum, dq, dk, dv, per_head); return;
         SQLR1_ATTN_HEAD_SIZES(X)
 #undef X
     }
@@ -493,26 +482,28 @@ attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const
         for (size_t i = 0; i < n; i++) y[i] = __float2bfloat16(x[i]);
         return y;
     };
-    const std::vector<bf16> hq = to_bf16(q, nq), hk = to_bf16(k, nk), hv = to_bf16(v, nk), hdo = to_bf16(dout, nq);
-    // One allocation: the BF16 inputs, then the F32 outputs.
-    const size_t in_bytes = (2 * nq + 2 * nk) * sizeof(bf16), out_floats = 4 * nq + 2 * nr + 2 * nk;
+    const std::vector<bf16> hq = to_bf16(q, nq), hk = to_bf16(k, nk), hv = to_bf16(v, nk);
+    // One allocation: the BF16 inputs and dO's BF16 copy, then dO in F32 and the F32 outputs.
+    const size_t in_bytes = (2 * nq + 2 * nk) * sizeof(bf16), out_floats = 5 * nq + 2 * nr + 2 * nk;
     char * dev = nullptr;
     cuda_check(cudaMalloc(&dev, in_bytes + 16 + out_floats * sizeof(float)), "cudaMalloc");
     struct guard { char * p; ~guard() { cudaFree(p); } } g{dev};
     bf16 * dq_in = (bf16 *) dev, * dk_in = dq_in + nq, * dv_in = dk_in + nk, * ddo = dv_in + nk;
     float * f = (float *) (dev + ((in_bytes + 15) / 16) * 16);
     float * o = f, * lse = o + nq, * dsum = lse + nr, * gq = dsum + nr, * scratch = gq + nq, * gk = scratch + 2 * nq, * gv = gk + nk;
+    float * dout_f32 = gv + nk;
     cuda_check(cudaMemcpy(dq_in, hq.data(), nq * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
     cuda_check(cudaMemcpy(dk_in, hk.data(), nk * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
     cuda_check(cudaMemcpy(dv_in, hv.data(), nk * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
-    cuda_check(cudaMemcpy(ddo, hdo.data(), nq * sizeof(bf16), cudaMemcpyHostToDevice), "cudaMemcpy");
+    cuda_check(cudaMemcpy(dout_f32, dout, nq * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+    uploads_done();
     attn_host_result res;
     attn_cuda_forward(d, dq_in, dk_in, dv_in, o, lse);
     res.o.resize(nq);
     res.lse.resize(nr);
     cuda_check(cudaMemcpy(res.o.data(), o, nq * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
     cuda_check(cudaMemcpy(res.lse.data(), lse, nr * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
-    attn_cuda_backward(d, dq_in, dk_in, dv_in, o, ddo, lse, dsum, gq, gk, gv, scratch);
+    attn_cuda_backward(d, dq_in, dk_in, dv_in, o, dout_f32, ddo, lse, dsum, gq, gk, gv, scratch);
     for (auto [dst, src, cnt] : { std::tuple{ &res.dq, gq, nq }, std::tuple{ &res.dk, gk, nk }, std::tuple{ &res.dv, gv, nk } }) {
         dst->resize(cnt);
         cuda_check(cudaMemcpy(dst->data(), src, cnt * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");

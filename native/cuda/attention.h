@@ -5,8 +5,8 @@
 //
 // Layouts are the training graph's own, so no permutes are needed around the kernels: for T = ns * nt tokens
 // (ns sequences of nt, sequence-major), Q [hd, H, T] and K, V [hd, Hk, T]; query head h reads KV head
-// h / (H / Hk). Q, K, V and dO are BF16; O, the gradients, the log-sum-exp and D = rowsum(dO * O) are F32
-// ([H, T] for the last two).
+// h / (H / Hk). Q, K and V are BF16; dO comes in F32 and the kernels read a BF16 copy of it; O, the gradients,
+// the log-sum-exp and D = rowsum(dO * O) are F32 ([H, T] for the last two).
 #pragma once
 
 #include <cstdint>
@@ -30,13 +30,15 @@ bool attn_cuda_supported(int64_t hd, const void * ptr);
 // o [hd, H, T], lse [H, T] (natural log of the row's sum of exp(scale * q.k)).
 void attn_cuda_forward(const attn_dims & d, const void * q, const void * k, const void * v, float * o, float * lse);
 
-// From the forward's o and lse and the gradient dout at o: dq [hd, H, T]; dk, dv [hd, Hk, T]. dsum [H, T] is
-// scratch (it receives D = rowsum(dO * O)). With grouped heads (H > Hk), `per_head` [2 * hd * H * T] holds each
-// query head's part before the group sums (null when H == Hk).
-void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const float * o, const void * dout,
-                        const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head);
+// From the forward's o and lse and the gradient dout [hd, H, T] at o: dq [hd, H, T]; dk, dv [hd, Hk, T]. dsum
+// [H, T] and dout_bf16 (BF16 [hd, H, T]) are scratch: the first pass computes D = rowsum(dO * O) in F32 and
+// writes the BF16 copy of dO that the tile kernels read. With grouped heads (H > Hk), `per_head`
+// [2 * hd * H * T] holds each query head's part before the group sums (null when H == Hk).
+void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, const void * v, const float * o, const float * dout,
+                        void * dout_bf16, const float * lse, float * dsum, float * dq, float * dk, float * dv, float * per_head);
 
-// The same from host F32 arrays (rounded to BF16 on upload), for the tests against a plain-loop reference.
+// The same from host F32 arrays (q, k, v rounded to BF16 on upload; dout stays F32 as in training), for the
+// tests against a plain-loop reference.
 // dk and dv come back per KV head.
 attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const float * k, const float * v, const float * dout);
 #endif

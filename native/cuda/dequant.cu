@@ -54,6 +54,7 @@ __global__ void __launch_bounds__(THREADS) dequant_q4_0_kernel(const job_table t
 } // namespace
 
 void dequant_q4_0_bf16_cuda(const std::vector<dequant_job> & jobs) {
+    cudaStream_t st = nullptr;
     for (size_t k = 0; k < jobs.size(); k += MAX_JOBS) {
         job_table tab{};
         tab.n_jobs = (int) std::min<size_t>(MAX_JOBS, jobs.size() - k);
@@ -66,13 +67,11 @@ void dequant_q4_0_bf16_cuda(const std::vector<dequant_job> & jobs) {
             tab.first_block[i + 1] = tab.first_block[i] + jb.n / QK;
         }
         const int64_t blocks = tab.first_block[tab.n_jobs];
-        cudaPointerAttributes at{};
-        cuda_check(cudaPointerGetAttributes(&at, tab.jobs[0].dst), "cudaPointerGetAttributes");
-        cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
-        dequant_q4_0_kernel<<<(unsigned) ((blocks + THREADS - 1) / THREADS), THREADS>>>(tab);
+        st = project_stream(tab.jobs[0].dst);
+        dequant_q4_0_kernel<<<(unsigned) ((blocks + THREADS - 1) / THREADS), THREADS, 0, st>>>(tab);
         cuda_check(cudaGetLastError(), "dequant launch");
     }
-    cuda_check(cudaStreamSynchronize(0), "dequant");
+    if (st) project_launched(st, "dequant");
 }
 
 void dequant_q4_0_bf16_from_host(const uint8_t * blocks, int64_t n, uint16_t * out) {
@@ -82,6 +81,7 @@ void dequant_q4_0_bf16_from_host(const uint8_t * blocks, int64_t n, uint16_t * o
     cuda_check(cudaMalloc(&dev, out_bytes + in_bytes + 16), "cudaMalloc");
     struct guard { uint8_t * p; ~guard() { cudaFree(p); } } gd{dev};
     cuda_check(cudaMemcpy(dev + out_bytes, blocks, in_bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+    uploads_done();
     dequant_q4_0_bf16_cuda({ { dev + out_bytes, reinterpret_cast<uint16_t *>(dev), n } });
     cuda_check(cudaMemcpy(out, dev, out_bytes, cudaMemcpyDeviceToHost), "cudaMemcpy");
 }

@@ -89,17 +89,16 @@ void run(const std::vector<mt_span> & ts, mt_params a, std::vector<double> * par
     }
     if (cs.empty()) return;
     if (cs.size() > (size_t) INT32_MAX) fail("ERR_INVALID_ARG", "multi-tensor pass: too many chunks");
-    cudaPointerAttributes at{};
-    cuda_check(cudaPointerGetAttributes(&at, ts[0].grad), "cudaPointerGetAttributes");
-    if (at.type != cudaMemoryTypeDevice) fail("ERR_INTERNAL", "multi-tensor pass: the tensors are not in device memory");
-    cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
+    cudaStream_t st = project_stream(ts[0].grad);
+    int device = 0;
+    cuda_check(cudaGetDevice(&device), "cudaGetDevice");
 
     // [spans][chunks][partials], each part 16-byte aligned.
     auto align = [](size_t x) { return (x + 15) / 16 * 16; };
     const size_t n_ts = align(ts.size() * sizeof(mt_span)), n_cs = align(cs.size() * sizeof(mt_chunk));
     const size_t n_partial = P == pass::sumsq ? cs.size() * sizeof(double) : 0;
     std::lock_guard<std::mutex> lock(table_mutex);
-    table_buffer & tb = tables[at.device];
+    table_buffer & tb = tables[device];
     if (tb.cap < n_ts + n_cs + n_partial) {
         if (tb.p) cuda_check(cudaFree(tb.p), "cudaFree");
         tb.p = nullptr;
@@ -111,13 +110,13 @@ void run(const std::vector<mt_span> & ts, mt_params a, std::vector<double> * par
     memcpy(host.data(), ts.data(), ts.size() * sizeof(mt_span));
     memcpy(host.data() + n_ts, cs.data(), cs.size() * sizeof(mt_chunk));
     uint8_t * dev = (uint8_t *) tb.p;
-    cuda_check(cudaMemcpy(dev, host.data(), host.size(), cudaMemcpyHostToDevice), "cudaMemcpy");
+    cuda_check(cudaMemcpyAsync(dev, host.data(), host.size(), cudaMemcpyHostToDevice, st), "cudaMemcpyAsync");
     a.ts = (const mt_span *) dev;
     a.cs = (const mt_chunk *) (dev + n_ts);
     a.partial = P == pass::sumsq ? (double *) (dev + n_ts + n_cs) : nullptr;
-    mt_kernel<P><<<(unsigned) cs.size(), THREADS>>>(a);
+    mt_kernel<P><<<(unsigned) cs.size(), THREADS, 0, st>>>(a);
     cuda_check(cudaGetLastError(), "multi-tensor launch");
-    cuda_check(cudaStreamSynchronize(0), "multi-tensor pass");
+    cuda_check(cudaStreamSynchronize(st), "multi-tensor pass");  // always: the table buffer is reused and host data read back
     if (P == pass::sumsq) {
         std::vector<double> partial(cs.size());
         cuda_check(cudaMemcpy(partial.data(), a.partial, n_partial, cudaMemcpyDeviceToHost), "cudaMemcpy");

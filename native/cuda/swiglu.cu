@@ -139,25 +139,22 @@ void swiglu_cuda(const swiglu_args & args) {
     if (a.F <= 0 || a.T <= 0 || a.r < 0 || (a.F + TF - 1) / TF > INT32_MAX || (a.T + TT * STEPS - 1) / (TT * STEPS) > 65535 || a.ld < a.F || a.ldz < a.r)
         fail("ERR_INVALID_ARG", "swiglu: bad dimensions %lld x %lld (stride %lld), rank %lld (stride %lld)", (long long) a.F, (long long) a.T,
              (long long) a.ld, (long long) a.r, (long long) a.ldz);
-    cudaPointerAttributes at{};
-    cuda_check(cudaPointerGetAttributes(&at, a.g), "cudaPointerGetAttributes");
-    cuda_check(cudaSetDevice(at.device), "cudaSetDevice");
     const dim3 grid((unsigned) ((a.F + TF - 1) / TF), (unsigned) ((a.T + TT * STEPS - 1) / (TT * STEPS)));
     const bool reduce = a.dbg || a.dbu || a.dad;
     if (reduce && (!a.dh || !swiglu_reduces(a.r) || !a.partial))
         fail("ERR_INVALID_ARG", "swiglu: the fused gradient sums need the backward, a rank in [1, 16] and a partial buffer (rank %lld)", (long long) a.r);
     if (reduce && ((a.dbg && !a.zg) || (a.dbu && !a.zu) || (a.dad && !a.dzd)))
         fail("ERR_INVALID_ARG", "swiglu: a gradient sum needs its adapter input");
-    if (reduce) swiglu_kernel<true, true><<<grid, TF>>>(a);
-    else if (a.dh) swiglu_kernel<true, false><<<grid, TF>>>(a);
-    else swiglu_kernel<false, false><<<grid, TF>>>(a);
+    cudaStream_t st = project_stream(a.g);
+    if (reduce) swiglu_kernel<true, true><<<grid, TF, 0, st>>>(a);
+    else if (a.dh) swiglu_kernel<true, false><<<grid, TF, 0, st>>>(a);
+    else swiglu_kernel<false, false><<<grid, TF, 0, st>>>(a);
     cuda_check(cudaGetLastError(), "swiglu launch");
     if (reduce) {
         const int64_t n = 3 * a.r * a.F;
-        swiglu_reduce_kernel<<<(unsigned) ((n + 255) / 256), 256>>>(a, (int) grid.y);
-        cuda_check(cudaGetLastError(), "swiglu reduce launch");
+        swiglu_reduce_kernel<<<(unsigned) ((n + 255) / 256), 256, 0, st>>>(a, (int) grid.y);
     }
-    cuda_check(cudaStreamSynchronize(0), "swiglu");
+    project_launched(st, "swiglu");
 }
 
 void swiglu_cuda_from_host(swiglu_args a) {
@@ -197,6 +194,7 @@ void swiglu_cuda_from_host(swiglu_args a) {
     uint16_t * d_bf16 = reinterpret_cast<uint16_t *>(next);  // n floats hold both n-element BF16 copies
     d.dg_bf16 = a.dg_bf16 ? d_bf16 : nullptr;
     d.du_bf16 = a.du_bf16 ? d_bf16 + n : nullptr;
+    uploads_done();
     swiglu_cuda(d);
     auto down = [&](float * h, const float * p, size_t cnt) { if (h) cuda_check(cudaMemcpy(h, p, cnt * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy"); };
     down(a.g, d.g, ng);

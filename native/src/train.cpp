@@ -9,8 +9,11 @@
 #ifdef SQLR1_WITH_CUDA
 #include "attention.h"
 #include "dequant.h"
+#include "ggml-backend-impl.h"  // ggml_backend_event::context, the CUDA event the project's stream waits on
 #include "ggml-cuda.h"
+#include "stream.h"
 #include "swiglu.h"
+#include <optional>
 #endif
 
 #include <algorithm>
@@ -66,12 +69,58 @@ struct graph_ctx {
 struct graph_inputs {
     ggml_tensor * pos = nullptr;      // I32 [T]: 0..nt-1 per sequence
     ggml_tensor * mask = nullptr;     // F32 [nt, nt]: 0 where key <= query, -inf above
-    ggml_tensor * mask_f16 = nullptr; // the same in F16, for flash attention
+    ggml_tensor * mask_f16 = nullptr; // the same in F16 per sequence [nt, nt, 1, ns], for flash attention
     std::vector<std::pair<ggml_tensor *, const void *>> shared;  // data the trainer holds
     std::vector<std::pair<ggml_tensor *, std::vector<int32_t>>> i32;
     std::vector<std::pair<ggml_tensor *, std::vector<int64_t>>> i64;
     std::vector<std::pair<ggml_tensor *, std::vector<float>>> f32;
 };
+
+// The host copies of the shape inputs, made once per batch shape: a backward builds several graphs per layer.
+const trainer::shape_inputs & shape_host(trainer & t, int64_t ns, int64_t nt) {
+    trainer::shape_inputs & c = t.shape_cache;
+    if (c.ns == ns && c.nt == nt) return c;
+    c.pos.resize(ns * nt);
+    for (int64_t s = 0; s < ns; s++) for (int64_t i = 0; i < nt; i++) c.pos[s * nt + i] = (int32_t) i;
+    c.mask.resize(nt * nt);
+    for (int64_t q = 0; q < nt; q++) for (int64_t k = 0; k < nt; k++) c.mask[q * nt + k] = k <= q ? 0.0f : -INFINITY;
+    // Flash attention's mask, one copy per sequence [nt, nt, 1, ns]: ggml's CUDA kernel, when it scans the mask
+    // for tiles to skip, steps through it per sequence and does not broadcast a single one.
+    c.mask16.resize(ns * nt * nt);
+    for (size_t i = 0; i < c.mask16.size(); i++) c.mask16[i] = ggml_fp32_to_fp16(c.mask[i % c.mask.size()]);
+    c.ns = ns;
+    c.nt = nt;
+    return c;
+}
+
+void shape_device_free(trainer & t) {
+    if (t.shape_dev.buf) ggml_backend_buffer_free(t.shape_dev.buf);
+    if (t.shape_dev.ctx) ggml_free(t.shape_dev.ctx);
+    t.shape_dev = {};
+}
+
+#ifdef SQLR1_WITH_CUDA
+// Puts the shape inputs in device memory (trainer::shape_dev) for the batch's shape.
+void shape_device_upload(trainer & t, int64_t ns, int64_t nt) {
+    if (t.shape_dev.buf && t.shape_dev.ns == ns && t.shape_dev.nt == nt) return;
+    shape_device_free(t);
+    const trainer::shape_inputs & h = shape_host(t, ns, nt);
+    ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
+    t.shape_dev.ctx = ggml_init(ip);
+    if (!t.shape_dev.ctx) fail("ERR_OUT_OF_MEMORY", "could not create the shape inputs' context");
+    t.shape_dev.pos = ggml_new_tensor_1d(t.shape_dev.ctx, GGML_TYPE_I32, ns * nt);
+    t.shape_dev.mask16 = ggml_new_tensor_4d(t.shape_dev.ctx, GGML_TYPE_F16, nt, nt, 1, ns);
+    t.shape_dev.buf = ggml_backend_alloc_ctx_tensors(t.shape_dev.ctx, t.m->backends->primary);
+    if (!t.shape_dev.buf) {
+        shape_device_free(t);
+        fail("ERR_OUT_OF_MEMORY", "could not allocate the shape inputs on %s", t.m->backends->device.c_str());
+    }
+    ggml_backend_tensor_set(t.shape_dev.pos, h.pos.data(), 0, ggml_nbytes(t.shape_dev.pos));
+    ggml_backend_tensor_set(t.shape_dev.mask16, h.mask16.data(), 0, ggml_nbytes(t.shape_dev.mask16));
+    t.shape_dev.ns = ns;
+    t.shape_dev.nt = nt;
+}
+#endif
 
 // The adapter's pair on a layer's target, or null where it has none.
 const lora_pair * adapter_pair(const trainer & t, int64_t il, int target) {
@@ -110,28 +159,16 @@ struct builder {
         return x;
     }
 
-    // The host copies are made once per batch shape: a backward builds several graphs per layer.
-    const trainer::shape_inputs & shape() {
-        trainer::shape_inputs & c = t.shape_cache;
-        if (c.ns == ns && c.nt == nt) return c;
-        c.pos.resize(T());
-        for (int64_t s = 0; s < ns; s++) for (int64_t i = 0; i < nt; i++) c.pos[s * nt + i] = (int32_t) i;
-        c.mask.resize(nt * nt);
-        for (int64_t q = 0; q < nt; q++) for (int64_t k = 0; k < nt; k++) c.mask[q * nt + k] = k <= q ? 0.0f : -INFINITY;
-        c.mask16.resize(c.mask.size());
-        for (size_t i = 0; i < c.mask.size(); i++) c.mask16[i] = ggml_fp32_to_fp16(c.mask[i]);
-        c.ns = ns;
-        c.nt = nt;
-        return c;
-    }
-    ggml_tensor * shared_input(ggml_type type, int64_t a, int64_t b, const void * data) {
-        ggml_tensor * x = ggml_new_tensor_2d(ctx, type, a, b);
+    const trainer::shape_inputs & shape() { return shape_host(t, ns, nt); }
+    bool shape_on_device() const { return t.shape_dev.pos && t.shape_dev.ns == ns && t.shape_dev.nt == nt; }
+    ggml_tensor * shared_input(ggml_type type, int64_t a, int64_t b, const void * data, int64_t d = 1) {
+        ggml_tensor * x = ggml_new_tensor_4d(ctx, type, a, b, 1, d);
         ggml_set_input(x);
         in.shared.emplace_back(x, data);
         return x;
     }
     ggml_tensor * positions() {
-        if (!in.pos) in.pos = shared_input(GGML_TYPE_I32, T(), 1, shape().pos.data());
+        if (!in.pos) in.pos = shape_on_device() ? t.shape_dev.pos : shared_input(GGML_TYPE_I32, T(), 1, shape().pos.data());
         return in.pos;
     }
     ggml_tensor * mask() {
@@ -139,7 +176,7 @@ struct builder {
         return in.mask;
     }
     ggml_tensor * mask_f16() {
-        if (!in.mask_f16) in.mask_f16 = shared_input(GGML_TYPE_F16, nt, nt, shape().mask16.data());
+        if (!in.mask_f16) in.mask_f16 = shape_on_device() ? t.shape_dev.mask16 : shared_input(GGML_TYPE_F16, nt, nt, shape().mask16.data(), ns);
         return in.mask_f16;
     }
 
@@ -422,12 +459,25 @@ void run_graph(trainer & t, ggml_cgraph * gf, graph_inputs & in) {
     if (!t.galloc) t.galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(t.m->backends->primary));
     if (!t.galloc || !ggml_gallocr_alloc_graph(t.galloc, gf))
         fail("ERR_OUT_OF_MEMORY", "could not allocate training compute memory on %s: %s", t.m->backends->device.c_str(), log_last_error().c_str());
-    // Inputs the graph does not use (the mask a flash-attention graph does not read, say) have no memory.
-    auto set = [](ggml_tensor * x, const void * d) { if (x->buffer) ggml_backend_tensor_set(x, d, 0, ggml_nbytes(x)); };
+    // Inputs the graph does not use (the mask a flash-attention graph does not read, say) have no memory. In a
+    // queued pass they are copied on ggml's stream, after the earlier graphs that used the same memory (a
+    // pageable source is staged before the call returns).
+    ggml_backend_t be = t.m->backends->primary;
+    auto set = [&](ggml_tensor * x, const void * d) {
+        if (!x->buffer) return;
+        if (t.queued) ggml_backend_tensor_set_async(be, x, d, 0, ggml_nbytes(x));
+        else ggml_backend_tensor_set(x, d, 0, ggml_nbytes(x));
+    };
     for (auto & [x, d] : in.i32) set(x, d.data());
     for (auto & [x, d] : in.i64) set(x, d.data());
     for (auto & [x, d] : in.f32) set(x, d.data());
     for (auto & [x, d] : in.shared) set(x, d);
+    if (t.queued) {
+        const ggml_status st = ggml_backend_graph_compute_async(be, gf);
+        if (st != GGML_STATUS_SUCCESS) fail("ERR_INTERNAL", "a training graph failed to queue (status %d): %s", (int) st, log_last_error().c_str());
+        t.graphs_run++;
+        return;
+    }
     // SQLR1_TRAIN_PROFILE=2: run node by node and print the ops that took most of the time (a diagnostic; slow).
     static const bool by_node = getenv("SQLR1_TRAIN_PROFILE") && std::string(getenv("SQLR1_TRAIN_PROFILE")) == "2";
     if (by_node) {
@@ -539,6 +589,7 @@ void scratch_alloc(trainer & t, int64_t T) {
     t.ak = ggml_new_tensor_3d(c, GGML_TYPE_BF16, hd, Hk, T);
     t.av = ggml_new_tensor_3d(c, GGML_TYPE_BF16, hd, Hk, T);
     t.ado = ggml_new_tensor_2d(c, GGML_TYPE_BF16, hd * H, T);
+    t.adof = ggml_new_tensor_2d(c, GGML_TYPE_F32, hd * H, T);
     t.ao = ggml_new_tensor_2d(c, GGML_TYPE_F32, hd * H, T);
     t.alse = ggml_new_tensor_2d(c, GGML_TYPE_F32, H, T);
     t.adsum = ggml_new_tensor_2d(c, GGML_TYPE_F32, H, T);
@@ -765,13 +816,64 @@ group_fwd attn_inputs_grouped(builder & b, int64_t il, ggml_tensor * x, ggml_ten
     return g;
 }
 
+// Runs `fn`, which launches project kernels. In a queued pass they wait for the work ggml has queued, and ggml's
+// later work waits for them; no host waits. Returns fn's host time (launches only, in a queued pass).
+template <typename F>
+double project_kernels(trainer & t, F fn) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!t.queued) {
+        fn();
+    } else {
+        ggml_backend_t be = t.m->backends->primary;
+        const void * dev = t.ckpt[0]->data;
+        ggml_backend_event_record(t.ev_ggml, be);
+        project_stream_wait(dev, t.ev_ggml->context);
+        fn();
+        project_stream_record(dev, t.ev_project->context);
+        ggml_backend_event_wait(be, t.ev_project);
+    }
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A layer-by-layer pass whose graphs and kernels queue without host waits (trainer::queued), then wait once in
+// finish(). SQLR1_TRAIN_PROFILE (per-graph timings) and SQLR1_TRAIN_SYNC=1 run it with a wait after each graph
+// and kernel, as do backends without events.
+class queued_pass {
+public:
+    explicit queued_pass(trainer & t) : t(t) {
+        const char * sync = getenv("SQLR1_TRAIN_SYNC");  // read per pass: a test compares both modes in one process
+        if (getenv("SQLR1_TRAIN_PROFILE") || (sync && std::string(sync) == "1")) return;
+        ggml_backend_dev_t dev = ggml_backend_get_device(t.m->backends->primary);
+        if (!t.ev_ggml) t.ev_ggml = ggml_backend_event_new(dev);
+        if (!t.ev_project) t.ev_project = ggml_backend_event_new(dev);
+        if (!t.ev_ggml || !t.ev_project) return;
+        scope.emplace();
+        t.queued = true;
+    }
+    // Waits for the pass; a kernel's error surfaces here (as ERR_INTERNAL).
+    void finish() {
+        if (!t.queued) return;
+        t.queued = false;
+        scope.reset();
+        project_stream_sync(t.ckpt[0]->data);
+        ggml_backend_synchronize(t.m->backends->primary);
+    }
+    ~queued_pass() {  // on an error inside the pass: nothing may still run on the trainer's memory after it
+        if (!t.queued) return;
+        try { finish(); } catch (...) {}
+    }
+private:
+    trainer & t;
+    std::optional<queue_scope> scope;
+};
+
 // The policy forward of one layer on CUDA in BF16, in two graphs around the SwiGLU kernel (forward mode, with
 // the gate and up adapter terms on the fly): ckpt[il] -> ckpt[il + 1].
 void layer_forward_fused(trainer & t, const train_batch & batch, int64_t il) {
     const layer_weights & L = t.m->layers[il];
     const int64_t T = batch.ns * batch.nt;
     group_fwd gu;
-    dequant_layer(t, il);
+    project_kernels(t, [&] { dequant_layer(t, il); });
     run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
         layer_fwd f;
@@ -780,7 +882,7 @@ void layer_forward_fused(trainer & t, const train_batch & batch, int64_t il) {
         ggml_tensor * x2 = place(b, ggml_add(ctx, t.ckpt[il], group_output(b, o, 0, nullptr)), t.fx2);
         gu = group_forward(b, il, GROUP_GU, rms_norm_w(b, x2, L.ffn_norm), t.group_y[GROUP_GU]);
     });
-    swiglu_cuda(swiglu_group(t, gu, T));  // h into the gate's rows
+    project_kernels(t, [&] { swiglu_cuda(swiglu_group(t, gu, T)); });  // h into the gate's rows
     run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
         ggml_tensor * h = ggml_view_2d(ctx, t.group_y[GROUP_GU], t.m->hp.n_ff, T, gu.rows * sizeof(float), 0);
@@ -804,11 +906,7 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
     const attn_dims d{ hd, H, hp.n_head_kv, batch.nt, batch.ns, 1.0f / std::sqrt((float) hd) };
     const float s = t.lora->scale();
     ggml_tensor * x = t.ckpt[il];
-    auto timed = [&](auto fn) {
-        auto t0 = std::chrono::steady_clock::now();
-        fn();
-        kernel_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    };
+    auto timed = [&](auto fn) { kernel_ms += project_kernels(t, fn); };
     const lora_pair * pd = adapter_pair(t, il, LORA_DOWN);
     group_fwd qkv, o, gu;  // only their numbers outlive their graphs
     timed([&] { dequant_layer(t, il); });
@@ -880,10 +978,11 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         ggml_tensor * dx2 = place(b, ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2)), dx_buf);  // kept for (D)
         ggml_tensor * zo[3] = { zs_of(b, GROUP_O, o, 0) }, * dyo[3] = { dx2 };
         ggml_tensor * dattn = group_backward(b, il, GROUP_O, t.ao, zo, dyo, dyo, true);
-        ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.ado));
+        if (dattn->view_src || dattn->op == GGML_OP_NONE) ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.adof));  // a view of a product
+        else place(b, dattn, t.adof);  // the attention backward's first pass writes its BF16 copy
     });
     timed([&] {
-        attn_cuda_backward(d, t.aq->data, t.ak->data, t.av->data, (const float *) t.ao->data, t.ado->data, (const float *) t.alse->data,
+        attn_cuda_backward(d, t.aq->data, t.ak->data, t.av->data, (const float *) t.ao->data, (const float *) t.adof->data, t.ado->data, (const float *) t.alse->data,
                            (float *) t.adsum->data, (float *) t.adq->data, (float *) t.adk->data, (float *) t.adv->data,
                            t.aph ? (float *) t.aph->data : nullptr);
     });
@@ -911,6 +1010,9 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
 trainer::~trainer() {
     keep_free(*this);
     scratch_free(*this);
+    shape_device_free(*this);
+    if (ev_ggml) ggml_backend_event_free(ev_ggml);
+    if (ev_project) ggml_backend_event_free(ev_project);
     if (galloc) ggml_gallocr_free(galloc);
     if (buf_fixed) ggml_backend_buffer_free(buf_fixed);
     if (ctx_fixed) ggml_free(ctx_fixed);
@@ -997,10 +1099,13 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
     fused = keep && use_fused_kernels(t);
     if (fused) {
         scratch_alloc(t, T);
+        shape_device_upload(t, batch.ns, batch.nt);
         run_built(t, batch, true, [&](builder & b) {
             place(b, ggml_get_rows(b.ctx, t.m->tok_embd, b.input_i32(T, batch.tokens)), t.ckpt[0]);
         });
+        queued_pass pass(t);
         for (int64_t il = 0; il < hp.n_layer; il++) layer_forward_fused(t, batch, il);
+        pass.finish();
     }
 #endif
 
@@ -1100,10 +1205,13 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
     fused = use_fused_kernels(t);
     if (fused) {
         scratch_alloc(t, T);
+        shape_device_upload(t, batch.ns, batch.nt);
+        queued_pass pass(t);
         for (int64_t il = hp.n_layer - 1; il >= 0; il--) {
             layer_backward_fused(t, batch, il, dy, dx_buf, kernel_ms);
             std::swap(dy, dx_buf);
         }
+        pass.finish();
     }
 #endif
     for (int64_t il = fused ? -1 : hp.n_layer - 1; il >= 0; il--) {
@@ -1135,12 +1243,14 @@ trainer_memory trainer_memory_use(const trainer & t) {
     if (t.buf_keep) m.kept = ggml_backend_buffer_get_size(t.buf_keep);
     if (t.galloc) m.compute = ggml_gallocr_get_buffer_size(t.galloc, 0);
     if (t.buf_scratch) m.compute += ggml_backend_buffer_get_size(t.buf_scratch);
+    if (t.shape_dev.buf) m.compute += ggml_backend_buffer_get_size(t.shape_dev.buf);
     return m;
 }
 
 void trainer_release(trainer & t) {
     keep_free(t);
     scratch_free(t);
+    shape_device_free(t);
     if (t.galloc) ggml_gallocr_free(t.galloc);
     t.galloc = nullptr;
 }

@@ -72,7 +72,7 @@ struct trainer {
     ggml_context * ctx_scratch = nullptr;
     ggml_backend_buffer_t buf_scratch = nullptr;
     ggml_tensor * aq = nullptr, * ak = nullptr, * av = nullptr, * ado = nullptr;     // attention: BF16, after RoPE
-    ggml_tensor * ao = nullptr, * alse = nullptr, * adsum = nullptr;                 // F32
+    ggml_tensor * ao = nullptr, * alse = nullptr, * adsum = nullptr, * adof = nullptr;  // F32; adof: dO
     ggml_tensor * adq = nullptr, * adk = nullptr, * adv = nullptr, * aph = nullptr;  // F32; aph per query head
     ggml_tensor * fdh = nullptr, * fdz = nullptr;                                    // SwiGLU: F32 W_down^T dy [F, T], s B^T dy [r, T]
     ggml_tensor * fx2 = nullptr, * fn2 = nullptr, * fn1 = nullptr;                   // F32 [E, T]: residual, the norms
@@ -91,8 +91,20 @@ struct trainer {
         int64_t ns = 0, nt = 0;
         std::vector<int32_t> pos;
         std::vector<float> mask;
-        std::vector<ggml_fp16_t> mask16;
+        std::vector<ggml_fp16_t> mask16;  // per sequence: [nt, nt, 1, ns]
     } shape_cache;
+    // The positions and the F16 mask in device memory, for the layer-by-layer CUDA passes: their graphs then have
+    // no host inputs and queue without waits.
+    struct shape_device {
+        int64_t ns = 0, nt = 0;
+        ggml_context * ctx = nullptr;
+        ggml_backend_buffer_t buf = nullptr;
+        ggml_tensor * pos = nullptr, * mask16 = nullptr;
+    } shape_dev;
+    // While `queued` (a layer-by-layer CUDA pass), graphs and the project's kernels queue without host waits,
+    // ordered by these events (ggml's stream -> the project's, and back).
+    bool queued = false;
+    ggml_backend_event_t ev_ggml = nullptr, ev_project = nullptr;
 
     ggml_gallocr_t galloc = nullptr;  // compute memory, reused by every graph
     std::vector<uint8_t> meta;        // graph metadata, reused by every graph
