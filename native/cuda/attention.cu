@@ -110,6 +110,29 @@ __device__ void mm_ab(const bf16 * P, const bf16 * B, frag_c (&acc)[D / 16]) {
     }
 }
 
+// A warp's probability tile P [16][64] = exp(scale S - L) in BF16 from its score tile S (F32), zero where
+// on(r, c) is false (a key after its query, or a row past the sequence); lse(r, c) is L for the entry. Tiles of
+// the forward and of dQ are [queries][keys]; dK/dV's is the transpose.
+template <typename On, typename Lse>
+__device__ __forceinline__ void causal_probs(const float * S, bf16 * P, float scale, int lane, On on, Lse lse) {
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+#pragma unroll
+        for (int c = lane; c < BR; c += 32) P[r * LDP + c] = __float2bfloat16(on(r, c) ? __expf(S[r * LDS + c] * scale - lse(r, c)) : 0.0f);
+    }
+}
+
+// The softmax's backward on a warp's tile: dS = P (dP - D) scale, with dsum(r, c) the entry's D (P and dS may be
+// the same tile: each entry is read, then written, by one lane).
+template <typename Dsum>
+__device__ __forceinline__ void softmax_grad(const float * dP, const bf16 * P, bf16 * dS, float scale, int lane, Dsum dsum) {
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+#pragma unroll
+        for (int c = lane; c < BR; c += 32) dS[r * LDP + c] = __float2bfloat16(__bfloat162float(P[r * LDP + c]) * (dP[r * LDS + c] - dsum(r, c)) * scale);
+    }
+}
+
 // A warp's [16][D] accumulator to rows row0.. of one head of an F32 [D, heads, T] tensor, through the warp's
 // staging rows; rows at or past nt are skipped.
 template <int D>
@@ -197,14 +220,7 @@ __global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q,
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
         __syncwarp();
         const int64_t kb = jt * BR;
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-#pragma unroll
-            for (int c = lane; c < BR; c += 32) {
-                const float p = kb + c <= qbase + r ? __expf(Sw[r * LDS + c] * scale - L[r]) : 0.0f;
-                Pw[r * LDP + c] = __float2bfloat16(p);
-            }
-        }
+        causal_probs(Sw, Pw, scale, lane, [&](int r, int c) { return kb + c <= qbase + r; }, [&](int r, int) { return L[r]; });
         __syncwarp();
         mm_ab<D>(Pw, Vs, acc);
     }
@@ -251,25 +267,11 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
         __syncwarp();
         const int64_t kb = jt * BR;
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-#pragma unroll
-            for (int c = lane; c < BR; c += 32) {
-                const bool on = qbase + r < nt && kb + c <= qbase + r;
-                dSw[r * LDP + c] = __float2bfloat16(on ? __expf(Sw[r * LDS + c] * scale - L[r]) : 0.0f);
-            }
-        }
+        causal_probs(Sw, dSw, scale, lane, [&](int r, int c) { return qbase + r < nt && kb + c <= qbase + r; }, [&](int r, int) { return L[r]; });
         __syncwarp();
         mm_abt<D>(dOs + warp * 16 * C::LDH, Vs, Sw);
         __syncwarp();
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-#pragma unroll
-            for (int c = lane; c < BR; c += 32) {
-                const float p = __bfloat162float(dSw[r * LDP + c]);
-                dSw[r * LDP + c] = __float2bfloat16(p * (Sw[r * LDS + c] - Dr[r]) * scale);
-            }
-        }
+        softmax_grad(Sw, dSw, dSw, scale, lane, [&](int r, int) { return Dr[r]; });
         __syncwarp();
         mm_ab<D>(dSw, Ks, acc);
     }
@@ -324,25 +326,11 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
         // One F32 tile per warp (so that two blocks fit on an SM): S^T gives P^T (BF16), then dP^T gives dS^T.
         mm_abt<D>(Ks + warp * 16 * C::LDH, Qs, Sw);
         __syncwarp();
-#pragma unroll
-        for (int c = lane; c < BR; c += 32) {
-            const float Lc = Ls[c];
-            const bool real = q0 + c < nt;
-#pragma unroll
-            for (int r = 0; r < 16; r++) {
-                const bool on = real && kbase + r <= q0 + c;
-                Pw[r * LDP + c] = __float2bfloat16(on ? __expf(Sw[r * LDS + c] * scale - Lc) : 0.0f);
-            }
-        }
+        causal_probs(Sw, Pw, scale, lane, [&](int r, int c) { return q0 + c < nt && kbase + r <= q0 + c; }, [&](int, int c) { return Ls[c]; });
         __syncwarp();
         mm_abt<D>(Vs + warp * 16 * C::LDH, dOs, Sw);
         __syncwarp();
-#pragma unroll
-        for (int c = lane; c < BR; c += 32) {
-            const float Dc = Ds[c];
-#pragma unroll
-            for (int r = 0; r < 16; r++) dSw[r * LDP + c] = __float2bfloat16(__bfloat162float(Pw[r * LDP + c]) * (Sw[r * LDS + c] - Dc) * scale);
-        }
+        softmax_grad(Sw, Pw, dSw, scale, lane, [&](int, int c) { return Ds[c]; });
         __syncwarp();
         mm_ab<D>(Pw, dOs, acc_v);
         mm_ab<D>(dSw, Qs, acc_k);
