@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command (`npm run test:cuda`): build the CPU and CUDA addons, compile the
-# TypeScript, run the full test suite (the CUDA tests run since a device is present), then the benchmarks
-# (scripts/gpu-bench.sh) unless SQLR1_SKIP_BENCH=1. Logs go to $OUT (default ./gpu-out).
+# TypeScript (a type error fails the check), run the full test suite with SQLR1_REQUIRE_CUDA=1 (a CUDA test
+# that cannot run fails instead of skipping), then the benchmarks (scripts/gpu-bench.sh) unless
+# SQLR1_SKIP_BENCH=1. Logs go to $OUT (default ./gpu-out).
 source "$(dirname "$0")/gpu-env.sh"
 nvidia-smi -L | tee "$OUT/gpu.txt"
 t0=$(date +%s)
@@ -12,7 +13,8 @@ t0=$(date +%s)
   wait $cuda_pid
 } || { tail -50 "$OUT/build-cuda.log" "$OUT/build-cpu.log"; exit 1; }
 echo "builds done in $(( $(date +%s) - t0 )) s"
-tsc -p tsconfig.json || echo "tsc reported type errors (see above); continuing with the emitted JavaScript"
+tsc -p tsconfig.json || { echo "tsc: type errors in lib/ (see above)"; exit 1; }
+tsc --noEmit -p test/tsconfig.json || { echo "tsc: type errors in test/ (see above)"; exit 1; }
 if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then
   # The benchmark's llama.cpp binary and model are prepared while the tests run.
   cmake --build bindings/cuda/build --target llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &
@@ -21,6 +23,7 @@ if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then
 fi
 t1=$(date +%s)
 set +e
+export SQLR1_REQUIRE_CUDA=1
 tap ${SQLR1_TEST_FILES:-} > "$OUT/test.log" 2>&1
 test_rc=$?
 set -e

@@ -6,14 +6,31 @@ import { getBinding, probeCuda } from '../../lib/native/binding.js';
 import type { NativeBinding } from '../../lib/native/types.js';
 import { makeModel, type ModelShape, type ModelType } from '../../lib/model/index.js';
 
-/** Devices to test on: always the CPU; CUDA too where a device and a CUDA build exist. */
-export function testDevices(): ('cpu' | 'cuda')[] {
-  return probeCuda().ok ? ['cpu', 'cuda'] : ['cpu'];
+/**
+ * Set by the GPU check (scripts/gpu-check.sh): there a CUDA test that cannot run is a failure, not a skip, so a
+ * CUDA addon that fails to load cannot pass the run with every CUDA test skipped.
+ */
+export const REQUIRE_CUDA = process.env.SQLR1_REQUIRE_CUDA === '1';
+
+/** Whether CUDA tests can run; throws (failing the test file, with the probe's reason) under SQLR1_REQUIRE_CUDA=1. */
+export function cudaUsable(): boolean {
+  const p = probeCuda();
+  if (!p.ok && REQUIRE_CUDA) {
+    const msg = `SQLR1_REQUIRE_CUDA=1 but CUDA is not usable: ${p.reason}`;
+    process.stderr.write(`${msg}\n`);
+    throw new Error(msg);
+  }
+  return p.ok;
 }
 
+/** Devices to test on: always the CPU; CUDA too where a device and a CUDA build exist (required under SQLR1_REQUIRE_CUDA=1). */
+export function testDevices(): ('cpu' | 'cuda')[] {
+  return cudaUsable() ? ['cpu', 'cuda'] : ['cpu'];
+}
+
+/** The skip reason of a CUDA-only test, or false when it can run (throws under SQLR1_REQUIRE_CUDA=1 instead of skipping). */
 export function cudaSkipReason(): string | false {
-  const p = probeCuda();
-  return p.ok ? false : `no CUDA: ${p.reason}`;
+  return cudaUsable() ? false : `no CUDA: ${probeCuda().reason}`;
 }
 
 export function binding(device: 'cpu' | 'cuda'): NativeBinding {
