@@ -8,9 +8,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync } from '../native/binding.js';
-import type { NativeLoraAdapter, NativeLoraInfo } from '../native/types.js';
-import { ParamStore } from '../train/params.js';
-import { trainBinding } from '../train/native-types.js';
+import type { NativeLoraAdapter, NativeLoraInfo, NativeParamStore } from '../native/types.js';
 import type { Model } from './model.js';
 
 export const LORA_TARGETS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
@@ -28,22 +26,18 @@ export interface LoraOptions {
 }
 
 export class LoraAdapter {
-  private store: ParamStore | undefined;
+  private paramsHandle: NativeParamStore | undefined;
 
   /** @internal */
   constructor(readonly model: Model, /** @internal */ readonly native: NativeLoraAdapter) {}
 
   /**
-   * The adapter's A and B tensors as trainable parameters (names as in the file, e.g.
-   * `blk.0.attn_q.weight.lora_a`): gradients from `LoraTrainer.backward` add up there, and `AdamW`, gradient
-   * clipping and the optimizer-state file work on it. Values are the adapter's own memory, nothing is copied.
+   * @internal The adapter's tensors as the addon's parameter store: one handle, freed with the adapter. The
+   * training layer wraps it (`loraParams(adapter)`), so this layer does not depend on that one.
    */
-  params(): ParamStore {
-    if (!this.store) {
-      const native = callNativeSync(() => this.native.params());
-      this.store = new ParamStore({}, { binding: trainBinding(this.model.binding), device: this.model.device, native });
-    }
-    return this.store;
+  nativeParams(): NativeParamStore {
+    if (!this.paramsHandle) this.paramsHandle = callNativeSync(() => this.native.params());
+    return this.paramsHandle;
   }
 
   info(): NativeLoraInfo {
@@ -74,8 +68,8 @@ export class LoraAdapter {
   }
 
   dispose(): void {
-    this.store?.dispose();
-    this.store = undefined;
+    if (this.paramsHandle) callNativeSync(() => this.paramsHandle!.dispose());
+    this.paramsHandle = undefined;
     this.native.dispose();
   }
 }

@@ -33,17 +33,28 @@ function hasVariant(v: Device): boolean {
   return existsSync(join(d, 'build', 'Release', 'sqlr1.node')) || existsSync(join(d, 'prebuilds'));
 }
 
+/** The exports the library calls; a binary without one of them predates this package (a stale local build). */
+const REQUIRED_EXPORTS: readonly (keyof NativeBinding)[] = [
+  'Model', 'Context', 'LoraAdapter', 'ParamStore', 'createLora', 'loadLora', 'loadModel', 'makeModel', 'buildInfo',
+  'cudaDevices', 'runGraph', 'createTrainer',
+];
+
 function load(v: Device): NativeBinding {
   const hit = cache.get(v);
   if (hit) return hit;
+  const hint = v === 'cuda' ? 'build it with `npm run build:cuda`' : 'build it with `npm run build:native`';
+  let b: NativeBinding;
   try {
-    const b = nodeGypBuild(variantDir(v)) as NativeBinding;
-    cache.set(v, b);
-    return b;
+    b = nodeGypBuild(variantDir(v)) as NativeBinding;
   } catch (e) {
-    const hint = v === 'cuda' ? 'build it with `npm run build:cuda`' : 'build it with `npm run build:native`';
     throw new Sqlr1Error('ERR_NATIVE_LOAD', `could not load the ${v} addon from ${variantDir(v)}: ${(e as Error).message}; ${hint}`);
   }
+  const missing = REQUIRED_EXPORTS.filter((k) => typeof b[k] !== 'function');
+  if (missing.length > 0) {
+    throw new Sqlr1Error('ERR_NATIVE_LOAD', `the ${v} addon in ${variantDir(v)} has no ${missing.join(', ')}: it predates this package; re${hint}`);
+  }
+  cache.set(v, b);
+  return b;
 }
 
 /** Loads the CUDA variant in a child process and asks it for devices; cached for the process. */

@@ -7,8 +7,8 @@
  *   const ref = await tr.logprobs(batch, { adapter: false, temperature });   // [N, C], no activations kept
  *   const pol = await tr.logprobs(batch, { keep: true, temperature });       // keeps each layer's input
  *   ... compose the loss from `pol` (a constant with requiresGrad) and get d loss / d pol ...
- *   await tr.backward(grad);                     // adds into adapter.params() gradients
- *   await new AdamW(adapter.params()).step();
+ *   await tr.backward(grad);                     // adds into tr.params (loraParams(adapter)) gradients
+ *   await new AdamW(tr.params).step();
  *
  * Log-prob arrays are completion-aligned, [N, C] row-major with C the longest completion: entry (i, j) is the
  * log-prob of completion token j of sequence i; entries past a completion's end are 0 (mask them).
@@ -19,9 +19,8 @@ import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync } from '../native/binding.js';
 import type { LoraAdapter } from '../model/lora.js';
 import type { Model } from '../model/model.js';
-import type { NativeTrainer, NativeTrainerMemory } from './native-types.js';
-import { trainBinding } from './native-types.js';
-import type { ParamStore } from './params.js';
+import type { NativeTrainer, NativeTrainerMemory } from '../native/types.js';
+import { loraParams, type ParamStore } from './params.js';
 
 export type TrainCompute = 'f32' | 'bf16';
 
@@ -84,14 +83,13 @@ export class LoraTrainer {
     const maxTokens = options.maxTokens ?? 16384;
     if (!Number.isInteger(maxTokens) || maxTokens < 2) invalid(`LoraTrainer: maxTokens must be an integer >= 2, got ${String(maxTokens)}`);
     if (adapter.model !== model) invalid('LoraTrainer: the adapter belongs to another model');
-    const binding = trainBinding(model.binding);
-    const native = await callNative(() => binding.createTrainer(model.nativeModel, adapter.native, { compute, maxTokens }));
+    const native = await callNative(() => model.binding.createTrainer(model.nativeModel, adapter.native, { compute, maxTokens }));
     return new LoraTrainer(model, adapter, compute, native);
   }
 
   /** The adapter's parameters (where `backward` adds gradients). */
   get params(): ParamStore {
-    return this.adapter.params();
+    return loraParams(this.adapter);
   }
 
   private handle(): NativeTrainer {
@@ -149,7 +147,7 @@ export class LoraTrainer {
 
   /**
    * Backward from d loss / d logp ([N, C], the layout `logprobs` returned; entries past a completion's end are
-   * ignored) into the adapter: gradients add to `adapter.params()`. Needs the last `logprobs` call to have
+   * ignored) into the adapter: gradients add to `params`. Needs the last `logprobs` call to have
    * kept its activations; each such call serves one backward.
    */
   async backward(gradLogp: Float32Array): Promise<void> {

@@ -10,8 +10,8 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync, getBinding, type Device, type DeviceRequest } from '../native/binding.js';
-import type { NativeAdamwOptions, NativeGraphRequest, NativeGraphResult, NativeOptimizerState, NativeParamStore, NativeParamStoreInfo, NativeTrainBinding } from './native-types.js';
-import { trainBinding } from './native-types.js';
+import type { LoraAdapter } from '../model/lora.js';
+import type { NativeAdamwOptions, NativeBinding, NativeGraphRequest, NativeGraphResult, NativeOptimizerState, NativeParamStore, NativeParamStoreInfo } from '../native/types.js';
 import { Tensor, type Shape } from './tensor.js';
 
 function invalid(msg: string): never {
@@ -38,20 +38,24 @@ export type AdamwStepOptions = NativeAdamwOptions;
 /** Named F32 tensors on a device, with gradients and AdamW moments. Shapes are outermost first. */
 export class ParamStore {
   readonly device: Device;
-  /** @internal */ readonly binding: NativeTrainBinding;
+  /** @internal */ readonly binding: NativeBinding;
   private native: NativeParamStore | undefined;
+  /** A store over another object's memory (an adapter's): that object frees it. */
+  private readonly borrowed: boolean;
 
-  constructor(options: ParamStoreOptions = {}, /** @internal */ existing?: { binding: NativeTrainBinding; device: Device; native: NativeParamStore }) {
-    if (existing) {
-      this.binding = existing.binding;
-      this.device = existing.device;
-      this.native = existing.native;
+  constructor(options: ParamStoreOptions = {}, /** @internal */ borrowed?: { binding: NativeBinding; device: Device; native: NativeParamStore }) {
+    if (borrowed) {
+      this.binding = borrowed.binding;
+      this.device = borrowed.device;
+      this.native = borrowed.native;
+      this.borrowed = true;
       return;
     }
+    this.borrowed = false;
     const threads = options.threads ?? 0;
     if (!Number.isInteger(threads) || threads < 0 || threads > 1024) invalid(`ParamStore: threads must be an integer in [0, 1024], got ${String(threads)}`);
     const { binding, device } = getBinding(options.device ?? 'cpu', options.log);
-    this.binding = trainBinding(binding);
+    this.binding = binding;
     this.device = device;
     this.native = callNativeSync(() => new this.binding.ParamStore({ device, threads }));
   }
@@ -176,11 +180,29 @@ export class ParamStore {
     return callNative(() => this.binding.runGraph({ ...req, store: this.handle() }));
   }
 
-  /** Frees the device memory. Idempotent. */
+  /** Frees the device memory. Idempotent. A LoRA adapter's store (`loraParams`) is freed by `adapter.dispose()` instead. */
   dispose(): void {
+    if (this.borrowed) return;
     if (this.native) callNativeSync(() => this.native!.dispose());
     this.native = undefined;
   }
+}
+
+const adapterStores = new WeakMap<LoraAdapter, ParamStore>();
+
+/**
+ * A LoRA adapter's A and B tensors as trainable parameters (names as in the adapter file, e.g.
+ * `blk.0.attn_q.weight.lora_a`): gradients from `LoraTrainer.backward` add up there, and `AdamW`, gradient
+ * clipping and the optimizer-state file work on it. The values are the adapter's own memory, nothing is copied,
+ * and the store is the same on every call; `adapter.dispose()` frees it. (`LoraTrainer.params` is the same store.)
+ */
+export function loraParams(adapter: LoraAdapter): ParamStore {
+  let store = adapterStores.get(adapter);
+  if (!store) {
+    store = new ParamStore({}, { binding: adapter.model.binding, device: adapter.model.device, native: adapter.nativeParams() });
+    adapterStores.set(adapter, store);
+  }
+  return store;
 }
 
 export interface AdamWOptions {

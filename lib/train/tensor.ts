@@ -13,8 +13,7 @@
  */
 import { Sqlr1Error } from '../errors.js';
 import { callNative, getBinding, type DeviceRequest } from '../native/binding.js';
-import type { NativeGraphNode, NativeGraphRequest, NativeGraphResult } from './native-types.js';
-import { trainBinding } from './native-types.js';
+import type { NativeGraphNode, NativeGraphRequest, NativeGraphResult } from '../native/types.js';
 import type { ParamStore } from './params.js';
 
 export type Shape = readonly number[];
@@ -348,8 +347,7 @@ async function run(req: NativeGraphRequest, store: ParamStore | undefined, optio
   const threads = options.threads ?? 1;
   if (!Number.isInteger(threads) || threads < 0) invalid(`threads must be a non-negative integer, got ${String(threads)}`);
   const { binding, device } = getBinding(options.device ?? 'cpu');
-  const tb = trainBinding(binding);
-  return callNative(() => tb.runGraph({ ...req, device, threads }));
+  return callNative(() => binding.runGraph({ ...req, device, threads }));
 }
 
 /**

@@ -5,11 +5,11 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { ParamStore, Tensor, backward, evaluate } from '../../lib/train/index.js';
-import { trainBinding, type NativeGraphNode, type NativeGraphRequest } from '../../lib/train/native-types.js';
+import type { NativeGraphNode, NativeGraphRequest } from '../../lib/native/types.js';
 import { binding } from '../helpers/native.js';
 import { isSqlr1Error } from '../../lib/errors.js';
 
-const native = trainBinding(binding('cpu'));
+const native = binding('cpu');
 const c = (n: number, shape: number[] = [n]): NativeGraphNode => ({ op: 'const', shape, data: new Float32Array(n) });
 
 function graphError(req: NativeGraphRequest): { code?: string; message?: string } {

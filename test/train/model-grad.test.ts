@@ -3,81 +3,17 @@
  * SwiGLU, the LoRA products and the chunked output head), checked by central finite differences on a tiny F32
  * model (hidden 64, 2 layers, 4 query and 2 KV heads, rank 4), for A and B of every target in every layer.
  *
- * Finite differences: the random tiny model is strongly curved (a step of 2e-2 moves a central difference by
- * ~1% through the h^2 term), so each check uses Richardson's extrapolation R = (4 D(h/2) - D(h)) / 3 with
- * h = 2e-2, whose error is O(h^4). What remains is float32 rounding of the loss (|loss| ~ 50, a few ulps
- * ~ 1e-5, divided by h/2 and amplified 5/3 by the extrapolation: ~2e-3 absolute), hence the bound
- * |R - analytic| <= 2e-2 |analytic| + 3e-3. A wrong formula is off by O(1) relative on the large entries.
+ * Finite differences and their bound: test/train/fixtures/model-fd.ts.
  *
  * Also: log-probs against the inference graph, a new adapter (B = 0) giving the base exactly, and a few AdamW
  * steps changing every adapter tensor while every base tensor stays bit-identical. On CUDA, log-probs and
  * gradients against the CPU (see the bounds there).
  */
 import t from 'tap';
-import { createLora, loadModel, teacherForcedLogprobs, type LoraAdapter, type Model } from '../../lib/model/index.js';
-import { AdamW, LoraTrainer, Tensor, backward, evaluate, grpoLoss, type TrainBatch } from '../../lib/train/index.js';
-import { nmse, randomArray, tempDir, testDevices, tinyModel } from '../helpers/native.js';
-
-const SEQUENCES = [[151644, 872, 198, 4340, 1657, 8256, 30, 151645, 198, 3000, 17, 42], [7, 8, 9, 10, 11, 12, 13]];
-const STARTS = [9, 3];
-const TEMP = 0.7;
-
-/** An adapter with non-zero B (with B = 0 every gradient of A vanishes and the check would be weak). */
-function adapterWithB(model: Model, seed: number): LoraAdapter {
-  const lora = createLora(model, { rank: 4, alpha: 8, seed });
-  lora.tensorNames().forEach((name, k) => {
-    if (name.endsWith('lora_b')) lora.setTensor(name, randomArray(lora.getTensor(name).length, 100 + k, 0.05));
-  });
-  return lora;
-}
-
-function weights(b: TrainBatch): Float32Array {
-  return Float32Array.from({ length: b.n * b.maxCompletion }, (_, i) => Math.cos(i * 1.3) * b.mask[i]!);
-}
-
-function dot(a: Float32Array, w: Float32Array): number {
-  let s = 0;
-  for (let i = 0; i < a.length; i++) if (w[i] !== 0) s += a[i]! * w[i]!;
-  return s;
-}
-
-interface Checker { ok(v: unknown, msg: string): void; fail(msg: string): void }
-
-/** Checks d f / d p against Richardson-extrapolated central differences at three entries of every adapter tensor. */
-async function fdCheck(t: Checker, lora: LoraAdapter, f: () => Promise<number>, what: string): Promise<void> {
-  const P = lora.params();
-  const h = 2e-2;
-  let worst = 0;
-  let checked = 0;
-  for (const name of P.names()) {
-    const g = P.grad(name);
-    t.ok(g, `${what}: ${name} received a gradient`);
-    if (!g) continue;
-    const v = P.get(name);
-    // The largest-gradient entry (a strong check) and two fixed ones.
-    let big = 0;
-    for (let i = 1; i < g.length; i++) if (Math.abs(g[i]!) > Math.abs(g[big]!)) big = i;
-    for (const i of new Set([big, 1, Math.floor(g.length / 2) + 1])) {
-      const orig = v[i]!;
-      const at = async (d: number) => {
-        v[i] = orig + d;
-        P.set(name, v);
-        return f();
-      };
-      const D = async (s: number) => ((await at(s)) - (await at(-s))) / (2 * s);
-      const r = (4 * (await D(h / 2)) - (await D(h))) / 3;
-      v[i] = orig;
-      P.set(name, v);
-      const err = Math.abs(r - g[i]!);
-      const bound = 2e-2 * Math.abs(g[i]!) + 3e-3;
-      worst = Math.max(worst, err / bound);
-      checked++;
-      if (err > bound) t.fail(`${what}: ${name}[${i}] analytic ${g[i]} vs finite differences ${r}`);
-    }
-  }
-  t.ok(checked >= 28 * 2, `${what}: ${checked} entries of ${P.names().length} tensors checked`);
-  t.ok(worst <= 1, `${what}: worst |error| / bound = ${worst.toFixed(3)}`);
-}
+import { createLora, loadModel, teacherForcedLogprobs } from '../../lib/model/index.js';
+import { AdamW, LoraTrainer, Tensor, backward, evaluate, grpoLoss, loraParams } from '../../lib/train/index.js';
+import { nmse, tempDir, testDevices, tinyModel } from '../helpers/native.js';
+import { adapterWithB, dot, fdCheck, SEQUENCES, STARTS, TEMP, weights } from './fixtures/model-fd.js';
 
 t.test('backward through the tiny model by finite differences (cpu, f32)', async (t) => {
   const dir = tempDir(t);
@@ -88,14 +24,15 @@ t.test('backward through the tiny model by finite differences (cpu, f32)', async
   const tr = await LoraTrainer.create(model, lora, { compute: 'f32' });
   t.teardown(() => tr.dispose());
   const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
-  const P = lora.params();
+  const P = tr.params;
+  const grad = (name: string) => P.grad(name);
 
   await t.test('a weighted sum of log-probs', async (t) => {
     const w = weights(batch);
     await tr.logprobs(batch, { keep: true, temperature: TEMP });
     P.zeroGrad();
     await tr.backward(w);
-    await fdCheck(t, lora, async () => dot(await tr.logprobs(batch, { temperature: TEMP }), w), 'sum w logp');
+    await fdCheck(t, P, grad, async () => dot(await tr.logprobs(batch, { temperature: TEMP }), w), 'sum w logp');
   });
 
   await t.test('the GRPO loss: both sides of the clip boundary, with the KL term', async (t) => {
@@ -119,7 +56,7 @@ t.test('backward through the tiny model by finite differences (cpu, f32)', async
     const g = res.grads.get(logp)!;
     P.zeroGrad();
     await tr.backward(g);
-    await fdCheck(t, lora, async () => {
+    await fdCheck(t, P, grad, async () => {
       const { l } = lossOf(await tr.logprobs(batch, { temperature: TEMP }), false);
       return (await evaluate([l.loss]))[0]![0]!;
     }, 'GRPO loss');
@@ -159,17 +96,25 @@ for (const device of testDevices()) for (const type of ['f32', 'q4_0'] as const)
 
     const digests = model.weightDigests();
     const before = new Map(lora.tensorNames().map((n) => [n, lora.getTensor(n)]));
-    const opt = new AdamW(lora.params(), { lr: 1e-2 });
+    // No weight decay: every change below comes from a gradient (decay alone would move every tensor).
+    const opt = new AdamW(tr.params, { lr: 1e-2, weightDecay: 0 });
+    const names = lora.tensorNames();
+    const nonZero = () => names.filter((n) => tr.params.grad(n)?.some((x) => x !== 0));
     const w = weights(batch);
     for (let step = 0; step < 3; step++) {
       await tr.logprobs(batch, { keep: true, temperature: TEMP });
       opt.zeroGrad();
       await tr.backward(w);
+      // A new adapter has B = 0, so at the first step d loss / d A = (alpha / r) B^T ... is exactly zero and only
+      // the B tensors have a gradient; once B has moved, every tensor has one.
+      const expected = step === 0 ? names.filter((n) => n.endsWith('lora_b')) : names;
+      t.same(nonZero(), expected, `step ${step + 1}: ${step === 0 ? 'every B and no A' : 'every adapter tensor'} has a non-zero gradient`);
+      if (step === 0) t.ok(names.filter((n) => n.endsWith('lora_a')).every((n) => tr.params.grad(n)!.every((x) => x === 0)), 'step 1: the A gradients are exactly zero');
       const r = await opt.step();
-      t.equal(r.updated, lora.tensorNames().length, `step ${r.step}: every adapter tensor had a gradient`);
+      t.equal(r.updated, names.length, `step ${r.step}: every adapter tensor was flagged with a gradient`);
     }
-    const unchanged = lora.tensorNames().filter((n) => Buffer.from(before.get(n)!.buffer).equals(Buffer.from(lora.getTensor(n).buffer)));
-    t.same(unchanged, [], 'every adapter tensor changed');
+    const unchanged = names.filter((n) => Buffer.from(before.get(n)!.buffer).equals(Buffer.from(lora.getTensor(n).buffer)));
+    t.same(unchanged, [], 'every adapter tensor changed (through its gradient: no weight decay)');
     t.same(model.weightDigests(), digests, `every base tensor is bit-identical (${Object.keys(digests).length} tensors)`);
     const after = await tr.logprobs(batch, { adapter: false, temperature: TEMP });
     t.ok(Buffer.from(after.buffer).equals(Buffer.from(base.buffer)), 'the reference policy is unchanged');
@@ -185,7 +130,7 @@ const run = async (path: string, device: 'cpu' | 'cuda', compute: 'f32' | 'bf16'
   const batch = tr.pack({ sequences, completionStart });
   const lp = await tr.logprobs(batch, { keep: true, temperature: TEMP });
   await tr.backward(weights(batch));
-  const P = lora.params();
+  const P = tr.params;
   const grads = new Map(P.names().map((n) => [n, P.grad(n)!]));
   tr.dispose();
   lora.dispose();
@@ -298,7 +243,7 @@ t.test('trainer errors', async (t) => {
   await t.rejects(tr.logprobs(long), { code: 'ERR_INVALID_ARG' }, 'more tokens than maxTokens');
   await tr.logprobs(batch, { keep: true });
   const busy = tr.backward(new Float32Array(batch.n * batch.maxCompletion));
-  await t.rejects(lora.params().adamwStep({ lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 }), { code: 'ERR_INVALID_ARG' }, 'AdamW while a backward runs');
+  await t.rejects(tr.params.adamwStep({ lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 }), { code: 'ERR_INVALID_ARG' }, 'AdamW while a backward runs');
   await busy;
   const other = createLora(await loadModel(await tinyModel(dir, 'f32', 'tiny', 8), { device: 'cpu' }), { rank: 2 });
   await t.rejects(LoraTrainer.create(model, other), { code: 'ERR_INVALID_ARG' }, 'an adapter of another model');

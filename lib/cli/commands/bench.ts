@@ -81,7 +81,7 @@ export async function benchStep(model: Model, n: number, promptTokens: number, c
   const sequences = Array.from({ length: n }, (_, i) => randomPrompt(L, model.info.nVocab, 100 + i));
   const lora = createLora(model, { rank, alpha });
   const trainer = await LoraTrainer.create(model, lora, { ...(options.compute ? { compute: options.compute } : {}), maxTokens: Math.max(16384, n * L) });
-  const opt = new AdamW(lora.params(), { lr: 5e-6, weightDecay: 0.01, maxGradNorm: 1.0 });
+  const opt = new AdamW(trainer.params, { lr: 5e-6, weightDecay: 0.01, maxGradNorm: 1.0 });
   const batch = trainer.pack({ sequences, completionStart: sequences.map(() => promptTokens) });
   const C = batch.maxCompletion;
   const advantages = Tensor.constant(Float32Array.from({ length: n }, (_, i) => (i % 2 ? -1 : 1) * (0.5 + i / n)), [n]);
