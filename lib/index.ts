@@ -3,7 +3,7 @@
  */
 export { Sqlr1Error, isSqlr1Error, type ErrorCode } from './errors.js';
 export * from './model/index.js';
-export { Tokenizer, StreamDecoder, renderChat, type ChatMessage } from './tokenizer/index.js';
+export { Tokenizer, StreamDecoder, renderChat, renderChatForTokenizer, type ChatMessage } from './tokenizer/index.js';
 export { readGgufMetadata, type GgufMetadata } from './gguf/reader.js';
 export { probeCuda, type DeviceRequest, type Device } from './native/binding.js';
 export { createToyDatabase, TOY_EXAMPLES, type ToyExample } from './demo/toy-db.js';

@@ -5,6 +5,7 @@
  */
 import { Sqlr1Error } from '../errors.js';
 import { StreamDecoder } from '../tokenizer/index.js';
+import { checkTokenIds } from '../tokenizer/token-range.js';
 import type { LoraAdapter } from './lora.js';
 import type { Model, ModelContext } from './model.js';
 
@@ -81,9 +82,7 @@ export async function generate(model: Model, options: GenerateOptions): Promise<
   let longest = 0;
   options.prompts.forEach((p, i) => {
     if (p.length === 0) throw new Sqlr1Error('ERR_INVALID_ARG', `prompt ${i} is empty`);
-    for (const t of p) {
-      if (!Number.isInteger(t) || t < 0 || t >= vocab) throw new Sqlr1Error('ERR_TOKEN_RANGE', `prompt ${i} has token id ${t}, outside [0, ${vocab})`);
-    }
+    checkTokenIds(p, vocab, `prompt ${i}`);
     longest = Math.max(longest, p.length);
   });
 

@@ -4,6 +4,7 @@
  * switched off this is GRPO's reference policy; with it on, the current policy.
  */
 import { Sqlr1Error } from '../errors.js';
+import { checkTokenIds } from '../tokenizer/token-range.js';
 import type { LoraAdapter } from './lora.js';
 import type { Model, ModelContext } from './model.js';
 
@@ -32,6 +33,7 @@ export async function teacherForcedLogprobs(model: Model, options: TeacherForced
   sequences.forEach((s, i) => {
     const c = completionStart[i]!;
     if (!Number.isInteger(c) || c < 1 || c > s.length) throw new Sqlr1Error('ERR_INVALID_ARG', `completionStart[${i}] must be in [1, ${s.length}], got ${String(c)}`);
+    checkTokenIds(s, model.info.nVocab, `sequence ${i}`);
     L = Math.max(L, s.length);
   });
   const ctx = options.context ?? model.createContext({ nSeq: N, nCtx: L });

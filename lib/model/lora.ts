@@ -11,6 +11,11 @@ import { callNative, callNativeSync } from '../native/binding.js';
 import type { NativeLoraAdapter, NativeLoraInfo, NativeParamStore } from '../native/types.js';
 import type { Model } from './model.js';
 
+/**
+ * The linear layers an adapter can target, for the type and the default (all). Which names are valid is the
+ * addon's rule (lora.cpp's LORA_TARGET_NAME, which maps each to its GGUF tensor): createLora passes the names
+ * through and the addon rejects an unknown one with ERR_INVALID_ARG, naming the valid ones.
+ */
 export const LORA_TARGETS = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
 export type LoraTarget = (typeof LORA_TARGETS)[number];
 
@@ -82,9 +87,7 @@ export function createLora(model: Model, options: LoraOptions = {}): LoraAdapter
   if (!Number.isInteger(rank) || rank < 1) throw new Sqlr1Error('ERR_INVALID_ARG', `rank must be a positive integer, got ${String(rank)}`);
   if (!(alpha > 0)) throw new Sqlr1Error('ERR_INVALID_ARG', `alpha must be positive, got ${String(alpha)}`);
   if (!Number.isSafeInteger(seed) || seed < 0) throw new Sqlr1Error('ERR_INVALID_ARG', `seed must be a non-negative integer, got ${String(seed)}`);
-  for (const t of targets) {
-    if (!LORA_TARGETS.includes(t)) throw new Sqlr1Error('ERR_INVALID_ARG', `unknown LoRA target '${String(t)}'; expected ${LORA_TARGETS.join(', ')}`);
-  }
+  if (!Array.isArray(targets) || targets.some((x) => typeof x !== 'string')) throw new Sqlr1Error('ERR_INVALID_ARG', `targets must be an array of names, got ${String(targets)}`);
   const native = callNativeSync(() => model.binding.createLora(model.nativeModel, { rank, alpha, targets: [...targets], seed }));
   return new LoraAdapter(model, native);
 }

@@ -36,7 +36,8 @@ function hasVariant(v: Device): boolean {
 /** The exports the library calls; a binary without one of them predates this package (a stale local build). */
 const REQUIRED_EXPORTS: readonly (keyof NativeBinding)[] = [
   'Model', 'Context', 'LoraAdapter', 'ParamStore', 'createLora', 'loadLora', 'loadModel', 'makeModel', 'buildInfo',
-  'cudaDevices', 'runGraph', 'createTrainer',
+  'cudaDevices', 'runGraph', 'createTrainer', 'broadcastShape',
+  'adamwCheck',
 ];
 
 function load(v: Device): NativeBinding {

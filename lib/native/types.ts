@@ -137,6 +137,10 @@ export interface NativeBinding {
   LoraAdapter: abstract new () => NativeLoraAdapter;
   ParamStore: new (options: { device: 'cpu' | 'cuda'; threads?: number }) => NativeParamStore;
   runGraph(req: NativeGraphRequest): Promise<NativeGraphResult>;
+  /** Throws ERR_INVALID_ARG unless the AdamW hyperparameters are valid (adamwStep's rule). */
+  adamwCheck(options: Omit<NativeAdamwOptions, 'step'>): void;
+  /** The shape of a binary op on shapes a and b (runGraph's broadcast rule), or null when they do not broadcast. */
+  broadcastShape(a: number[], b: number[]): number[] | null;
   createTrainer(model: NativeModel, lora: NativeLoraAdapter, options: { compute: 'f32' | 'bf16'; maxTokens: number }): Promise<NativeTrainer>;
   createLora(model: NativeModel, options: { rank: number; alpha: number; targets: string[]; seed: number }): NativeLoraAdapter;
   loadLora(model: NativeModel, path: string): Promise<NativeLoraAdapter>;

@@ -16,6 +16,7 @@ import {
   readGgufMetadata,
 } from '../gguf/reader.js';
 import { BpeMerges } from './bpe.js';
+import { checkTokenId } from './token-range.js';
 import { BYTE_TO_CHAR, CHAR_TO_BYTE, utf8Bytes } from './bytes.js';
 import { type PreTokenizer, SUPPORTED_PRE_TOKENIZERS, findPreTokenizer, preTokenize } from './pretokenize.js';
 
@@ -394,9 +395,7 @@ export class Tokenizer {
   // decoding
 
   private checkId(id: number): void {
-    if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
-      throw new Sqlr1Error('ERR_TOKEN_RANGE', `token id ${id} is out of range: expected an integer in [0, ${this.vocabSize})`);
-    }
+    checkTokenId(id, this.vocabSize, 'decode');
   }
 
   /** Raw bytes of one token (llama.cpp token_to_piece with special = true). */

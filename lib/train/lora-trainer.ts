@@ -17,6 +17,7 @@
  */
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync } from '../native/binding.js';
+import { checkTokenIds } from '../tokenizer/token-range.js';
 import type { LoraAdapter } from '../model/lora.js';
 import type { Model } from '../model/model.js';
 import type { NativeTrainer, NativeTrainerMemory } from '../native/types.js';
@@ -110,7 +111,7 @@ export class LoraTrainer {
     sequences.forEach((s, i) => {
       const c = completionStart[i]!;
       if (!Number.isInteger(c) || c < 1 || c >= s.length) invalid(`pack: completionStart[${i}] must be in [1, ${s.length - 1}] (a completion of >= 1 token after >= 1 prompt token), got ${String(c)}`);
-      for (const tok of s) if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new Sqlr1Error('ERR_TOKEN_RANGE', `pack: token id ${String(tok)} in sequence ${i} is out of range [0, ${V})`);
+      checkTokenIds(s, V, `pack: sequence ${i}`);
       L = Math.max(L, s.length);
       C = Math.max(C, s.length - c);
       lengths.push(s.length - c);

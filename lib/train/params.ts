@@ -248,19 +248,18 @@ export class AdamW {
     this.eps = options.eps ?? 1e-8;
     this.weightDecay = options.weightDecay ?? 0.01;
     this.maxGradNorm = options.maxGradNorm;
-    AdamW.check(this.lr, this.beta1, this.beta2, this.eps, this.weightDecay);
+    this.check(this.lr);
     if (this.maxGradNorm !== undefined && !(this.maxGradNorm > 0 && Number.isFinite(this.maxGradNorm))) {
       invalid(`AdamW: maxGradNorm must be a positive finite number, got ${String(this.maxGradNorm)}`);
     }
   }
 
-  private static check(lr: number, b1: number, b2: number, eps: number, wd: number): void {
-    const ok = (x: number) => typeof x === 'number' && Number.isFinite(x);
-    if (!ok(lr) || lr <= 0) invalid(`AdamW: lr must be a positive finite number, got ${String(lr)}`);
-    if (!ok(b1) || b1 < 0 || b1 >= 1 || !ok(b2) || b2 < 0 || b2 >= 1) invalid(`AdamW: betas must be in [0, 1), got [${String(b1)}, ${String(b2)}]`);
-    if (!ok(eps) || eps <= 0) invalid(`AdamW: eps must be a positive finite number, got ${String(eps)}`);
-    if (!ok(wd) || wd < 0 || wd > 1) invalid(`AdamW: weightDecay must be in [0, 1], got ${String(wd)}`);
-    if (lr * wd > 1) invalid(`AdamW: lr * weightDecay must be at most 1, got ${lr * wd}`);
+  /**
+   * The hyperparameters with learning rate `lr`, by the addon's rule (adamw.cpp, which checks every step anyway):
+   * one owner, and bad values fail here, where the optimizer is made or the schedule sets the lr.
+   */
+  private check(lr: number): void {
+    callNativeSync(() => this.store.binding.adamwCheck({ lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, weightDecay: this.weightDecay }));
   }
 
   /** Steps taken so far. */
@@ -283,7 +282,7 @@ export class AdamW {
    */
   async step(options: { lr?: number } = {}): Promise<AdamWStepResult> {
     if (options.lr !== undefined) {
-      AdamW.check(options.lr, this.beta1, this.beta2, this.eps, this.weightDecay);
+      this.check(options.lr);
       this.lr = options.lr;
     }
     const gradNorm = this.maxGradNorm !== undefined ? this.store.clipGradNorm(this.maxGradNorm) : undefined;
@@ -300,7 +299,7 @@ export class AdamW {
 
   loadState(state: { step: number; lr?: number }): void {
     if (!Number.isInteger(state.step) || state.step < 0) invalid(`AdamW.loadState: step must be a non-negative integer, got ${String(state.step)}`);
-    if (state.lr !== undefined) AdamW.check(state.lr, this.beta1, this.beta2, this.eps, this.weightDecay);
+    if (state.lr !== undefined) this.check(state.lr);
     this.t = state.step;
     if (state.lr !== undefined) this.lr = state.lr;
   }

@@ -12,7 +12,7 @@
  * op is written.
  */
 import { Sqlr1Error } from '../errors.js';
-import { callNative, getBinding, type DeviceRequest } from '../native/binding.js';
+import { callNative, callNativeSync, getBinding, type DeviceRequest } from '../native/binding.js';
 import type { NativeGraphNode, NativeGraphRequest, NativeGraphResult } from '../native/types.js';
 import type { ParamStore } from './params.js';
 
@@ -56,16 +56,28 @@ function checkShape(shape: unknown, what: string): number[] {
   return [...(shape as number[])];
 }
 
+/**
+ * The shape of a binary op on `a` and `b`, or null when they do not broadcast. The rule is the addon's
+ * (tensor_graph.cpp, which must check it before ggml would assert); asking it keeps one owner.
+ */
+function nativeBroadcastShape(a: Shape, b: Shape): Shape | null {
+  const { binding } = getBinding('cpu');
+  return callNativeSync(() => binding.broadcastShape([...a], [...b]));
+}
+
+function sameShape(a: Shape, b: Shape): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
 /** True when `small` broadcasts to `big` (aligned on the right; each dimension equal or 1). */
 export function broadcastsTo(small: Shape, big: Shape): boolean {
-  if (small.length > big.length) return false;
-  const off = big.length - small.length;
-  return small.every((d, i) => d === big[off + i] || d === 1);
+  const s = nativeBroadcastShape(small, big);
+  return s !== null && sameShape(s, big);
 }
 
 function broadcastShape(op: string, a: Shape, b: Shape): Shape {
-  if (broadcastsTo(b, a)) return a;
-  if (broadcastsTo(a, b)) return b;
+  const s = nativeBroadcastShape(a, b);
+  if (s !== null) return s;
   return invalid(`${op}: shapes ${fmt(a)} and ${fmt(b)} do not broadcast (one shape must cover the other, each dimension equal or 1, aligned on the right)`);
 }
 

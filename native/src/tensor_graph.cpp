@@ -71,6 +71,16 @@ bool broadcasts_to(const shape_t & small, const shape_t & big) {
     return true;
 }
 
+// The broadcast rule of binary ops, in one place: one shape must cover the other. runGraph checks it before ggml
+// would assert, and exports it as broadcastShape to the TypeScript layer, which needs each op's shape where the
+// op is written (lib/train/tensor.ts).
+bool broadcast_shape(const shape_t & a, const shape_t & b, shape_t & out) {
+    if (broadcasts_to(b, a)) out = a;
+    else if (broadcasts_to(a, b)) out = b;
+    else return false;
+    return true;
+}
+
 shape_t rows_shape(const shape_t & s) {
     shape_t r = s;
     if (!r.empty()) r.back() = 1;
@@ -166,9 +176,7 @@ std::vector<shape_t> tensor_graph_validate(const tensor_graph_request & req) {
             shapes[i] = param_store_get(*req.store, nd.param).shape;
         } else if (op == "add" || op == "sub" || op == "mul" || op == "div" || op == "min" || op == "max") {
             const shape_t & a = in(0), & b = in(1);
-            if (broadcasts_to(b, a)) shapes[i] = a;
-            else if (broadcasts_to(a, b)) shapes[i] = b;
-            else node_fail(i, nd, "shapes " + param_shape_str(a) + " and " + param_shape_str(b) +
+            if (!broadcast_shape(a, b, shapes[i])) node_fail(i, nd, "shapes " + param_shape_str(a) + " and " + param_shape_str(b) +
                            " do not broadcast (one shape must cover the other, each dimension equal or 1, aligned on the right)");
         } else if (op == "masked_sum" || op == "masked_mean" || op == "masked_mean_rows") {
             const shape_t & x = in(0), & m = in(1);
@@ -779,9 +787,37 @@ Napi::Object param_store_to_js(Napi::Env env, std::shared_ptr<param_store> s) {
     return ParamStoreWrap::ctor.New({ Napi::External<std::shared_ptr<param_store>>::New(env, &tmp) });
 }
 
+// adamwCheck({ lr, beta1, beta2, eps, weightDecay }): adamwStep's hyperparameter rule (adamw_options_check),
+// exported so that the TypeScript AdamW rejects bad values when it is constructed, with the same rule.
+Napi::Value AdamwCheck(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = need_object(info, 0, "AdamW options");
+    adamw_options ao;
+    ao.lr = get_number(o, "lr", NAN);
+    ao.beta1 = get_number(o, "beta1", NAN);
+    ao.beta2 = get_number(o, "beta2", NAN);
+    ao.eps = get_number(o, "eps", NAN);
+    ao.weight_decay = get_number(o, "weightDecay", NAN);
+    ao.step = 1;
+    guarded(env, [&]() { adamw_options_check(ao); return 0; });
+    return env.Undefined();
+}
+
+// broadcastShape(a, b) -> the shape of a binary op on shapes a and b, or null when they do not broadcast.
+Napi::Value BroadcastShape(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2) bad_arg(env, "broadcastShape(a, b): two shapes expected");
+    const shape_t a = get_shape(env, info[0], "a"), b = get_shape(env, info[1], "b");
+    shape_t out;
+    if (!broadcast_shape(a, b, out)) return env.Null();
+    return shape_to_js(env, out);
+}
+
 void tensor_graph_register(Napi::Env env, Napi::Object exports) {
     exports.Set("ParamStore", ParamStoreWrap::Init(env));
     exports.Set("runGraph", Napi::Function::New(env, RunGraph));
+    exports.Set("broadcastShape", Napi::Function::New(env, BroadcastShape));
+    exports.Set("adamwCheck", Napi::Function::New(env, AdamwCheck));
 }
 
 } // namespace sqlr1
