@@ -57,7 +57,7 @@ export interface LoaderEnv {
 }
 
 const probes = new Map<string, ReturnType<LoaderEnv['probeInChild']>>();
-const defaultEnv: LoaderEnv = {
+export const defaultLoaderEnv: LoaderEnv = {
   localBinary: (device) => nodeGypBuild.path(join(packageRoot, 'bindings', device)),
   packageBinary: (name) => {
     try {
@@ -216,7 +216,7 @@ export function getBinding(device: DeviceRequest = 'auto', log: (msg: string) =>
   }
   const hit = cache.get(device);
   if (hit) return hit;
-  const r = loadBinding(device, defaultEnv, log);
+  const r = loadBinding(device, defaultLoaderEnv, log);
   cache.set(device, r);
   return r;
 }
