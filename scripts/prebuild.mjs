@@ -130,7 +130,7 @@ if (cuda) {
 mkdirSync(buildDir, { recursive: true });
 // A build resumed after --time-limit keeps the wall time spent so far; a changed architecture list starts over.
 let state = existsSync(stateFile) ? JSON.parse(readFileSync(stateFile, 'utf8')) : {};
-if (state.archs !== archs) {
+if (state.archs !== archs || typeof state.seconds !== 'number') {
   state = { archs, seconds: 0 };
   rmSync(timeCsv, { force: true });
 }
@@ -177,6 +177,7 @@ if (cuda) {
 }
 writeFileSync(join(pkgDir, 'lib', 'build-info.json'), JSON.stringify(info, null, 2) + '\n');
 console.log(JSON.stringify(info, null, 2));
+rmSync(stateFile, { force: true });
 appendFileSync(join(root, 'prebuild', 'prebuild.log'), JSON.stringify({ at: new Date().toISOString(), ...info }) + '\n');
 if (glibc !== 'none' && hostGlibc && newer(glibc, hostGlibc)) fail(`the binary needs glibc ${glibc}, newer than this machine's ${hostGlibc}`);
 log(`${dest}: ${(info.bytes / 1e6).toFixed(1)} MB, needs glibc >= ${glibc} (this machine: ${hostGlibc}), built in ${info.buildSeconds} s`);

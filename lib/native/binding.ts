@@ -109,6 +109,22 @@ export function missingCudaLibraryHint(message: string): string | undefined {
     'and put its lib64 folder on the library path (ldconfig, or LD_LIBRARY_PATH=/usr/local/cuda-13/lib64)';
 }
 
+/**
+ * What to do when a prebuilt binary does not load because of the system's C and C++ runtimes (too old a glibc or
+ * libstdc++, or no OpenMP runtime), or undefined when the message is about something else.
+ */
+export function systemLibraryHint(message: string): string | undefined {
+  const version = /version `((GLIBC|GLIBCXX|CXXABI)_[\d.]+)' not found/.exec(message);
+  if (version) {
+    const lib = version[2] === 'GLIBC' ? 'glibc' : 'libstdc++';
+    return `this system's ${lib} is older than the prebuilt binary needs (${version[1]}): build from source instead`;
+  }
+  if (/libgomp\.so\.1: cannot open shared object file/.test(message)) {
+    return 'libgomp.so.1 (the GNU OpenMP runtime) is missing: install libgomp1 (apt) or libgomp (dnf)';
+  }
+  return undefined;
+}
+
 /** Tries the variant's local build, then its platform package; CUDA binaries are probed in a child first. */
 function tryVariant(device: Device, env: LoaderEnv, attempts: LoadAttempt[]): NativeBinding | undefined {
   const local = relative(process.cwd(), join(packageRoot, 'bindings', device)) || '.';
@@ -134,7 +150,7 @@ function tryVariant(device: Device, env: LoaderEnv, attempts: LoadAttempt[]): Na
     if (device === 'cuda') {
       const probe = env.probeInChild(file);
       if (!probe.ok) {
-        fail(missingCudaLibraryHint(probe.reason) ?? `failed to load: ${probe.reason}`);
+        fail(missingCudaLibraryHint(probe.reason) ?? systemLibraryHint(probe.reason) ?? `failed to load: ${probe.reason}`);
         continue;
       }
       if (probe.devices === 0) {
@@ -145,7 +161,8 @@ function tryVariant(device: Device, env: LoaderEnv, attempts: LoadAttempt[]): Na
     try {
       return env.loadInProcess(file);
     } catch (e) {
-      fail(`failed to load: ${(e as Error).message.split('\n')[0]}`);
+      const msg = (e as Error).message.split('\n')[0]!;
+      fail(systemLibraryHint(msg) ?? `failed to load: ${msg}`);
     }
   }
   return undefined;

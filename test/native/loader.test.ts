@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { defaultLoaderEnv, loadBinding, missingCudaLibraryHint, platformPackages, type Device, type LoaderEnv } from '../../lib/native/binding.js';
+import { defaultLoaderEnv, loadBinding, missingCudaLibraryHint, platformPackages, systemLibraryHint, type Device, type LoaderEnv } from '../../lib/native/binding.js';
 import type { NativeBinding } from '../../lib/native/types.js';
 
 const CUBLAS_MISSING = 'libcublas.so.13: cannot open shared object file: No such file or directory';
@@ -123,6 +123,19 @@ t.test('missing-library hints', async (t) => {
   t.match(missingCudaLibraryHint('libcublasLt.so.13: cannot open shared object file')!, /libcublasLt\.so\.13 \(cuBLAS 13\).*`libcublas-13-0`/);
   t.match(missingCudaLibraryHint('libcuda.so.1: cannot open shared object file')!, /NVIDIA driver/);
   t.equal(missingCudaLibraryHint('undefined symbol: foo'), undefined);
+  t.match(systemLibraryHint("/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.34' not found (required by /p/cpu.node)")!, /glibc is older than the prebuilt binary needs \(GLIBC_2\.34\): build from source/);
+  t.match(systemLibraryHint("libstdc++.so.6: version `GLIBCXX_3.4.29' not found")!, /libstdc\+\+ is older/);
+  t.match(systemLibraryHint('libgomp.so.1: cannot open shared object file: No such file or directory')!, /install libgomp1/);
+  t.equal(systemLibraryHint('invalid ELF header'), undefined);
+});
+
+t.test('a glibc too old for the CPU package is reported with the fix', async (t) => {
+  const env = fakeEnv({ pkg: { cpu: '/p/cpu.node' } });
+  env.loadInProcess = () => { throw new Error("/lib/x86_64-linux-gnu/libc.so.6: version `GLIBC_2.34' not found (required by /p/cpu.node)"); };
+  const err = t.throws(() => loadBinding('cpu', env)) as Error & { code: string };
+  t.equal(err.code, 'ERR_NATIVE_LOAD');
+  t.match(err.message, /cpu, @sqlr1-native\/linux-x64 \(\/p\/cpu\.node\): this system's glibc is older .*GLIBC_2\.34/);
+  t.match(err.message, /--build-from-source/);
 });
 
 t.test("the dynamic loader's message for a missing library, through the real child probe", async (t) => {
