@@ -9,7 +9,8 @@
 #                                               (no compile allowed), and runs `sqlr1 bench generate --device cuda`
 #                                               from the installed package
 #
-# Before: here, `npm run prebuild && bash scripts/pack-gpu.sh --packages` (fills .gpu/). Results go to $OUT.
+# Before, on a machine with network: `npm run prebuild && bash scripts/pack-gpu.sh --packages` (fills .gpu/:
+# Node, node_modules, the ggml source, the npm CLI, the main and CPU tarballs). Results go to $OUT.
 source "$(dirname "$0")/gpu-env.sh"
 step=${1:?usage: gpu-packages.sh build [ARCHS] | test}
 
@@ -26,11 +27,8 @@ fi
 
 [ "$step" = test ] || { echo "unknown step $step" >&2; exit 2; }
 [ -f npm/linux-x64-cuda13/lib/sqlr1.node ] || { echo "no CUDA prebuild: run gpu-packages.sh build first" >&2; exit 1; }
-for f in .gpu/npm-cache.tar .gpu/npm-cli.tar.xz .gpu/better_sqlite3.node; do
-  [ -f "$f" ] || { echo "$f missing: run scripts/pack-gpu.sh --packages on the machine with network" >&2; exit 1; }
-done
-command -v npm >/dev/null 2>&1 || { tar -xJf .gpu/npm-cli.tar.xz -C /tmp; npm() { node /tmp/npm/bin/npm-cli.js "$@"; }; }
-rm -rf /tmp/sqlr1-gpu-cache && tar -xf .gpu/npm-cache.tar -C /tmp
+[ -f .gpu/npm-cli.tar.xz ] && ls .gpu/packages/*.tgz > /dev/null || { echo ".gpu/packages or .gpu/npm-cli.tar.xz missing: run scripts/pack-gpu.sh --packages on the machine with network" >&2; exit 1; }
+command -v npm > /dev/null 2>&1 || { tar -xJf .gpu/npm-cli.tar.xz -C /tmp; npm() { node /tmp/npm/bin/npm-cli.js "$@"; }; }
 
 work=/tmp/sqlr1-gpu-packages
 rm -rf "$work" && mkdir -p "$work"/{app,fakebin}
@@ -39,18 +37,19 @@ cp .gpu/packages/*.tgz "$work/app/"
 printf '#!/bin/sh\necho "cmake $*" >> %s/cmake-called\necho "cmake was called: an installed package tried to compile" >&2\nexit 97\n' "$work" > "$work/fakebin/cmake"
 chmod +x "$work/fakebin/cmake"
 export PATH="$work/fakebin:$PATH"
+# No registry here: the dependencies are placed first from the carried node_modules (better-sqlite3 already built
+# for this Node), so npm resolves them without a fetch; our three packages come from their tarballs, and their
+# install scripts run (with the failing cmake first on PATH).
+mkdir -p "$work/app/node_modules" && cp -a "$root/node_modules/." "$work/app/node_modules/"
+rm -rf "$work/app/node_modules/.package-lock.json" "$work/app/node_modules/sqlr1-native" "$work/app/node_modules/@sqlr1-native"
 cd "$work/app"
 echo '{ "name": "sqlr1-gpu-install-check", "version": "1.0.0", "private": true, "type": "module" }' > package.json
 ls -l *.tgz | tee "$OUT/tarballs.txt"
-# Offline: every registry package comes from the carried cache. Scripts are skipped at first because
-# better-sqlite3's would try to download or compile; its binary comes from the packing machine (same Node), and
-# then our packages' install scripts run on their own, with the failing cmake first on PATH.
 t0=$(date +%s.%N)
-npm install ./*.tgz --offline --cache /tmp/sqlr1-gpu-cache --ignore-scripts --no-audit --no-fund 2>&1 | tail -3
-mkdir -p node_modules/better-sqlite3/build/Release && cp "$root/.gpu/better_sqlite3.node" node_modules/better-sqlite3/build/Release/
-npm rebuild sqlr1-native @sqlr1-native/linux-x64 @sqlr1-native/linux-x64-cuda13 --offline --foreground-scripts 2>&1 | tail -5
+npm install ./*.tgz --offline --no-audit --no-fund --foreground-scripts --timing --logs-dir "$work/logs" 2>&1 | tail -8
 t1=$(date +%s.%N)
 echo "offline install of the three tarballs: $(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }") s" | tee "$OUT/install-time.txt"
+grep -o '"build:run:[^"]*":[0-9]*' "$work"/logs/*-timing.json | tee -a "$OUT/install-time.txt" || true
 fail=0
 [ -f "$work/cmake-called" ] && { echo "FAIL: cmake was called:"; cat "$work/cmake-called"; fail=1; }
 [ -e node_modules/sqlr1-native/bindings/cuda/build ] && { echo "FAIL: a CUDA build folder appeared"; fail=1; }

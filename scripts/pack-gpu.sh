@@ -17,21 +17,14 @@ tar -rf /tmp/sqlr1-llama.tar -C native/.deps $(cd native/.deps && ls llama.cpp/m
 xz -T2 -c /tmp/sqlr1-llama.tar > .gpu/llama.tar.xz && rm -f /tmp/sqlr1-llama.tar
 [ "${1:-}" = --packages ] || du -ch .gpu/* | tail -5
 
-# With --packages, also what the installed-package check (scripts/gpu-packages.sh) needs, since that machine has
-# no registry: the main and CPU tarballs (npm run prebuild first), an npm cache holding every dependency they
-# pull (filled by an install here, scripts skipped), the npm CLI itself, and this machine's better-sqlite3 binary
-# (same Node as .gpu/node.xz; its own build needs Node's headers and a compiler, and it is not ours).
+# With --packages, also what the installed-package check (scripts/gpu-packages.sh) needs there: the main and CPU
+# tarballs (npm run prebuild first) and the npm CLI. The dependencies come from the node_modules packed above
+# (that machine cannot reach the registry), so no npm cache is carried.
 if [ "${1:-}" = --packages ]; then
   [ -f npm/linux-x64/lib/sqlr1.node ] || { echo "no CPU prebuild: run npm run prebuild first" >&2; exit 1; }
-  rm -rf .gpu/packages /tmp/sqlr1-gpu-cache /tmp/sqlr1-gpu-fill
+  rm -rf .gpu/packages
   node scripts/pack-all.mjs --cpu-only --out .gpu/packages > /dev/null
-  mkdir -p /tmp/sqlr1-gpu-fill && cp .gpu/packages/*.tgz /tmp/sqlr1-gpu-fill/
-  (cd /tmp/sqlr1-gpu-fill && echo '{"name":"fill","version":"1.0.0","private":true}' > package.json &&
-    npm install ./*.tgz --ignore-scripts --no-audit --no-fund --cache /tmp/sqlr1-gpu-cache > /dev/null)
-  tar -cf .gpu/npm-cache.tar -C /tmp sqlr1-gpu-cache
   npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
   tar -cJf .gpu/npm-cli.tar.xz -C "$(dirname "$npm_dir")" --exclude='npm/docs' --exclude='npm/man' "$(basename "$npm_dir")"
-  cp node_modules/better-sqlite3/build/Release/better_sqlite3.node .gpu/better_sqlite3.node
-  rm -rf /tmp/sqlr1-gpu-cache /tmp/sqlr1-gpu-fill
-  du -ch .gpu/* .gpu/packages/* | sort -h | tail -12
+  du -ch .gpu/* | tail -8
 fi
