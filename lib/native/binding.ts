@@ -184,7 +184,7 @@ export function loadError(device: DeviceRequest, attempts: LoadAttempt[]): Sqlr1
     ]
     : [
       `reinstall without omitting optional dependencies, so that npm installs ${platformPackages.cpu} (Linux x64, glibc),`,
-      'or build from source: `npm rebuild sqlr1-native --build-from-source` (or SQLR1_BUILD_FROM_SOURCE=1 npm install; needs a C++17 compiler and CMake >= 3.18)',
+      'or build from source: `SQLR1_BUILD_FROM_SOURCE=1 npm rebuild sqlr1-native` (or `npm rebuild sqlr1-native --build-from-source`; needs a C++17 compiler and CMake >= 3.18)',
     ];
   return new Sqlr1Error(code, `no native addon could be loaded for device '${device}'; tried:\n${lines.join('\n')}\nTo fix: ${todo.join('\n  ')}`);
 }
