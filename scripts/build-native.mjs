@@ -52,11 +52,15 @@ function usablePlatformPackage(v) {
     return undefined;
   }
   if (v === 'cuda') return `${platformPackage[v]} is installed (its CUDA libraries are checked when it loads)`;
-  // The CPU binary is loaded here once, so that an install on an unsupported system builds from source instead.
-  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(file)})`], { encoding: 'utf8' });
-  if (r.status === 0) return `${platformPackage[v]} is installed and loads`;
-  log(`${platformPackage[v]} is installed but does not load here (${(r.stderr || '').trim().split('\n')[0]}); building from source`);
-  return undefined;
+  // The CPU binary is loaded here once, so that an install on an unsupported system (too old a glibc, say)
+  // builds from source instead.
+  try {
+    createRequire(import.meta.url)(file);
+    return `${platformPackage[v]} is installed and loads`;
+  } catch (e) {
+    log(`${platformPackage[v]} is installed but does not load here (${String(e?.message ?? e).split('\n')[0]}); building from source`);
+    return undefined;
+  }
 }
 
 function findCublas() {

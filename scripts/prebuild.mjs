@@ -107,12 +107,12 @@ function compileTimes(csv) {
   const per = {};
   for (const line of readFileSync(csv, 'utf8').split('\n')) {
     const cols = line.split(',').map((c) => c.trim());
-    if (cols.length < 9 || cols[7] === 'metric' || cols[8] !== 'ms') continue;
-    const phase = cols[1];
-    const arch = cols[4];
+    // source file, phase, input files, output file, arch, tool, metric, unit
+    if (cols.length < 8 || cols[7] !== 'ms') continue;
+    const [, phase, , , arch, , metric] = cols;
     if (!/^(cicc|ptxas)$/.test(phase) || !/^(compute|sm)_\d+/.test(arch)) continue;
     const key = arch.replace(/^(compute|sm)_/, 'sm_');
-    per[key] = (per[key] ?? 0) + Number(cols[7]) / 1000;
+    per[key] = (per[key] ?? 0) + Number(metric) / 1000;
   }
   return Object.fromEntries(Object.entries(per).map(([k, v]) => [k, Math.round(v)]));
 }
@@ -124,7 +124,7 @@ let archs;
 const timeCsv = join(buildDir, 'nvcc-time.csv');
 if (cuda) {
   archs = cudaArchitectures(opt('--arch', process.env.SQLR1_CUDA_ARCH_LIST ?? '90'));
-  buildArgs.push('--cuda', `--CDCMAKE_CUDA_ARCHITECTURES=${archs}`, `--CDCMAKE_CUDA_FLAGS=--time=${timeCsv}`);
+  buildArgs.push('--cuda', `--CDCMAKE_CUDA_FLAGS=--time=${timeCsv}`);
   env.SQLR1_CUDA_ARCH = archs;
 }
 mkdirSync(buildDir, { recursive: true });
