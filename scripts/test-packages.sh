@@ -84,6 +84,9 @@ const ours = Object.entries(timing).filter(([k]) => /^build:run:(pre|post)?insta
 console.log(`[test-packages] npm install ./*.tgz: ${s(total)} in all; better-sqlite3's own compile ${s(bsq)}; ` +
   `everything else (our packages and the other dependencies, fetch and unpack) ${s(total - bsq)}`);
 for (const [k, v] of ours) console.log(`[test-packages]   ${k.replace('build:run:', '')} script: ${s(v)}`);
+const unpack = Object.entries(timing).filter(([k]) => /^reifyNode:node_modules\/(sqlr1-native|@sqlr1-native\/[^/]+)$/.test(k));
+console.log(`[test-packages]   resolving the dependency tree ${s(timing.idealTree ?? 0)}, unpacking all packages ${s(timing['reify:unpack'] ?? 0)} ` +
+  `(in parallel; ours: ${unpack.map(([k, v]) => `${k.replace('reifyNode:node_modules/', '')} ${s(v)}`).join(', ')})`);
 for (const p of JSON.parse(fs.readFileSync(path.join(work, 'packed.json'), 'utf8'))) {
   console.log(`[test-packages] ${p.name}: ${(p.packedBytes / 1e6).toFixed(2)} MB packed, ${(p.unpackedBytes / 1e6).toFixed(2)} MB unpacked`);
 }
