@@ -165,7 +165,7 @@ const info = {
   commit: (() => { try { return execFileSync('git', ['rev-parse', 'HEAD'], { cwd: root, encoding: 'utf8' }).trim(); } catch { return 'unknown'; } })(),
   glibc,
   buildMachineGlibc: hostGlibc,
-  cpu: 'x86-64 with AVX2, FMA and F16C (ggml with GGML_NATIVE=OFF)',
+  cpu: 'x86-64 with AVX2, BMI2, FMA and F16C (ggml with GGML_NATIVE=OFF)',
   needed: neededLibraries(dest),
   bytes: statSync(dest).size,
   buildSeconds: Math.round(state.seconds),

@@ -91,7 +91,7 @@ export const defaultLoaderEnv: LoaderEnv = {
 };
 
 /** The CPU features the portable CPU binary (ggml with GGML_NATIVE=OFF) uses without checking. */
-const PORTABLE_CPU_FLAGS = ['avx2', 'fma', 'f16c'];
+const PORTABLE_CPU_FLAGS = ['avx2', 'bmi2', 'fma', 'f16c'];
 
 /**
  * What to install for a CUDA library that the dynamic loader could not find, from its error message

@@ -35,7 +35,7 @@ function fakeEnv(o: {
       return f;
     },
     packageBinary: (name) => o.pkg?.[byName(name)],
-    cpuFlags: () => new Set(o.flags ?? ['sse4_2', 'avx', 'avx2', 'fma', 'f16c']),
+    cpuFlags: () => new Set(o.flags ?? ['sse4_2', 'avx', 'avx2', 'bmi2', 'fma', 'f16c']),
     cudaDisabled: () => o.cudaDisabled ?? false,
     probeInChild: (file) => {
       probed.push(file);
@@ -106,7 +106,7 @@ t.test('the portable CPU binary is skipped on a CPU without AVX2', async (t) => 
   const env = fakeEnv({ pkg: { cpu: '/p/cpu.node' }, flags: ['sse4_2', 'avx'] });
   const err = t.throws(() => loadBinding('cpu', env)) as Error & { code: string };
   t.equal(err.code, 'ERR_NATIVE_LOAD');
-  t.match(err.message, /this CPU lacks avx2, fma, f16c/);
+  t.match(err.message, /this CPU lacks avx2, bmi2, fma, f16c/);
   t.same(env.loaded, [], 'never loaded (it would stop on an illegal instruction)');
   const local = fakeEnv({ local: { cpu: '/l/cpu.node' }, pkg: { cpu: '/p/cpu.node' }, flags: ['sse4_2'] });
   t.equal(fileOf(loadBinding('cpu', local).binding), '/l/cpu.node', 'a local build is built for this CPU');
