@@ -15,4 +15,16 @@ tar -cf /tmp/sqlr1-llama.tar -C native/.deps --exclude='llama.cpp/.git' --exclud
   --exclude='llama.cpp/tests' llama.cpp
 tar -rf /tmp/sqlr1-llama.tar -C native/.deps $(cd native/.deps && ls llama.cpp/models/ggml-vocab-qwen2.gguf* llama.cpp/models/ggml-vocab-llama-bpe.gguf*)
 xz -T2 -c /tmp/sqlr1-llama.tar > .gpu/llama.tar.xz && rm -f /tmp/sqlr1-llama.tar
-du -ch .gpu/* | tail -5
+[ "${1:-}" = --packages ] || du -ch .gpu/* | tail -5
+
+# With --packages, also what the installed-package check (scripts/gpu-packages.sh) needs there: the main and CPU
+# tarballs (npm run prebuild first) and the npm CLI. The dependencies come from the node_modules packed above
+# (that machine cannot reach the registry), so no npm cache is carried.
+if [ "${1:-}" = --packages ]; then
+  [ -f npm/linux-x64/lib/sqlr1.node ] || { echo "no CPU prebuild: run npm run prebuild first" >&2; exit 1; }
+  rm -rf .gpu/packages
+  node scripts/pack-all.mjs --cpu-only --out .gpu/packages > /dev/null
+  npm_dir=$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")
+  tar -cJf .gpu/npm-cli.tar.xz -C "$(dirname "$npm_dir")" --exclude='npm/docs' --exclude='npm/man' "$(basename "$npm_dir")"
+  du -ch .gpu/* | tail -8
+fi
