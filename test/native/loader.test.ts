@@ -21,6 +21,7 @@ function fakeEnv(o: {
   flags?: string[];
   probe?: (file: string) => ReturnType<LoaderEnv['probeInChild']>;
   broken?: string[];
+  stale?: string[];
   cudaDisabled?: boolean;
 }): LoaderEnv & { loaded: string[]; probed: string[] } {
   const loaded: string[] = [];
@@ -44,7 +45,9 @@ function fakeEnv(o: {
     loadInProcess: (file) => {
       if (o.broken?.includes(file)) throw new Error(`${file}: invalid ELF header`);
       loaded.push(file);
-      return { file } as unknown as NativeBinding;
+      // A current binary has every export the library calls; a stale one (o.stale) has none of them.
+      if (o.stale?.includes(file)) return { file } as unknown as NativeBinding;
+      return new Proxy({ file }, { get: (b, k) => (k in b ? b[k as 'file'] : () => undefined) }) as unknown as NativeBinding;
     },
   };
 }
@@ -152,4 +155,12 @@ t.test("the dynamic loader's message for a missing library, through the real chi
   const reason = probe.ok ? '' : probe.reason;
   t.match(reason, /libcublas\.so\.13: cannot open shared object file/);
   t.match(missingCudaLibraryHint(reason)!, /libcublas\.so\.13 \(cuBLAS 13\) is missing/);
+});
+
+t.test('a stale local build (missing exports) is refused and the platform package serves', async (t) => {
+  const env = fakeEnv({ local: { cpu: '/b/cpu.node' }, pkg: { cpu: '/p/cpu.node' }, stale: ['/b/cpu.node'] });
+  const r = loadBinding('cpu', env);
+  t.equal(fileOf(r.binding), '/p/cpu.node');
+  const only = fakeEnv({ local: { cpu: '/b/cpu.node' }, stale: ['/b/cpu.node'] });
+  t.throws(() => loadBinding('cpu', only), { code: 'ERR_NATIVE_LOAD', message: /predates this version/ });
 });
