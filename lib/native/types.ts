@@ -145,6 +145,12 @@ export interface NativeBinding {
     device: 'cpu' | 'cuda'; logits: Float32Array; nVocab: number; seeds: BigUint64Array; positions: BigUint64Array;
     temperature: number; topK?: number; topP?: number;
   }): { tokens: Int32Array; logprobs: Float32Array };
+  /** Test-only: the project's CUDA kernels on host arrays (native/src/test_hooks.h), made when asked for. */
+  testHooks(): NativeTestHooks;
+}
+
+/** The test-only kernel entry points (CUDA builds; each fails with ERR_NO_CUDA elsewhere). */
+export interface NativeTestHooks {
   /** The training attention kernels on host data (CUDA builds; tests). dk and dv are per KV head. */
   attentionCuda(req: {
     q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array;

@@ -126,10 +126,21 @@ export interface NativeTrainer {
   dispose(): void;
 }
 
+export interface NativeTrainerOptions {
+  compute: 'f32' | 'bf16';
+  maxTokens: number;
+  /** Wait after each graph and kernel of a layer-by-layer CUDA pass (default false). */
+  sync?: boolean;
+  /** 1: print each backward's timings (implies sync); 2: also run graphs node by node (default 0). */
+  profile?: 0 | 1 | 2;
+  /** CUDA BF16 passes around the project's kernels (default true). */
+  fusedKernels?: boolean;
+}
+
 export interface NativeTrainBinding {
   ParamStore: new (options: { device: 'cpu' | 'cuda'; threads?: number }) => NativeParamStore;
   runGraph(req: NativeGraphRequest): Promise<NativeGraphResult>;
-  createTrainer(model: NativeModel, lora: NativeLoraAdapter, options: { compute: 'f32' | 'bf16'; maxTokens: number }): Promise<NativeTrainer>;
+  createTrainer(model: NativeModel, lora: NativeLoraAdapter, options: NativeTrainerOptions): Promise<NativeTrainer>;
 }
 
 /** The tensor-graph exports of a loaded addon; ERR_NATIVE_LOAD when the binary predates them. */
