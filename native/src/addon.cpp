@@ -199,7 +199,7 @@ public:
         if (info.Length() < 1 || !info[0].IsString()) bad_arg(info.Env(), "save(path): path must be a string");
         const std::string path = info[0].As<Napi::String>().Utf8Value();
         return submit<int>(info.Env(), ad->m->backends->exec, [ad, path]() { lora_adapter_save(*ad, path); return 0; },
-            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, nullptr, info.This());
+            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, info.This());
     }
     // The adapter's tensors as a ParamStore (gradients, AdamW moments); the same store on every call.
     Napi::Value Params(const Napi::CallbackInfo & info) {
@@ -367,7 +367,7 @@ public:
                 }
                 return out;
             },
-            nullptr, info.This());
+            info.This());
     }
 
     // decode({ streams, tokens, seeds, budget, eog, steps, temperature, topK, topP })
@@ -419,7 +419,7 @@ public:
                 out.Set("logprobs", lp);
                 return out;
             },
-            nullptr, info.This());
+            info.This());
     }
 
     Napi::Value SeqCopy(const Napi::CallbackInfo & info) {

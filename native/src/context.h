@@ -5,7 +5,6 @@
 #include "graph.h"
 #include "sampler.h"
 
-#include <atomic>
 
 namespace sqlr1 {
 

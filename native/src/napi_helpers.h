@@ -157,9 +157,8 @@ template <typename R>
 class device_job {
 public:
     device_job(Napi::Env env, std::shared_ptr<executor> ex, std::function<R()> exec, std::function<Napi::Value(Napi::Env, R &)> done,
-               std::function<void()> finally, Napi::Value keep)
-        : deferred_(Napi::Promise::Deferred::New(env)), ex_(std::move(ex)), exec_(std::move(exec)), done_(std::move(done)),
-          finally_(std::move(finally)) {
+               Napi::Value keep)
+        : deferred_(Napi::Promise::Deferred::New(env)), ex_(std::move(ex)), exec_(std::move(exec)), done_(std::move(done)) {
         if (!keep.IsEmpty() && keep.IsObject()) keep_ = Napi::Persistent(keep.As<Napi::Object>());
         napi_value name;
         napi_create_string_utf8(env, "sqlr1", NAPI_AUTO_LENGTH, &name);
@@ -197,7 +196,6 @@ private:
         }
         Napi::Env e(env);
         Napi::HandleScope scope(e);
-        if (job->finally_) job->finally_();
         try {
             if (job->ok_) job->deferred_.Resolve(job->done_(e, job->result_));
             else job->deferred_.Reject(make_error(e, job->code_, job->message_).Value());
@@ -211,7 +209,6 @@ private:
     std::shared_ptr<executor> ex_;  // alive until the job settles on the JS thread
     std::function<R()> exec_;
     std::function<Napi::Value(Napi::Env, R &)> done_;
-    std::function<void()> finally_;
     Napi::ObjectReference keep_;
     napi_threadsafe_function tsfn_ = nullptr;
     R result_{};
@@ -221,9 +218,8 @@ private:
 
 template <typename R>
 Napi::Value submit(Napi::Env env, const std::shared_ptr<executor> & ex, std::function<R()> exec,
-                   std::function<Napi::Value(Napi::Env, R &)> done, std::function<void()> finally = nullptr,
-                   Napi::Value keep = Napi::Value()) {
-    auto * job = new device_job<R>(env, ex, std::move(exec), std::move(done), std::move(finally), keep);
+                   std::function<Napi::Value(Napi::Env, R &)> done, Napi::Value keep = Napi::Value()) {
+    auto * job = new device_job<R>(env, ex, std::move(exec), std::move(done), keep);
     Napi::Promise p = job->promise();
     ex->submit([job]() { job->run(); });
     return p;

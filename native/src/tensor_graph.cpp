@@ -632,7 +632,7 @@ public:
         return submit<double>(env, st.backends->exec,
             [keep, ao]() { return (double) param_store_adamw_step(*keep, ao); },
             [](Napi::Env env, double & n) -> Napi::Value { return Napi::Number::New(env, n); },
-            nullptr, info.This());
+            info.This());
     }
     // saveState(path, { step, lr }) -> Promise<void>: the moments plus the optimizer's step count and lr, as GGUF.
     Napi::Value SaveState(const Napi::CallbackInfo & info) {
@@ -651,7 +651,7 @@ public:
         return submit<int>(env, st.backends->exec,
             [keep, path, step, lr]() { param_store_save_state(*keep, path, (int64_t) step, lr); return 0; },
             [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); },
-            nullptr, info.This());
+            info.This());
     }
     // loadState(path) -> Promise<{ step, lr }>: the file is checked against the store before any moment is written.
     Napi::Value LoadState(const Napi::CallbackInfo & info) {
@@ -669,7 +669,7 @@ public:
                 out.Set("lr", r.lr);
                 return out;
             },
-            nullptr, info.This());
+            info.This());
     }
     // Queued calls keep the store alive until they have run; later calls get ERR_DISPOSED.
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
@@ -775,7 +775,7 @@ Napi::Value RunGraph(const Napi::CallbackInfo & info) {
             out.Set("paramsWithGrad", pg);
             return out;
         },
-        nullptr, store ? Napi::Value(store->Value()) : Napi::Value());
+        store ? Napi::Value(store->Value()) : Napi::Value());
 }
 
 } // namespace

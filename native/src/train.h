@@ -23,7 +23,6 @@
 #include "adamw.h"
 #include "graph.h"
 
-#include <atomic>
 #include <map>
 #include <string>
 

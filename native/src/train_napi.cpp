@@ -55,7 +55,7 @@ public:
         return submit<std::vector<float>>(env, tr->m->backends->exec,
             [tr, b, use_lora, keep]() { return trainer_forward(*tr, b, use_lora, keep); },
             [](Napi::Env env, std::vector<float> & v) -> Napi::Value { return to_js(env, v); },
-            nullptr, info.This());
+            info.This());
     }
     // backward(dlogp: Float32Array) -> Promise<void>
     Napi::Value Backward(const Napi::CallbackInfo & info) {
@@ -64,7 +64,7 @@ public:
         if (info.Length() < 1) bad_arg(env, "backward(dlogp: Float32Array)");
         std::vector<float> dl = get_f32(env, info[0], "dlogp");
         return submit<int>(env, tr->m->backends->exec, [tr, dl]() { trainer_backward(*tr, dl); return 0; },
-            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, nullptr, info.This());
+            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, info.This());
     }
     Napi::Value Memory(const Napi::CallbackInfo & info) {
         auto tr = get(info.Env());
