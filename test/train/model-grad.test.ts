@@ -296,6 +296,8 @@ t.test('trainer errors', async (t) => {
   t.equal(stepped, lora.params().names().length, 'AdamW queued behind a backward steps every parameter it gave a gradient');
   const other = createLora(await loadModel(await tinyModel(dir, 'f32', 'tiny', 8), { device: 'cpu' }), { rank: 2 });
   await t.rejects(LoraTrainer.create(model, other), { code: 'ERR_INVALID_ARG' }, 'an adapter of another model');
+  await t.rejects(LoraTrainer.create(model, lora, { profile: 3 as 2 }), { code: 'ERR_INVALID_ARG' }, 'profile outside 0, 1, 2');
+  await t.rejects(LoraTrainer.create(model, lora, { sync: 'yes' as unknown as boolean }), { code: 'ERR_INVALID_ARG' }, 'sync not a boolean');
   tr.dispose();
   await t.rejects(tr.logprobs(batch), { code: 'ERR_DISPOSED' }, 'after dispose');
 });
