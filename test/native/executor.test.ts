@@ -6,7 +6,7 @@
  * Every comparison is bit for bit: the serial and the overlapping runs do the same work in the same order on
  * the same data, so any difference means two calls saw each other's buffers.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createLora, generate, loadModel, teacherForcedLogprobs, type LoraAdapter, type Model } from '../../lib/model/index.js';
 import { LoraTrainer, type TrainBatch } from '../../lib/train/index.js';
 import { trainBinding } from '../../lib/train/native-types.js';
@@ -59,7 +59,7 @@ function takeGrads(lora: LoraAdapter): Map<string, Buffer> {
   return out;
 }
 
-function sameRound(t: Tap.Test, got: RoundResult, want: RoundResult, what: string): boolean {
+function sameRound(t: Test, got: RoundResult, want: RoundResult, what: string): boolean {
   const diffs: string[] = [];
   if (got.genA !== want.genA) diffs.push('generate A');
   if (got.genB !== want.genB) diffs.push('generate B');
@@ -70,41 +70,55 @@ function sameRound(t: Tap.Test, got: RoundResult, want: RoundResult, what: strin
   return t.same(diffs, [], `${what}: equal to the serial run bit for bit`);
 }
 
+/**
+ * Rounds of Promise.all([generate, generate, teacher-forced log-probs, a trainer's kept forward + backward]) on
+ * one model against the same calls run one after the other.
+ */
+async function overlapRounds(t: Test, device: 'cpu' | 'cuda', path: string, compute: 'f32' | 'bf16', rounds: number): Promise<void> {
+  const model = await loadModel(path, { device, threads: 2 });
+  t.teardown(() => model.dispose());
+  const lora = adapterWithB(model, 3);
+  const tr = await LoraTrainer.create(model, lora, { compute });
+  t.teardown(() => tr.dispose());
+  const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
+  const grad = randomArray(batch.n * batch.maxCompletion, 5);
+  const tfArgs = { sequences: SEQUENCES, completionStart: STARTS, temperature: 0.7, lora };
+
+  const serial: RoundResult = {
+    genA: await gen(model, PROMPTS_A, lora),
+    genB: await gen(model, PROMPTS_B, null),
+    tf: (await teacherForcedLogprobs(model, tfArgs)).map(bits),
+    lp: await trainStep(tr, batch, grad),
+    grads: takeGrads(lora),
+  };
+  t.ok([...serial.grads.values()].every((b) => b.length > 0 && new Float32Array(b.buffer, b.byteOffset, b.length / 4).some((x) => x !== 0)),
+    'every gradient is non-zero (the comparison is not vacuous)');
+
+  let equal = 0;
+  for (let r = 0; r < rounds; r++) {
+    const [genA, genB, tf, lp] = await Promise.all([
+      gen(model, PROMPTS_A, lora),
+      gen(model, PROMPTS_B, null),
+      teacherForcedLogprobs(model, tfArgs).then((x) => x.map(bits)),
+      trainStep(tr, batch, grad),
+    ]);
+    if (sameRound(t, { genA, genB, tf, lp, grads: takeGrads(lora) }, serial, `round ${r}`)) equal++;
+  }
+  t.equal(equal, rounds, `${rounds} of ${rounds} overlapping rounds equal the serial run`);
+}
+
 for (const device of testDevices()) {
   t.test(`overlapping calls on one model serialize on ${device}`, async (t) => {
-    const dir = tempDir(t);
-    const path = await tinyModel(dir, 'q8_0');
-    const model = await loadModel(path, { device, threads: 2 });
-    t.teardown(() => model.dispose());
-    const lora = adapterWithB(model, 3);
-    const tr = await LoraTrainer.create(model, lora, { compute: 'f32' });
-    t.teardown(() => tr.dispose());
-    const batch = tr.pack({ sequences: SEQUENCES, completionStart: STARTS });
-    const grad = randomArray(batch.n * batch.maxCompletion, 5);
-    const tfArgs = { sequences: SEQUENCES, completionStart: STARTS, temperature: 0.7, lora };
-
-    const serial: RoundResult = {
-      genA: await gen(model, PROMPTS_A, lora),
-      genB: await gen(model, PROMPTS_B, null),
-      tf: (await teacherForcedLogprobs(model, tfArgs)).map(bits),
-      lp: await trainStep(tr, batch, grad),
-      grads: takeGrads(lora),
-    };
-    t.ok([...serial.grads.values()].every((b) => b.length > 0 && new Float32Array(b.buffer, b.byteOffset, b.length / 4).some((x) => x !== 0)),
-      'every gradient is non-zero (the comparison is not vacuous)');
-
-    let equal = 0;
-    for (let r = 0; r < ROUNDS; r++) {
-      const [genA, genB, tf, lp] = await Promise.all([
-        gen(model, PROMPTS_A, lora),
-        gen(model, PROMPTS_B, null),
-        teacherForcedLogprobs(model, tfArgs).then((x) => x.map(bits)),
-        trainStep(tr, batch, grad),
-      ]);
-      if (sameRound(t, { genA, genB, tf, lp, grads: takeGrads(lora) }, serial, `round ${r}`)) equal++;
-    }
-    t.equal(equal, ROUNDS, `${ROUNDS} of ${ROUNDS} overlapping rounds equal the serial run`);
+    await overlapRounds(t, device, await tinyModel(tempDir(t), 'q8_0'), 'f32', ROUNDS);
   });
+
+  if (device === 'cuda') {
+    // Head size 64: the trainer's BF16 passes run layer by layer around the project's kernels, queued on CUDA
+    // streams with no host waits, while sampling and scoring calls are submitted in between.
+    t.test('overlapping calls around the fused CUDA training passes', async (t) => {
+      await overlapRounds(t, device, await tinyModel(tempDir(t), 'q4_0', 'qwen2.5-0.5b'), 'bf16', 3);
+    });
+  }
 
   t.test(`two models on one device overlap safely on ${device}`, async (t) => {
     const dir = tempDir(t);
