@@ -141,7 +141,7 @@ export interface NativeBinding {
   adamwCheck(options: Omit<NativeAdamwOptions, 'step'>): void;
   /** The shape of a binary op on shapes a and b (runGraph's broadcast rule), or null when they do not broadcast. */
   broadcastShape(a: number[], b: number[]): number[] | null;
-  createTrainer(model: NativeModel, lora: NativeLoraAdapter, options: { compute: 'f32' | 'bf16'; maxTokens: number }): Promise<NativeTrainer>;
+  createTrainer(model: NativeModel, lora: NativeLoraAdapter, options: NativeTrainerOptions): Promise<NativeTrainer>;
   createLora(model: NativeModel, options: { rank: number; alpha: number; targets: string[]; seed: number }): NativeLoraAdapter;
   loadLora(model: NativeModel, path: string): Promise<NativeLoraAdapter>;
   loadModel(path: string, options: { device: 'cpu' | 'cuda'; threads?: number }): Promise<NativeModel>;
@@ -153,6 +153,12 @@ export interface NativeBinding {
     device: 'cpu' | 'cuda'; logits: Float32Array; nVocab: number; seeds: BigUint64Array; positions: BigUint64Array;
     temperature: number; topK?: number; topP?: number;
   }): { tokens: Int32Array; logprobs: Float32Array };
+  /** Test-only: the project's CUDA kernels on host arrays (native/src/test_hooks.h), made when asked for. */
+  testHooks(): NativeTestHooks;
+}
+
+/** The test-only kernel entry points (CUDA builds; each fails with ERR_NO_CUDA elsewhere). */
+export interface NativeTestHooks {
   /** The training attention kernels on host data (CUDA builds; tests). dk and dv are per KV head. */
   attentionCuda(req: {
     q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array;
@@ -297,4 +303,15 @@ export interface NativeTrainer {
   memory(): NativeTrainerMemory;
   release(): void;
   dispose(): void;
+}
+
+export interface NativeTrainerOptions {
+  compute: 'f32' | 'bf16';
+  maxTokens: number;
+  /** Wait after each graph and kernel of a layer-by-layer CUDA pass (default false). */
+  sync?: boolean;
+  /** 1: print each backward's timings (implies sync); 2: also run graphs node by node (default 0). */
+  profile?: 0 | 1 | 2;
+  /** CUDA BF16 passes around the project's kernels (default true). */
+  fusedKernels?: boolean;
 }

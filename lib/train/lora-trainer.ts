@@ -33,6 +33,22 @@ export interface LoraTrainerOptions {
   compute?: TrainCompute;
   /** Most tokens (sequences x padded length) one batch may hold (default 16384). */
   maxTokens?: number;
+  /**
+   * Wait after each graph and kernel of a layer-by-layer CUDA pass instead of queuing them with no host waits
+   * (default false). The results are the same bits; for comparisons and timing.
+   */
+  sync?: boolean;
+  /**
+   * Print where each backward's time goes to stderr: 1 (or true) per pass part (implies `sync`, so each part is
+   * timed alone); 2 also runs every graph node by node and prints the heaviest ops (a diagnostic; slow).
+   * Default off.
+   */
+  profile?: boolean | 0 | 1 | 2;
+  /**
+   * On CUDA in BF16, run the kept forward and the backward around the project's fused kernels (default true);
+   * false keeps the written-out graphs (for comparisons).
+   */
+  fusedKernels?: boolean;
 }
 
 export interface TrainBatchInput {
@@ -84,7 +100,14 @@ export class LoraTrainer {
     const maxTokens = options.maxTokens ?? 16384;
     if (!Number.isInteger(maxTokens) || maxTokens < 2) invalid(`LoraTrainer: maxTokens must be an integer >= 2, got ${String(maxTokens)}`);
     if (adapter.model !== model) invalid('LoraTrainer: the adapter belongs to another model');
-    const native = await callNative(() => model.binding.createTrainer(model.nativeModel, adapter.native, { compute, maxTokens }));
+    const profile = options.profile === true ? 1 : options.profile === false || options.profile === undefined ? 0 : options.profile;
+    if (profile !== 0 && profile !== 1 && profile !== 2) invalid(`LoraTrainer: profile must be a boolean, 0, 1 or 2, got ${String(options.profile)}`);
+    for (const k of ['sync', 'fusedKernels'] as const) {
+      if (options[k] !== undefined && typeof options[k] !== 'boolean') invalid(`LoraTrainer: ${k} must be a boolean, got ${String(options[k])}`);
+    }
+    const native = await callNative(() => model.binding.createTrainer(model.nativeModel, adapter.native, {
+      compute, maxTokens, sync: options.sync ?? false, profile, fusedKernels: options.fusedKernels ?? true,
+    }));
     return new LoraTrainer(model, adapter, compute, native);
   }
 

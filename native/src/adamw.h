@@ -51,7 +51,6 @@ struct param_store {
     ggml_context * ctx_opt = nullptr;                     // the AdamW hyperparameter tensor
     ggml_backend_buffer_t buf_opt = nullptr;
     ggml_tensor * adamw_params = nullptr;                 // [alpha, beta1, beta2, eps, wd, beta1h, beta2h]
-    bool busy = false;                                    // an async call (graph run, AdamW step) is using it
     std::shared_ptr<void> owner;                          // keeps external parameter values alive
     ~param_store();
 };

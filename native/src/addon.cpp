@@ -1,15 +1,15 @@
 // The N-API surface: Model, Context and a few functions. Arguments arrive already validated and defaulted by
 // lib/native/ (TypeScript); here they are type-checked once more so that no input can reach a ggml assert.
-// Heavy calls run in AsyncWorkers and return Promises; each holds a reference on its owner.
-#include "attention.h"
+// Everything that touches a device runs on that device's executor (executor.h), in submission order: heavy
+// calls return Promises (each job holds the objects it works on and a reference on its owner); synchronous
+// calls that read or write device state wait for the queue (run_sync).
 #include "context.h"
-#include "dequant.h"
 #include "lora.h"
 #include "napi_helpers.h"
 #include "ops.h"
-#include "swiglu.h"
 #include "synth.h"
 #include "tensor_graph.h"
+#include "test_hooks.h"
 #include "train.h"
 #include "train_napi.h"
 
@@ -71,17 +71,22 @@ public:
     // caller check that training left the frozen base bit-identical.
     Napi::Value WeightDigests(const Napi::CallbackInfo & info) {
         auto mm = get(info.Env());
+        std::vector<std::pair<std::string, std::string>> digests = run_sync(info.Env(), *mm->backends->exec, [&]() {
+            std::vector<std::pair<std::string, std::string>> out;
+            std::vector<uint8_t> buf;
+            for (ggml_tensor * t = ggml_get_first_tensor(mm->ctx_w); t; t = ggml_get_next_tensor(mm->ctx_w, t)) {
+                buf.resize(ggml_nbytes(t));
+                ggml_backend_tensor_get(t, buf.data(), 0, buf.size());
+                uint64_t h = 0xcbf29ce484222325ULL;
+                for (uint8_t c : buf) h = (h ^ c) * 0x100000001b3ULL;
+                char hex[17];
+                snprintf(hex, sizeof(hex), "%016llx", (unsigned long long) h);
+                out.emplace_back(ggml_get_name(t), hex);
+            }
+            return out;
+        });
         Napi::Object o = Napi::Object::New(info.Env());
-        std::vector<uint8_t> buf;
-        for (ggml_tensor * t = ggml_get_first_tensor(mm->ctx_w); t; t = ggml_get_next_tensor(mm->ctx_w, t)) {
-            buf.resize(ggml_nbytes(t));
-            ggml_backend_tensor_get(t, buf.data(), 0, buf.size());
-            uint64_t h = 0xcbf29ce484222325ULL;
-            for (uint8_t c : buf) h = (h ^ c) * 0x100000001b3ULL;
-            char hex[17];
-            snprintf(hex, sizeof(hex), "%016llx", (unsigned long long) h);
-            o.Set(ggml_get_name(t), hex);
-        }
+        for (auto & [name, hex] : digests) o.Set(name, hex);
         return o;
     }
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
@@ -98,7 +103,8 @@ Napi::Value LoadModel(const Napi::CallbackInfo & info) {
     Napi::Object o = info.Length() > 1 && info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
     const std::string device = get_string(o, "device", "cpu");
     const int threads = (int) get_number(o, "threads", 0);
-    return queue<std::shared_ptr<model>>(env,
+    auto ex = guarded(env, [&]() { return executor_for(device); });
+    return submit<std::shared_ptr<model>>(env, ex,
         [=]() { return std::shared_ptr<model>(model_load(path, backend_set_init(device, threads))); },
         [](Napi::Env env, std::shared_ptr<model> & m) -> Napi::Value {
             Napi::Object obj = ModelWrap::ctor.New({});
@@ -159,7 +165,9 @@ public:
         return o;
     }
     Napi::Value SetEnabled(const Napi::CallbackInfo & info) {
-        get(info.Env())->enabled = info.Length() > 0 && info[0].ToBoolean();
+        auto ad = get(info.Env());
+        const bool on = info.Length() > 0 && info[0].ToBoolean();
+        run_sync(info.Env(), *ad->m->backends->exec, [&]() { ad->enabled = on; });
         return info.Env().Undefined();
     }
     Napi::Value TensorNames(const Napi::CallbackInfo & info) {
@@ -171,7 +179,8 @@ public:
     Napi::Value GetTensor(const Napi::CallbackInfo & info) {
         ggml_tensor * t = tensor_arg(info);
         Napi::Float32Array out = Napi::Float32Array::New(info.Env(), ggml_nelements(t));
-        ggml_backend_tensor_get(t, out.Data(), 0, ggml_nbytes(t));
+        float * dst = out.Data();
+        run_sync(info.Env(), *a->m->backends->exec, [&]() { ggml_backend_tensor_get(t, dst, 0, ggml_nbytes(t)); });
         return out;
     }
     Napi::Value SetTensor(const Napi::CallbackInfo & info) {
@@ -181,20 +190,21 @@ public:
         Napi::Float32Array d = info[1].As<Napi::Float32Array>();
         if ((int64_t) d.ElementLength() != ggml_nelements(t))
             bad_arg(info.Env(), std::string("tensor '") + ggml_get_name(t) + "' has " + std::to_string(ggml_nelements(t)) + " values, got " + std::to_string(d.ElementLength()));
-        ggml_backend_tensor_set(t, d.Data(), 0, ggml_nbytes(t));
+        const float * src = d.Data();
+        run_sync(info.Env(), *a->m->backends->exec, [&]() { ggml_backend_tensor_set(t, src, 0, ggml_nbytes(t)); });
         return info.Env().Undefined();
     }
     Napi::Value Save(const Napi::CallbackInfo & info) {
         auto ad = get(info.Env());
         if (info.Length() < 1 || !info[0].IsString()) bad_arg(info.Env(), "save(path): path must be a string");
         const std::string path = info[0].As<Napi::String>().Utf8Value();
-        return queue<int>(info.Env(), [ad, path]() { lora_adapter_save(*ad, path); return 0; },
-            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, nullptr, info.This());
+        return submit<int>(info.Env(), ad->m->backends->exec, [ad, path]() { lora_adapter_save(*ad, path); return 0; },
+            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, info.This());
     }
     // The adapter's tensors as a ParamStore (gradients, AdamW moments); the same store on every call.
     Napi::Value Params(const Napi::CallbackInfo & info) {
         auto ad = get(info.Env());
-        return param_store_to_js(info.Env(), guarded(info.Env(), [&]() { return lora_adapter_params(ad); }));
+        return param_store_to_js(info.Env(), run_sync(info.Env(), *ad->m->backends->exec, [&]() { return lora_adapter_params(ad); }));
     }
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
         a.reset();
@@ -228,7 +238,7 @@ Napi::Value CreateLora(const Napi::CallbackInfo & info) {
         if (found < 0) bad_arg(env, "unknown LoRA target '" + name + "'; expected q, k, v, o, gate, up or down");
         targets |= 1u << found;
     }
-    return LoraWrap::wrap(guarded(env, [&]() { return lora_adapter_init(m, rank, alpha, targets, seed); }));
+    return LoraWrap::wrap(run_sync(env, *m->backends->exec, [&]() { return lora_adapter_init(m, rank, alpha, targets, seed); }));
 }
 
 Napi::Value LoadLora(const Napi::CallbackInfo & info) {
@@ -236,11 +246,11 @@ Napi::Value LoadLora(const Napi::CallbackInfo & info) {
     auto m = model_arg(info);
     if (info.Length() < 2 || !info[1].IsString()) bad_arg(env, "loadLora(model, path): path must be a string");
     const std::string path = info[1].As<Napi::String>().Utf8Value();
-    return queue<std::shared_ptr<lora_adapter>>(env, [m, path]() { return lora_adapter_load(m, path); },
+    return submit<std::shared_ptr<lora_adapter>>(env, m->backends->exec, [m, path]() { return lora_adapter_load(m, path); },
         [](Napi::Env, std::shared_ptr<lora_adapter> & a) -> Napi::Value { return LoraWrap::wrap(a); });
 }
 
-// createTrainer(model, lora, { compute: 'f32' | 'bf16', maxTokens })
+// createTrainer(model, lora, { compute: 'f32' | 'bf16', maxTokens, sync?, profile?: 0 | 1 | 2, fusedKernels? })
 Napi::Value CreateTrainer(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     auto m = model_arg(info);
@@ -252,9 +262,16 @@ Napi::Value CreateTrainer(const Napi::CallbackInfo & info) {
     if (compute != "f32" && compute != "bf16") bad_arg(env, "compute must be 'f32' or 'bf16', got '" + compute + "'");
     const double max_tokens = get_number(o, "maxTokens", 16384);
     if (!(max_tokens >= 1 && max_tokens <= (1 << 20) && std::floor(max_tokens) == max_tokens)) bad_arg(env, "maxTokens must be an integer in [1, 1048576]");
-    const ggml_type type = compute == "bf16" ? GGML_TYPE_BF16 : GGML_TYPE_F32;
-    return queue<std::shared_ptr<trainer>>(env,
-        [m, ad, type, max_tokens]() { return std::shared_ptr<trainer>(trainer_init(m, ad, type, (int64_t) max_tokens)); },
+    trainer_options to;
+    to.compute = compute == "bf16" ? GGML_TYPE_BF16 : GGML_TYPE_F32;
+    to.max_tokens = (int64_t) max_tokens;
+    to.sync = o.Get("sync").ToBoolean();
+    const double profile = get_number(o, "profile", 0);
+    if (profile != 0 && profile != 1 && profile != 2) bad_arg(env, "profile must be 0, 1 or 2");
+    to.profile = (int) profile;
+    to.fused_kernels = o.Get("fusedKernels").IsUndefined() ? true : o.Get("fusedKernels").ToBoolean();
+    return submit<std::shared_ptr<trainer>>(env, m->backends->exec,
+        [m, ad, to]() { return std::shared_ptr<trainer>(trainer_init(m, ad, to)); },
         [](Napi::Env env, std::shared_ptr<trainer> & t) -> Napi::Value { return trainer_to_js(env, t); });
 }
 
@@ -286,14 +303,14 @@ public:
         const int64_t n_seq = (int64_t) get_number(o, "nSeq", 1);
         const int64_t n_ctx = (int64_t) get_number(o, "nCtx", 2048);
         const int64_t n_batch = (int64_t) get_number(o, "nBatch", 512);
-        c = guarded(env, [&]() { return std::shared_ptr<context>(context_init(m, n_seq, n_ctx, n_batch)); });
+        c = run_sync(env, *m->backends->exec, [&]() { return std::shared_ptr<context>(context_init(m, n_seq, n_ctx, n_batch)); });
     }
 
-    context & get(Napi::Env env, bool allow_busy = false) {
+    context & get(Napi::Env env) {
         if (!c) throw make_error(env, "ERR_DISPOSED", "the context was disposed");
-        if (!allow_busy && c->busy) throw make_error(env, "ERR_INVALID_ARG", "the context is busy with another call; await it first");
         return *c;
     }
+    executor & exec() { return *c->m->backends->exec; }
 
     // eval({ streams, tokens, nt, allLogits, wantLogits, sample: { temperature, topK, topP, seeds } })
     Napi::Value Eval(const Napi::CallbackInfo & info) {
@@ -322,11 +339,10 @@ public:
             Napi::TypedArrayOf<uint64_t> seeds = sv.As<Napi::TypedArrayOf<uint64_t>>();
             req.seeds.assign(seeds.Data(), seeds.Data() + seeds.ElementLength());
         }
-        guarded(env, [&]() { cx.validate(req); return 0; });
-        cx.busy = true;
+        // Validated on the executor (eval does): the sequences' lengths depend on the calls queued before it.
         std::shared_ptr<context> keep = c;
         const int64_t n_vocab = cx.m->hp.n_vocab;
-        return queue<eval_result>(env,
+        return submit<eval_result>(env, cx.m->backends->exec,
             [keep, req]() { return keep->eval(req); },
             [n_vocab](Napi::Env env, eval_result & r) -> Napi::Value {
                 Napi::Object out = Napi::Object::New(env);
@@ -351,7 +367,7 @@ public:
                 }
                 return out;
             },
-            [keep]() { keep->busy = false; }, info.This());
+            info.This());
     }
 
     // decode({ streams, tokens, seeds, budget, eog, steps, temperature, topK, topP })
@@ -373,25 +389,25 @@ public:
             bad_arg(env, "seeds must be a BigUint64Array");
         Napi::TypedArrayOf<uint64_t> seeds = sv.As<Napi::TypedArrayOf<uint64_t>>();
         req.seeds.assign(seeds.Data(), seeds.Data() + seeds.ElementLength());
-        // Validate the first step here so that bad input fails before the worker starts.
-        eval_request first;
-        first.streams = req.streams; first.tokens = req.tokens; first.seeds = req.seeds; first.sp = req.sp; first.sample = true;
-        guarded(env, [&]() {
-            if (req.budget.size() != req.streams.size()) fail("ERR_INVALID_ARG", "budget needs one entry per sequence");
-            if (req.n_steps < 1 || req.n_steps > 1 << 20) fail("ERR_INVALID_ARG", "steps must be in [1, 2^20], got %d", req.n_steps);
-            cx.validate(first);
-            for (size_t i = 0; i < req.streams.size(); i++) {
-                const int64_t room = cx.kv.capacity() - cx.kv.len[req.streams[i]];
-                if (std::min<int64_t>(req.budget[i], req.n_steps) > room)
-                    fail("ERR_CONTEXT_OVERFLOW", "sequence %d has room for %lld more tokens, %d requested",
-                         req.streams[i], (long long) room, std::min(req.budget[i], req.n_steps));
-            }
-            return 0;
-        });
-        cx.busy = true;
+        // The whole request is checked on the executor before the first step (the sequences' lengths depend on
+        // the calls queued before it), so that bad input fails before anything runs.
         std::shared_ptr<context> keep = c;
-        return queue<decode_result>(env,
-            [keep, req]() { return keep->decode(req); },
+        return submit<decode_result>(env, cx.m->backends->exec,
+            [keep, req]() {
+                context & cx = *keep;
+                eval_request first;
+                first.streams = req.streams; first.tokens = req.tokens; first.seeds = req.seeds; first.sp = req.sp; first.sample = true;
+                if (req.budget.size() != req.streams.size()) fail("ERR_INVALID_ARG", "budget needs one entry per sequence");
+                if (req.n_steps < 1 || req.n_steps > 1 << 20) fail("ERR_INVALID_ARG", "steps must be in [1, 2^20], got %d", req.n_steps);
+                cx.validate(first);
+                for (size_t i = 0; i < req.streams.size(); i++) {
+                    const int64_t room = cx.kv.capacity() - cx.kv.len[req.streams[i]];
+                    if (std::min<int64_t>(req.budget[i], req.n_steps) > room)
+                        fail("ERR_CONTEXT_OVERFLOW", "sequence %d has room for %lld more tokens, %d requested",
+                             req.streams[i], (long long) room, std::min(req.budget[i], req.n_steps));
+                }
+                return cx.decode(req);
+            },
             [](Napi::Env env, decode_result & r) -> Napi::Value {
                 Napi::Object out = Napi::Object::New(env);
                 Napi::Int32Array t = Napi::Int32Array::New(env, r.tokens.size());
@@ -403,7 +419,7 @@ public:
                 out.Set("logprobs", lp);
                 return out;
             },
-            [keep]() { keep->busy = false; }, info.This());
+            info.This());
     }
 
     Napi::Value SeqCopy(const Napi::CallbackInfo & info) {
@@ -413,7 +429,7 @@ public:
         const int32_t src = info[0].As<Napi::Number>().Int32Value();
         Napi::Int32Array d = info[1].As<Napi::Int32Array>();
         std::vector<int32_t> dsts(d.Data(), d.Data() + d.ElementLength());
-        guarded(env, [&]() { cx.seq_copy(src, dsts); return 0; });
+        run_sync(env, exec(), [&]() { cx.seq_copy(src, dsts); });
         return env.Undefined();
     }
     int32_t seq_arg(const Napi::CallbackInfo & info, context & cx) {
@@ -424,18 +440,21 @@ public:
     }
     Napi::Value SeqClear(const Napi::CallbackInfo & info) {
         context & cx = get(info.Env());
-        cx.seq_clear(seq_arg(info, cx));
+        const int32_t s = seq_arg(info, cx);
+        run_sync(info.Env(), exec(), [&]() { cx.seq_clear(s); });
         return info.Env().Undefined();
     }
     Napi::Value SeqLength(const Napi::CallbackInfo & info) {
-        context & cx = get(info.Env(), true);
-        return Napi::Number::New(info.Env(), (double) cx.kv.len[seq_arg(info, cx)]);
+        context & cx = get(info.Env());
+        const int32_t s = seq_arg(info, cx);
+        return Napi::Number::New(info.Env(), (double) run_sync(info.Env(), exec(), [&]() { return cx.kv.len[s]; }));
     }
     Napi::Value Memory(const Napi::CallbackInfo & info) {
-        context & cx = get(info.Env(), true);
+        context & cx = get(info.Env());
+        const double compute = (double) run_sync(info.Env(), exec(), [&]() { return ggml_backend_sched_get_buffer_size(cx.sched, cx.m->backends->primary); });
         Napi::Object o = Napi::Object::New(info.Env());
         o.Set("kvBytes", (double) ggml_backend_buffer_get_size(cx.kv.buf));
-        o.Set("computeBytes", (double) ggml_backend_sched_get_buffer_size(cx.sched, cx.m->backends->primary));
+        o.Set("computeBytes", compute);
         o.Set("weightBytes", (double) cx.m->weight_bytes);
         o.Set("capacity", (double) cx.kv.capacity());
         o.Set("nSeq", (double) cx.kv.n_seq);
@@ -445,18 +464,17 @@ public:
     Napi::Value SetLora(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
         context & cx = get(env);
-        if (info.Length() < 1 || info[0].IsNull() || info[0].IsUndefined()) {
-            cx.lora.reset();
-            return env.Undefined();
+        std::shared_ptr<lora_adapter> ad;
+        if (info.Length() >= 1 && !info[0].IsNull() && !info[0].IsUndefined()) {
+            if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(LoraWrap::ctor.Value())) bad_arg(env, "setLora expects a LoraAdapter or null");
+            ad = LoraWrap::Unwrap(info[0].As<Napi::Object>())->get(env);
+            if (ad->m != cx.m) bad_arg(env, "the adapter was made for another model");
         }
-        if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(LoraWrap::ctor.Value())) bad_arg(env, "setLora expects a LoraAdapter or null");
-        auto ad = LoraWrap::Unwrap(info[0].As<Napi::Object>())->get(env);
-        if (ad->m != cx.m) bad_arg(env, "the adapter was made for another model");
-        cx.lora = ad;
+        run_sync(env, exec(), [&]() { cx.lora = ad; });  // passes queued before keep the adapter they were given
         return env.Undefined();
     }
+    // Queued calls keep the context alive until they have run; later calls get ERR_DISPOSED.
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
-        if (c && c->busy) throw make_error(info.Env(), "ERR_INVALID_ARG", "cannot dispose a context while a call is running");
         c.reset();
         return info.Env().Undefined();
     }
@@ -512,7 +530,7 @@ Napi::Value SampleRows(const Napi::CallbackInfo & info) {
 #ifdef SQLR1_WITH_CUDA
             if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
             if (sp.top_k > 0 || sp.top_p < 1.0f) fail("ERR_INVALID_ARG", "the CUDA sampler draws without top-k / top-p");
-            sample_rows_cuda_from_host(logits.Data(), V, n, rows.data(), sp.temperature, tok.data(), lp.data());
+            executor_for("cuda")->run_sync([&]() { sample_rows_cuda_from_host(logits.Data(), V, n, rows.data(), sp.temperature, tok.data(), lp.data()); });
 #else
             fail("ERR_NO_CUDA", "this binary was built without CUDA");
 #endif
@@ -600,7 +618,8 @@ Napi::Value RunOp(const Napi::CallbackInfo & info) {
         Napi::Array pa = pv.As<Napi::Array>();
         for (uint32_t k = 0; k < pa.Length(); k++) req.params.push_back(pa.Get(k).As<Napi::Number>().DoubleValue());
     }
-    return queue<op_result>(env, [req]() { return op_run(req); },
+    auto ex = guarded(env, [&]() { return executor_for(req.device); });
+    return submit<op_result>(env, ex, [req]() { return op_run(req); },
         [](Napi::Env env, op_result & r) -> Napi::Value {
             Napi::Object out = Napi::Object::New(env);
             Napi::Float32Array a = Napi::Float32Array::New(env, r.data.size());
@@ -611,155 +630,6 @@ Napi::Value RunOp(const Napi::CallbackInfo & info) {
             out.Set("shape", shape);
             return out;
         });
-}
-
-// The training attention kernels from host arrays (native/cuda/attention.h), for the tests against a
-// plain-loop reference: { q, k, v, dout: Float32Array, headDim, heads, kvHeads, nt, ns, scale } ->
-// { o, lse, dq, dk, dv } (dk, dv per KV head).
-Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    Napi::Object o = need_object(info, 0, "request");
-    auto dim = [&](const char * key) {
-        const double v = get_number(o, key, 0);
-        if (!(v >= 1 && v <= 65535 && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [1, 65535]");
-        return (int64_t) v;
-    };
-    attn_dims d;
-    d.hd = dim("headDim");
-    d.H = dim("heads");
-    d.Hk = dim("kvHeads");
-    d.nt = dim("nt");
-    d.ns = dim("ns");
-    d.scale = (float) get_number(o, "scale", 1.0 / std::sqrt((double) d.hd));
-    if (d.H % d.Hk != 0) bad_arg(env, "heads must be a multiple of kvHeads");
-    const int64_t T = d.nt * d.ns, nq = d.hd * d.H * T, nk = d.hd * d.Hk * T;
-    const std::vector<float> q = get_f32(env, o.Get("q"), "q", nq), k = get_f32(env, o.Get("k"), "k", nk);
-    const std::vector<float> v = get_f32(env, o.Get("v"), "v", nk), dout = get_f32(env, o.Get("dout"), "dout", nq);
-    attn_host_result r;
-    guarded(env, [&]() {
-#ifdef SQLR1_WITH_CUDA
-        if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
-        r = attn_cuda_from_host(d, q.data(), k.data(), v.data(), dout.data());
-#else
-        fail("ERR_NO_CUDA", "this binary was built without CUDA");
-#endif
-        return 0;
-    });
-    Napi::Object out = Napi::Object::New(env);
-    for (auto [name, vec] : { std::pair{ "o", &r.o }, std::pair{ "lse", &r.lse }, std::pair{ "dq", &r.dq }, std::pair{ "dk", &r.dk }, std::pair{ "dv", &r.dv } })
-        out.Set(name, to_js(env, *vec));
-    return out;
-}
-
-// The training graphs' Q4_0 -> BF16 dequantization (native/cuda/dequant.h) on host data, for the tests:
-// (blocks: Uint8Array of 18-byte Q4_0 blocks, n elements) -> Uint16Array of BF16 words.
-Napi::Value DequantQ4_0Cuda(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    if (info.Length() < 2 || !info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array || !info[1].IsNumber())
-        bad_arg(env, "dequantQ4_0Cuda(blocks: Uint8Array, n: number)");
-    Napi::Uint8Array blocks = info[0].As<Napi::Uint8Array>();
-    const double n = info[1].As<Napi::Number>().DoubleValue();
-    if (!(n >= 32 && n <= (1 << 28) && n == std::floor(n) && std::fmod(n, 32) == 0))
-        bad_arg(env, "n must be a positive multiple of 32 (at most 2^28)");
-    if ((double) blocks.ByteLength() != n / 32 * 18) bad_arg(env, "blocks must hold n / 32 Q4_0 blocks of 18 bytes");
-    std::vector<uint16_t> out((size_t) n);
-    guarded(env, [&]() {
-#ifdef SQLR1_WITH_CUDA
-        if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
-        dequant_q4_0_bf16_from_host(blocks.Data(), (int64_t) n, out.data());
-#else
-        fail("ERR_NO_CUDA", "this binary was built without CUDA");
-#endif
-        return 0;
-    });
-    return to_js(env, out);
-}
-
-// The training SwiGLU kernel from host arrays (native/cuda/swiglu.h), for the tests against a plain-loop
-// reference: { F, T, rank, g, u, dh?, bg?, zg?, bu?, zu?, ad?, dzd?, ld?, ldz?, bf16? } -> { h, dg?, du?, dgBf16?,
-// duBf16? }. Without dh the kernel runs forward only (h); ld and ldz are the token strides of g, u and of zg,
-// zu; bf16 also returns the kernel's BF16 copies of dg and du, as raw 16-bit words. grads { bg?, bu?, ad? }:
-// the adapters' gradient sums are added into these (rank <= 16) and returned; dg and du then stay on the device.
-Napi::Value SwigluCuda(const Napi::CallbackInfo & info) {
-    Napi::Env env = info.Env();
-    Napi::Object o = need_object(info, 0, "request");
-    auto dim = [&](const char * key, double lo) {
-        const double v = get_number(o, key, -1);
-        if (!(v >= lo && v <= (1 << 24) && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [" + std::to_string((int) lo) + ", 16777216]");
-        return (int64_t) v;
-    };
-    auto given = [&](const char * key) { Napi::Value v = o.Get(key); return !v.IsUndefined() && !v.IsNull(); };
-    swiglu_args a;
-    a.F = dim("F", 1);
-    a.T = dim("T", 1);
-    a.r = dim("rank", 0);
-    a.ld = given("ld") ? dim("ld", (double) a.F) : a.F;
-    a.ldz = given("ldz") ? dim("ldz", (double) a.r) : a.r;
-    std::vector<float> g = get_f32(env, o.Get("g"), "g", a.ld * a.T), u = get_f32(env, o.Get("u"), "u", a.ld * a.T);
-    std::vector<float> dh = given("dh") ? get_f32(env, o.Get("dh"), "dh", a.F * a.T) : std::vector<float>();
-    a.g = g.data();
-    a.u = u.data();
-    a.dh = dh.empty() ? nullptr : dh.data();
-    // Each LoRA term: its factor [r, F] and its inputs [r, T], both given or both left out.
-    std::vector<float> lora[6];
-    const char * keys[3][2] = { { "bg", "zg" }, { "bu", "zu" }, { "ad", "dzd" } };
-    const float ** ptrs[3][2] = { { &a.bg, &a.zg }, { &a.bu, &a.zu }, { &a.ad, &a.dzd } };
-    for (int w = 0; w < 3; w++) {
-        const bool has_f = given(keys[w][0]), has_z = given(keys[w][1]);
-        if (has_f != has_z) bad_arg(env, "each LoRA term needs both of its arrays");
-        if (!has_f) continue;
-        if (w == 2 && !a.dh) bad_arg(env, "the down projection's LoRA term needs dh (it is part of the backward)");
-        lora[2 * w] = get_f32(env, o.Get(keys[w][0]), keys[w][0], a.r * a.F);
-        lora[2 * w + 1] = get_f32(env, o.Get(keys[w][1]), keys[w][1], (w < 2 ? a.ldz : a.r) * a.T);
-        *ptrs[w][0] = lora[2 * w].data();
-        *ptrs[w][1] = lora[2 * w + 1].data();
-    }
-    // grads: { bg?, bu?, ad? } gradients the kernel adds the adapters' sums into (returned as `grads`).
-    std::vector<float> gr[3];
-    if (given("grads")) {
-        if (!o.Get("grads").IsObject()) bad_arg(env, "grads must be an object { bg?, bu?, ad? }");
-        Napi::Object go = o.Get("grads").As<Napi::Object>();
-        const char * gk[3] = { "bg", "bu", "ad" };
-        float ** gp[3] = { &a.dbg, &a.dbu, &a.dad };
-        for (int w = 0; w < 3; w++) {
-            Napi::Value v = go.Get(gk[w]);
-            if (v.IsUndefined() || v.IsNull()) continue;
-            gr[w] = get_f32(env, v, gk[w], a.r * a.F);
-            *gp[w] = gr[w].data();
-        }
-    }
-    const bool bf16 = a.dh && o.Has("bf16") && o.Get("bf16").ToBoolean();
-    std::vector<uint16_t> dg16(bf16 ? a.F * a.T : 0), du16(dg16.size());
-    if (bf16) {
-        a.dg_bf16 = dg16.data();
-        a.du_bf16 = du16.data();
-    }
-    guarded(env, [&]() {
-#ifdef SQLR1_WITH_CUDA
-        if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
-        swiglu_cuda_from_host(a);
-#else
-        fail("ERR_NO_CUDA", "this binary was built without CUDA");
-#endif
-        return 0;
-    });
-    Napi::Object out = Napi::Object::New(env);  // in place: g, u, dh now hold h, dg, du ([ld, T] for h and dg)
-    out.Set("h", to_js(env, g));
-    if (a.dh && !(a.dbg || a.dbu || a.dad)) {
-        out.Set("dg", to_js(env, u));
-        out.Set("du", to_js(env, dh));
-    }
-    if (a.dbg || a.dbu || a.dad) {
-        Napi::Object go = Napi::Object::New(env);
-        const char * gk[3] = { "bg", "bu", "ad" };
-        for (int w = 0; w < 3; w++) if (!gr[w].empty()) go.Set(gk[w], to_js(env, gr[w]));
-        out.Set("grads", go);
-    }
-    if (bf16) {
-        out.Set("dgBf16", to_js(env, dg16));
-        out.Set("duBf16", to_js(env, du16));
-    }
-    return out;
 }
 
 } // namespace
@@ -778,9 +648,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("cudaDevices", Napi::Function::New(env, CudaDevices));
     exports.Set("runOp", Napi::Function::New(env, RunOp));
     exports.Set("sampleRows", Napi::Function::New(env, SampleRows));
-    exports.Set("attentionCuda", Napi::Function::New(env, AttentionCuda));
-    exports.Set("swigluCuda", Napi::Function::New(env, SwigluCuda));
-    exports.Set("dequantQ4_0Cuda", Napi::Function::New(env, DequantQ4_0Cuda));
+    exports.Set("testHooks", Napi::Function::New(env, test_hooks));
     tensor_graph_register(env, exports);
     train_register(env, exports);
     return exports;

@@ -5,7 +5,6 @@
 #include "graph.h"
 #include "sampler.h"
 
-#include <atomic>
 
 namespace sqlr1 {
 
@@ -54,7 +53,6 @@ struct context {
     ggml_backend_sched_t sched = nullptr;
     std::vector<uint8_t> meta;        // graph metadata; reused so tensor addresses repeat between steps
     int64_t n_batch = 512;            // most tokens per forward pass
-    std::atomic<bool> busy{false};
     std::shared_ptr<lora_adapter> lora;  // applied to every pass while set and enabled
     // The last graph and its allocation, reused while the batch shape is unchanged (every decode step between
     // two 256-cell growths of the attended KV range): only the inputs are set again.

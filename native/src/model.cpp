@@ -43,6 +43,7 @@ std::string cuda_device_name(int i) {
 
 std::shared_ptr<backend_set> backend_set_init(const std::string & device, int n_threads) {
     auto bs = std::make_shared<backend_set>();
+    bs->exec = executor_for(device);
     bs->n_threads = n_threads > 0 ? n_threads : std::max(1u, std::thread::hardware_concurrency());
     bs->cpu = ggml_backend_cpu_init();
     if (!bs->cpu) fail("ERR_INTERNAL", "could not initialize the CPU backend");

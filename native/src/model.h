@@ -3,6 +3,7 @@
 #pragma once
 
 #include "common.h"
+#include "executor.h"
 
 #include "ggml.h"
 #include "ggml-backend.h"
@@ -46,12 +47,14 @@ struct layer_weights {
 };
 
 // The backends a model runs on: the primary one (CPU or CUDA) and always a CPU backend, which ggml's
-// scheduler needs as a last resort.
+// scheduler needs as a last resort; and the device's executor (executor.h), which every call that runs them
+// goes through.
 struct backend_set {
     std::string device;  // "cpu" or "cuda"
     ggml_backend_t primary = nullptr;
     ggml_backend_t cpu = nullptr;
     int n_threads = 1;
+    std::shared_ptr<executor> exec;
     ~backend_set();
 };
 

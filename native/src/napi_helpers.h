@@ -1,8 +1,10 @@
 // Small N-API helpers shared by the addon's source files: JS errors with a `code`, argument readers that fail
-// with ERR_INVALID_ARG, and a Promise-returning AsyncWorker. Internal to native/src (never part of an API).
+// with ERR_INVALID_ARG, Promise-returning device work (submit: through the device's executor) and host work
+// (queue: an AsyncWorker on libuv's pool). Internal to native/src (never part of an API).
 #pragma once
 
 #include "common.h"
+#include "executor.h"
 
 #include <napi.h>
 
@@ -137,6 +139,7 @@ private:
     std::string code_ = "ERR_INTERNAL";
 };
 
+// Work that touches no device (file synthesis): an AsyncWorker on libuv's pool.
 template <typename R>
 Napi::Value queue(Napi::Env env, std::function<R()> exec, std::function<Napi::Value(Napi::Env, R &)> done,
                   std::function<void()> finally = nullptr, Napi::Value keep = Napi::Value()) {
@@ -144,6 +147,88 @@ Napi::Value queue(Napi::Env env, std::function<R()> exec, std::function<Napi::Va
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
+}
+
+// Device work: `exec` runs on the device's executor after everything submitted before it; `done` (JS thread)
+// builds the Promise's value. The job holds `exec`'s captures (the objects it works on) until it settles, and a
+// reference on `keep`; a thread-safe function per call brings the result back to the JS thread and keeps the
+// event loop alive meanwhile.
+template <typename R>
+class device_job {
+public:
+    device_job(Napi::Env env, std::shared_ptr<executor> ex, std::function<R()> exec, std::function<Napi::Value(Napi::Env, R &)> done,
+               Napi::Value keep)
+        : deferred_(Napi::Promise::Deferred::New(env)), ex_(std::move(ex)), exec_(std::move(exec)), done_(std::move(done)) {
+        if (!keep.IsEmpty() && keep.IsObject()) keep_ = Napi::Persistent(keep.As<Napi::Object>());
+        napi_value name;
+        napi_create_string_utf8(env, "sqlr1", NAPI_AUTO_LENGTH, &name);
+        if (napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, nullptr, nullptr, nullptr, &device_job::settle, &tsfn_) != napi_ok)
+            throw make_error(env, "ERR_INTERNAL", "could not create a completion callback");
+    }
+    Napi::Promise promise() { return deferred_.Promise(); }
+
+    // On the executor's thread.
+    void run() {
+        try {
+            result_ = exec_();
+            ok_ = true;
+        } catch (const error & e) {
+            code_ = e.code;
+            message_ = e.what();
+        } catch (const std::exception & e) {
+            message_ = e.what();
+        }
+        napi_threadsafe_function f = tsfn_;
+        // Unbounded queue: never waits for the JS thread. When the environment is closing the job is left for
+        // the process's exit (its references cannot be released off the JS thread).
+        napi_call_threadsafe_function(f, this, napi_tsfn_nonblocking);
+        napi_release_threadsafe_function(f, napi_tsfn_release);
+    }
+
+private:
+    // On the JS thread (env null while the environment is torn down).
+    static void settle(napi_env env, napi_value, void *, void * data) {
+        auto * job = static_cast<device_job *>(data);
+        if (!env) {
+            job->keep_.SuppressDestruct();
+            delete job;
+            return;
+        }
+        Napi::Env e(env);
+        Napi::HandleScope scope(e);
+        try {
+            if (job->ok_) job->deferred_.Resolve(job->done_(e, job->result_));
+            else job->deferred_.Reject(make_error(e, job->code_, job->message_).Value());
+        } catch (const Napi::Error & err) {
+            job->deferred_.Reject(err.Value());
+        }
+        delete job;
+    }
+
+    Napi::Promise::Deferred deferred_;
+    std::shared_ptr<executor> ex_;  // alive until the job settles on the JS thread
+    std::function<R()> exec_;
+    std::function<Napi::Value(Napi::Env, R &)> done_;
+    Napi::ObjectReference keep_;
+    napi_threadsafe_function tsfn_ = nullptr;
+    R result_{};
+    bool ok_ = false;
+    std::string code_ = "ERR_INTERNAL", message_;
+};
+
+template <typename R>
+Napi::Value submit(Napi::Env env, const std::shared_ptr<executor> & ex, std::function<R()> exec,
+                   std::function<Napi::Value(Napi::Env, R &)> done, Napi::Value keep = Napi::Value()) {
+    auto * job = new device_job<R>(env, ex, std::move(exec), std::move(done), keep);
+    Napi::Promise p = job->promise();
+    ex->submit([job]() { job->run(); });
+    return p;
+}
+
+// A synchronous call's device work through the executor, with sqlr1::error turned into a JS error.
+template <typename F>
+auto run_sync(Napi::Env env, executor & ex, F && fn) -> decltype(fn()) {
+    return guarded(env, [&]() { return ex.run_sync(std::forward<F>(fn)); });
 }
 
 } // namespace sqlr1

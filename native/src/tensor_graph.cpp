@@ -504,17 +504,20 @@ public:
         const std::string device = get_string(o, "device", "cpu");
         const double threads = get_number(o, "threads", 0);
         if (!(threads >= 0 && threads <= 1024 && std::floor(threads) == threads)) bad_arg(env, "threads must be an integer in [0, 1024]");
-        s = guarded(env, [&]() { return param_store_init(device, (int) threads); });
+        auto ex = guarded(env, [&]() { return executor_for(device); });
+        s = run_sync(env, *ex, [&]() { return param_store_init(device, (int) threads); });
     }
 
-    param_store & get(Napi::Env env, bool allow_busy = false) {
+    // Reads and writes of the store's values, gradients and moments run on its device's executor after the
+    // calls queued before them (a graph run, an AdamW step, a trainer's backward).
+    param_store & get(Napi::Env env) {
         if (!s) throw make_error(env, "ERR_DISPOSED", "the parameter store was disposed");
-        if (!allow_busy && s->busy) throw make_error(env, "ERR_INVALID_ARG", "the parameter store is busy with another call; await it first");
         return *s;
     }
+    executor & exec() { return *s->backends->exec; }
 
     Napi::Value Info(const Napi::CallbackInfo & info) {
-        param_store & st = get(info.Env(), true);
+        param_store & st = get(info.Env());
         Napi::Object o = Napi::Object::New(info.Env());
         double elements = 0, bytes = 0;
         for (auto & e : st.params) {
@@ -535,14 +538,14 @@ public:
         if (info.Length() < 3) bad_arg(env, "add(name, shape, data: Float32Array)");
         std::vector<int64_t> shape = get_shape(env, info[1], "shape");
         std::vector<float> data = get_f32(env, info[2], "data");
-        guarded(env, [&]() { param_store_add(st, name, shape, data); return 0; });
+        run_sync(env, exec(), [&]() { param_store_add(st, name, shape, data); });
         return env.Undefined();
     }
     Napi::Value Get(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
         param_store & st = get(env);
         const std::string name = get_name(info);
-        return to_js(env, guarded(env, [&]() { return param_store_read(param_store_get(st, name).value); }));
+        return to_js(env, run_sync(env, exec(), [&]() { return param_store_read(param_store_get(st, name).value); }));
     }
     Napi::Value Set(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
@@ -550,17 +553,17 @@ public:
         const std::string name = get_name(info);
         if (info.Length() < 2) bad_arg(env, "set(name, data: Float32Array)");
         std::vector<float> data = get_f32(env, info[1], "data");
-        guarded(env, [&]() { param_store_write(param_store_get(st, name).value, data, "ParamStore.set"); return 0; });
+        run_sync(env, exec(), [&]() { param_store_write(param_store_get(st, name).value, data, "ParamStore.set"); });
         return env.Undefined();
     }
     Napi::Value Shape(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
-        param_store & st = get(env, true);
+        param_store & st = get(env);
         const std::string name = get_name(info);
         return shape_to_js(env, guarded(env, [&]() { return param_store_get(st, name).shape; }));
     }
     Napi::Value Names(const Napi::CallbackInfo & info) {
-        param_store & st = get(info.Env(), true);
+        param_store & st = get(info.Env());
         Napi::Array a = Napi::Array::New(info.Env(), st.params.size());
         for (size_t i = 0; i < st.params.size(); i++) a.Set((uint32_t) i, st.params[i]->name);
         return a;
@@ -571,8 +574,13 @@ public:
         param_store & st = get(env);
         const std::string name = get_name(info);
         param_entry & e = guarded(env, [&]() -> param_entry & { return param_store_get(st, name); });
-        if (!e.has_grad) return env.Null();
-        return to_js(env, param_store_read(e.grad));
+        bool has = false;
+        std::vector<float> g = run_sync(env, exec(), [&]() {
+            has = e.has_grad;
+            return has ? param_store_read(e.grad) : std::vector<float>();
+        });
+        if (!has) return env.Null();
+        return to_js(env, g);
     }
     ggml_tensor * moment_arg(const Napi::CallbackInfo & info, param_store & st) {
         Napi::Env env = info.Env();
@@ -585,7 +593,8 @@ public:
     }
     Napi::Value GetMoment(const Napi::CallbackInfo & info) {
         param_store & st = get(info.Env());
-        return to_js(info.Env(), param_store_read(moment_arg(info, st)));
+        ggml_tensor * t = moment_arg(info, st);
+        return to_js(info.Env(), run_sync(info.Env(), exec(), [&]() { return param_store_read(t); }));
     }
     Napi::Value SetMoment(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
@@ -593,22 +602,23 @@ public:
         ggml_tensor * t = moment_arg(info, st);
         if (info.Length() < 3) bad_arg(env, "setMoment(name, 'm' | 'v', data: Float32Array)");
         std::vector<float> data = get_f32(env, info[2], "data");
-        guarded(env, [&]() { param_store_write(t, data, "ParamStore.setMoment"); return 0; });
+        run_sync(env, exec(), [&]() { param_store_write(t, data, "ParamStore.setMoment"); });
         return env.Undefined();
     }
     Napi::Value GradNorm(const Napi::CallbackInfo & info) {
         param_store & st = get(info.Env());
-        return Napi::Number::New(info.Env(), param_store_grad_norm(st));
+        return Napi::Number::New(info.Env(), run_sync(info.Env(), exec(), [&]() { return param_store_grad_norm(st); }));
     }
     Napi::Value ClipGradNorm(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
         param_store & st = get(env);
         if (info.Length() < 1 || !info[0].IsNumber()) bad_arg(env, "clipGradNorm(maxNorm: number)");
         const double max_norm = info[0].As<Napi::Number>().DoubleValue();
-        return Napi::Number::New(env, guarded(env, [&]() { return param_store_clip_grad_norm(st, max_norm); }));
+        return Napi::Number::New(env, run_sync(env, exec(), [&]() { return param_store_clip_grad_norm(st, max_norm); }));
     }
     Napi::Value ZeroGrad(const Napi::CallbackInfo & info) {
-        param_store_zero_grad(get(info.Env()));
+        param_store & st = get(info.Env());
+        run_sync(info.Env(), exec(), [&]() { param_store_zero_grad(st); });
         return info.Env().Undefined();
     }
     // adamwStep({ lr, beta1, beta2, eps, weightDecay, step }) -> Promise<number of parameters updated>
@@ -626,12 +636,11 @@ public:
         if (!(step >= 1 && step <= 9.0e15 && std::floor(step) == step)) bad_arg(env, "adamwStep: step must be an integer >= 1");
         ao.step = (int64_t) step;
         guarded(env, [&]() { adamw_options_check(ao); return 0; });
-        st.busy = true;
         std::shared_ptr<param_store> keep = s;
-        return queue<double>(env,
+        return submit<double>(env, st.backends->exec,
             [keep, ao]() { return (double) param_store_adamw_step(*keep, ao); },
             [](Napi::Env env, double & n) -> Napi::Value { return Napi::Number::New(env, n); },
-            [keep]() { keep->busy = false; }, info.This());
+            info.This());
     }
     // saveState(path, { step, lr }) -> Promise<void>: the moments plus the optimizer's step count and lr, as GGUF.
     Napi::Value SaveState(const Napi::CallbackInfo & info) {
@@ -645,13 +654,12 @@ public:
         if (!(step >= 0 && step <= 9.0e15 && std::floor(step) == step)) bad_arg(env, "saveState: step must be an integer >= 0");
         const double lr = get_number(o, "lr", NAN);
         if (!(lr > 0)) bad_arg(env, "saveState: lr must be a positive finite number");
-        // The moments are read on the worker thread: nothing may step or load into them meanwhile.
-        st.busy = true;
+        // The moments are read on the executor, after the steps queued before and before those queued after.
         std::shared_ptr<param_store> keep = s;
-        return queue<int>(env,
+        return submit<int>(env, st.backends->exec,
             [keep, path, step, lr]() { param_store_save_state(*keep, path, (int64_t) step, lr); return 0; },
             [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); },
-            [keep]() { keep->busy = false; }, info.This());
+            info.This());
     }
     // loadState(path) -> Promise<{ step, lr }>: the file is checked against the store before any moment is written.
     Napi::Value LoadState(const Napi::CallbackInfo & info) {
@@ -660,9 +668,8 @@ public:
         if (info.Length() < 1 || !info[0].IsString()) bad_arg(env, "loadState(path: string)");
         const std::string path = info[0].As<Napi::String>().Utf8Value();
         if (path.empty()) bad_arg(env, "loadState: the path must not be empty");
-        st.busy = true;
         std::shared_ptr<param_store> keep = s;
-        return queue<optimizer_state>(env,
+        return submit<optimizer_state>(env, st.backends->exec,
             [keep, path]() { return param_store_load_state(*keep, path); },
             [](Napi::Env env, optimizer_state & r) -> Napi::Value {
                 Napi::Object out = Napi::Object::New(env);
@@ -670,10 +677,10 @@ public:
                 out.Set("lr", r.lr);
                 return out;
             },
-            [keep]() { keep->busy = false; }, info.This());
+            info.This());
     }
+    // Queued calls keep the store alive until they have run; later calls get ERR_DISPOSED.
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
-        if (s && s->busy) throw make_error(info.Env(), "ERR_INVALID_ARG", "cannot dispose a parameter store while a call is running");
         s.reset();
         return info.Env().Undefined();
     }
@@ -699,7 +706,7 @@ Napi::Value RunGraph(const Napi::CallbackInfo & info) {
         if (!sv.IsObject() || !sv.As<Napi::Object>().InstanceOf(ParamStoreWrap::ctor.Value()))
             bad_arg(env, "store must be a ParamStore of this addon");
         store = ParamStoreWrap::Unwrap(sv.As<Napi::Object>());
-        store->get(env);  // ERR_DISPOSED / busy
+        store->get(env);  // ERR_DISPOSED
         req.store = store->s;
     }
 
@@ -752,9 +759,8 @@ Napi::Value RunGraph(const Napi::CallbackInfo & info) {
     }
 
     guarded(env, [&]() { tensor_graph_validate(req); return 0; });
-    if (req.store) req.store->busy = true;
-    std::shared_ptr<param_store> keep = req.store;
-    return queue<tensor_graph_result>(env,
+    auto ex = req.store ? req.store->backends->exec : guarded(env, [&]() { return executor_for(req.device); });
+    return submit<tensor_graph_result>(env, ex,
         [req]() { return tensor_graph_run(req); },
         [](Napi::Env env, tensor_graph_result & r) -> Napi::Value {
             Napi::Object out = Napi::Object::New(env);
@@ -777,7 +783,7 @@ Napi::Value RunGraph(const Napi::CallbackInfo & info) {
             out.Set("paramsWithGrad", pg);
             return out;
         },
-        [keep]() { if (keep) keep->busy = false; }, store ? Napi::Value(store->Value()) : Napi::Value());
+        store ? Napi::Value(store->Value()) : Napi::Value());
 }
 
 } // namespace

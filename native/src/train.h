@@ -7,7 +7,7 @@
 //    backward, SwiGLU with the adapters' terms (forward, and backward with the gate/up/down adapter sums), and
 //    the optimizer's passes. Targets that share an input (q/k/v, gate/up) run as one product with s A stacked
 //    after the weights, and the input gradient W^T dy comes with dz = s B^T dy from one product over a stacked
-//    transposed copy [W^T; s B^T]; see layer_forward_fused and layer_backward_fused in train.cpp;
+//    transposed copy [W^T; s B^T]; see layer_forward_fused and layer_backward_fused in train_fused.cpp;
 //  - elsewhere attention is written out (K^T Q, softmax with a causal mask, V P), so that its backward is plain
 //    ops; forward-only passes use flash attention where the backend has it;
 //  - frozen weights of any type enter matrix products converted to one compute type: dequantized (get_rows,
@@ -23,7 +23,6 @@
 #include "adamw.h"
 #include "graph.h"
 
-#include <atomic>
 #include <map>
 #include <string>
 
@@ -40,6 +39,20 @@ struct train_batch {
     float inv_temp = 1.0f;            // log-probs of softmax(logits / T)
 };
 
+// How a trainer runs its passes (LoraTrainer.create's options; the CLI reads the SQLR1_TRAIN_* variables once).
+struct trainer_options {
+    ggml_type compute = GGML_TYPE_F32;  // F32 or BF16
+    int64_t max_tokens = 16384;
+    // Wait after each graph and kernel of a layer-by-layer CUDA pass instead of queuing them (for comparisons).
+    bool sync = false;
+    // 1: print where each backward's time goes (implies sync, so that each part is timed alone); 2: also run
+    // every graph node by node and print the heaviest ops (a diagnostic; slow).
+    int profile = 0;
+    // On CUDA in BF16, run the kept forward and the backward around the project's kernels (false: the
+    // written-out graphs, for comparisons).
+    bool fused_kernels = true;
+};
+
 struct trainer {
     std::shared_ptr<model> m;
     std::shared_ptr<lora_adapter> lora;
@@ -48,6 +61,9 @@ struct trainer {
     bool cuda = false;                  // the model runs on a CUDA device
     int64_t lp_chunk = 512;
     int64_t max_tokens = 16384;
+    bool sync = false;                  // trainer_options
+    int profile = 0;
+    bool fused_kernels = true;
 
     // Persistent: an iota for dequantizing (0, 1, 2, ...) and the output weight in the compute type, both
     // directions (converted once; the base is frozen).
@@ -110,12 +126,11 @@ struct trainer {
     std::vector<uint8_t> meta;        // graph metadata, reused by every graph
     double compute_ms = 0.0;          // time inside ggml's graph compute since the last backward began (profiling)
     int graphs_run = 0;
-    std::map<std::string, std::pair<double, int>> node_profile;  // SQLR1_TRAIN_PROFILE=2: op -> (us, count)
-    std::atomic<bool> busy{false};
+    std::map<std::string, std::pair<double, int>> node_profile;  // profile 2: op -> (us, count)
     ~trainer();
 };
 
-std::unique_ptr<trainer> trainer_init(std::shared_ptr<model> m, std::shared_ptr<lora_adapter> lora, ggml_type compute, int64_t max_tokens);
+std::unique_ptr<trainer> trainer_init(std::shared_ptr<model> m, std::shared_ptr<lora_adapter> lora, const trainer_options & o);
 
 void trainer_validate(const trainer & t, const train_batch & b);
 

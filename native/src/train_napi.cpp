@@ -26,22 +26,17 @@ public:
     }
     TrainerWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<TrainerWrap>(info) {}
 
-    // Marks the trainer and the adapter's store busy for one async call (AdamW must not run in between).
-    std::shared_ptr<trainer> acquire(Napi::Env env) {
+    // Calls run on the model's device executor, in submission order with everything else on that device (an
+    // AdamW step submitted after a backward runs after it). A queued call keeps the trainer alive.
+    std::shared_ptr<trainer> get(Napi::Env env) {
         if (!t) throw make_error(env, "ERR_DISPOSED", "the trainer was disposed");
-        if (t->busy || t->params->busy) throw make_error(env, "ERR_INVALID_ARG", "the trainer or its adapter's parameters are busy with another call; await it first");
-        t->busy = true;
-        t->params->busy = true;
         return t;
-    }
-    static std::function<void()> releaser(std::shared_ptr<trainer> t) {
-        return [t]() { t->busy = false; t->params->busy = false; };
     }
 
     // forward({ tokens, targets, ns, nt, temperature, adapter, keep }) -> Promise<Float32Array>
     Napi::Value Forward(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
-        if (!t) throw make_error(env, "ERR_DISPOSED", "the trainer was disposed");
+        auto tr = get(env);
         Napi::Object o = need_object(info, 0, "forward options");
         train_batch b;
         b.tokens = get_i32_array(o, "tokens");
@@ -56,38 +51,36 @@ public:
         b.inv_temp = (float) (1.0 / temp);
         const bool use_lora = o.Get("adapter").IsUndefined() ? true : o.Get("adapter").ToBoolean();
         const bool keep = o.Get("keep").ToBoolean();
-        guarded(env, [&]() { trainer_validate(*t, b); return 0; });
-        auto tr = acquire(env);
-        return queue<std::vector<float>>(env,
+        guarded(env, [&]() { trainer_validate(*tr, b); return 0; });  // reads only what never changes
+        return submit<std::vector<float>>(env, tr->m->backends->exec,
             [tr, b, use_lora, keep]() { return trainer_forward(*tr, b, use_lora, keep); },
             [](Napi::Env env, std::vector<float> & v) -> Napi::Value { return to_js(env, v); },
-            releaser(tr), info.This());
+            info.This());
     }
     // backward(dlogp: Float32Array) -> Promise<void>
     Napi::Value Backward(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
-        if (!t) throw make_error(env, "ERR_DISPOSED", "the trainer was disposed");
+        auto tr = get(env);
         if (info.Length() < 1) bad_arg(env, "backward(dlogp: Float32Array)");
         std::vector<float> dl = get_f32(env, info[0], "dlogp");
-        auto tr = acquire(env);
-        return queue<int>(env, [tr, dl]() { trainer_backward(*tr, dl); return 0; },
-            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, releaser(tr), info.This());
+        return submit<int>(env, tr->m->backends->exec, [tr, dl]() { trainer_backward(*tr, dl); return 0; },
+            [](Napi::Env env, int &) -> Napi::Value { return env.Undefined(); }, info.This());
     }
     Napi::Value Memory(const Napi::CallbackInfo & info) {
-        if (!t) throw make_error(info.Env(), "ERR_DISPOSED", "the trainer was disposed");
-        const trainer_memory mu = trainer_memory_use(*t);
+        auto tr = get(info.Env());
+        const trainer_memory mu = run_sync(info.Env(), *tr->m->backends->exec, [&]() { return trainer_memory_use(*tr); });
         Napi::Object o = Napi::Object::New(info.Env());
         o.Set("fixed", (double) mu.fixed);
         o.Set("kept", (double) mu.kept);
         o.Set("compute", (double) mu.compute);
         return o;
     }
+    // After the calls queued before it (their memory is made again by the next call).
     Napi::Value Release(const Napi::CallbackInfo & info) {
-        if (t && !t->busy) trainer_release(*t);
+        if (t) run_sync(info.Env(), *t->m->backends->exec, [tr = t]() { trainer_release(*tr); });
         return info.Env().Undefined();
     }
     Napi::Value Dispose(const Napi::CallbackInfo & info) {
-        if (t && t->busy) throw make_error(info.Env(), "ERR_INVALID_ARG", "cannot dispose a trainer while a call is running");
         t.reset();
         return info.Env().Undefined();
     }

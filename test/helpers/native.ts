@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { getBinding, probeCuda } from '../../lib/native/binding.js';
-import type { NativeBinding } from '../../lib/native/types.js';
+import type { NativeBinding, NativeTestHooks } from '../../lib/native/types.js';
 import { makeModel, type ModelShape, type ModelType } from '../../lib/model/index.js';
 
 /**
@@ -35,6 +35,11 @@ export function cudaSkipReason(): string | false {
 
 export function binding(device: 'cpu' | 'cuda'): NativeBinding {
   return getBinding(device, () => undefined).binding;
+}
+
+/** The addon's test-only kernel entry points (not part of its production surface). */
+export function testHooks(device: 'cpu' | 'cuda'): NativeTestHooks {
+  return binding(device).testHooks();
 }
 
 /** Normalized mean squared error mse(a, ref) / mse(ref, 0), as in ggml's test-backend-ops. NaN -> Infinity. */

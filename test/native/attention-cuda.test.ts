@@ -10,7 +10,7 @@
  * get 1e-3. The log-sum-exp sums at most nt float32 terms (relative error ~1e-7 each): bound 1e-9.
  */
 import t from 'tap';
-import { binding, cudaSkipReason, nmse, randomArray, toBf16 } from '../helpers/native.js';
+import { cudaSkipReason, testHooks, nmse, randomArray, toBf16 } from '../helpers/native.js';
 
 interface Shape { hd: number; H: number; Hk: number; nt: number; ns: number }
 
@@ -71,7 +71,7 @@ t.test('attention kernels match float64 loops', { skip }, async (t) => {
     // Scores of a few units, so that the softmax is neither flat nor one-hot.
     const q = toBf16(randomArray(nq, seed++, 2)), k = toBf16(randomArray(nk, seed++, 2));
     const v = toBf16(randomArray(nk, seed++)), dout = toBf16(randomArray(nq, seed++));
-    const got = binding('cuda').attentionCuda({ q, k, v, dout, headDim: s.hd, heads: s.H, kvHeads: s.Hk, nt: s.nt, ns: s.ns });
+    const got = testHooks('cuda').attentionCuda({ q, k, v, dout, headDim: s.hd, heads: s.H, kvHeads: s.Hk, nt: s.nt, ns: s.ns });
     const ref = reference(s, q, k, v, dout);
     const name = `hd ${s.hd}, heads ${s.H}/${s.Hk}, ${s.ns} x ${s.nt}`;
     for (const [key, bound] of [['o', 1e-4], ['lse', 1e-9], ['dq', 1e-3], ['dk', 1e-3], ['dv', 1e-4]] as const) {
@@ -82,13 +82,13 @@ t.test('attention kernels match float64 loops', { skip }, async (t) => {
 });
 
 t.test('attention kernels reject bad requests with typed errors', async (t) => {
-  const b = binding('cpu');
+  const b = testHooks('cpu');
   const ok = { q: new Float32Array(16 * 2 * 4), k: new Float32Array(16 * 4), v: new Float32Array(16 * 4), dout: new Float32Array(16 * 2 * 4) };
   t.throws(() => b.attentionCuda({ ...ok, headDim: 16, heads: 3, kvHeads: 2, nt: 4, ns: 1 }), { code: 'ERR_INVALID_ARG' }, 'heads not a multiple of kvHeads');
   t.throws(() => b.attentionCuda({ ...ok, headDim: 16, heads: 2, kvHeads: 1, nt: 5, ns: 1 }), { code: 'ERR_INVALID_ARG' }, 'arrays of the wrong size');
   t.throws(() => b.attentionCuda({ ...ok, headDim: 0, heads: 2, kvHeads: 1, nt: 4, ns: 1 }), { code: 'ERR_INVALID_ARG' }, 'a zero dimension');
   if (!skip) {
-    t.throws(() => binding('cuda').attentionCuda({ q: new Float32Array(24 * 2 * 4), k: new Float32Array(24 * 4), v: new Float32Array(24 * 4), dout: new Float32Array(24 * 2 * 4), headDim: 24, heads: 2, kvHeads: 1, nt: 4, ns: 1 }),
+    t.throws(() => testHooks('cuda').attentionCuda({ q: new Float32Array(24 * 2 * 4), k: new Float32Array(24 * 4), v: new Float32Array(24 * 4), dout: new Float32Array(24 * 2 * 4), headDim: 24, heads: 2, kvHeads: 1, nt: 4, ns: 1 }),
       { code: 'ERR_UNSUPPORTED_TYPE' }, 'a head size without a kernel');
   } else {
     t.throws(() => b.attentionCuda({ ...ok, headDim: 16, heads: 2, kvHeads: 1, nt: 4, ns: 1 }), { code: 'ERR_NO_CUDA' }, 'no CUDA in this binary or machine');

@@ -5,7 +5,7 @@
  * integer), so the expected BF16 word is that product rounded to nearest even: the kernel must match bit for bit.
  */
 import t from 'tap';
-import { binding, cudaSkipReason, toBf16 } from '../helpers/native.js';
+import { cudaSkipReason, testHooks, toBf16 } from '../helpers/native.js';
 
 const skip = cudaSkipReason();
 
@@ -49,7 +49,7 @@ function reference(blocks: Uint8Array, n: number): Uint16Array {
 t.test('Q4_0 -> BF16 dequantization matches the format bit for bit', { skip }, async (t) => {
   for (const [nBlocks, seed] of [[1, 1], [7, 2], [257, 3], [4096 + 5, 4]] as const) {
     const blocks = randomBlocks(nBlocks, seed), n = nBlocks * 32;
-    const got = binding('cuda').dequantQ4_0Cuda(blocks, n), want = reference(blocks, n);
+    const got = testHooks('cuda').dequantQ4_0Cuda(blocks, n), want = reference(blocks, n);
     let bad = 0;
     for (let i = 0; i < n; i++) if (got[i] !== want[i]) bad++;
     t.equal(bad, 0, `${nBlocks} blocks (seed ${seed}): every BF16 word as the format defines it`);
@@ -57,7 +57,7 @@ t.test('Q4_0 -> BF16 dequantization matches the format bit for bit', { skip }, a
 });
 
 t.test('Q4_0 dequantization rejects bad requests with typed errors', async (t) => {
-  const b = binding('cpu');
+  const b = testHooks('cpu');
   t.throws(() => b.dequantQ4_0Cuda(new Uint8Array(18), 33), { code: 'ERR_INVALID_ARG' }, 'n not a multiple of 32');
   t.throws(() => b.dequantQ4_0Cuda(new Uint8Array(17), 32), { code: 'ERR_INVALID_ARG' }, 'too few bytes for n');
   if (skip) t.throws(() => b.dequantQ4_0Cuda(new Uint8Array(18), 32), { code: 'ERR_NO_CUDA' }, 'no CUDA in this binary or machine');

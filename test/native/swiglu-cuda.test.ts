@@ -7,7 +7,7 @@
  * nmse ~1e-12; the bound 1e-10 leaves room and still catches any indexing or formula error (those give ~1).
  */
 import t from 'tap';
-import { binding, cudaSkipReason, nmse, randomArray, toBf16 } from '../helpers/native.js';
+import { cudaSkipReason, testHooks, nmse, randomArray, toBf16 } from '../helpers/native.js';
 
 const skip = cudaSkipReason();
 
@@ -46,7 +46,7 @@ t.test('SwiGLU kernel matches float64 loops', { skip }, async (t) => {
     const arr = (n: number, s = 2) => randomArray(n, seed++, s);
     const a = inputs(F, T, r, lora, arr);
     const ref = reference(F, T, r, a);
-    const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), bf16: true });
+    const got = testHooks('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), bf16: true });
     for (const key of ['h', 'dg', 'du'] as const) {
       const e = nmse(got[key]!, ref[key]);
       t.ok(e <= 1e-10, `F ${F}, T ${T}, rank ${r}, LoRA on ${lora}: ${key} nmse ${e.toExponential(2)} <= 1e-10`);
@@ -81,7 +81,7 @@ t.test('SwiGLU kernel on strided rows, backward and forward only', { skip }, asy
   for (const backward of [true, false]) {
     const g = widen(dense.g, F, ld), u = widen(dense.u, F, ld);
     const [g0, u0] = [Float32Array.from(g), Float32Array.from(u)];
-    const got = binding('cuda').swigluCuda({
+    const got = testHooks('cuda').swigluCuda({
       F, T, rank: r, ld, ldz, g, u, ...(backward ? { dh: dense.dh } : {}),
       bg: dense.bg, zg: widen(dense.zg, r, ldz), bu: dense.bu, zu: widen(dense.zu, r, ldz),
     });
@@ -123,7 +123,7 @@ t.test('SwiGLU kernel adds the adapters\' gradient sums', { skip }, async (t) =>
       }
     }
     const grads = Object.fromEntries(Object.entries(g0).filter(([, v]) => v)) as { bg?: Float32Array; bu?: Float32Array; ad?: Float32Array };
-    const got = binding('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), grads, bf16: true });
+    const got = testHooks('cuda').swigluCuda({ F, T, rank: r, ...(a as { g: Float32Array; u: Float32Array; dh: Float32Array }), grads, bf16: true });
     t.ok(nmse(got.h, ref.h) <= 1e-10, `F ${F}, T ${T}, rank ${r}, LoRA on ${lora}: h`);
     for (const [key, w] of Object.entries(want)) {
       const e = nmse(got.grads![key as 'bg']!, w);
@@ -141,7 +141,7 @@ t.test('SwiGLU kernel adds the adapters\' gradient sums', { skip }, async (t) =>
 });
 
 t.test('SwiGLU kernel rejects bad requests with typed errors', async (t) => {
-  const b = binding('cpu');
+  const b = testHooks('cpu');
   const x = new Float32Array(8);
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: new Float32Array(7) }), { code: 'ERR_INVALID_ARG' }, 'an array of the wrong size');
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: x, bg: new Float32Array(4) }), { code: 'ERR_INVALID_ARG' }, 'half a LoRA term');
@@ -149,7 +149,7 @@ t.test('SwiGLU kernel rejects bad requests with typed errors', async (t) => {
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, dh: x, ld: 3 }), { code: 'ERR_INVALID_ARG' }, 'a stride below F');
   if (!skip) {
     const big = new Float32Array(17 * 4);
-    t.throws(() => binding('cuda').swigluCuda({ F: 4, T: 2, rank: 17, g: x, u: x, dh: x, bg: big, zg: new Float32Array(34), grads: { bg: big } }),
+    t.throws(() => testHooks('cuda').swigluCuda({ F: 4, T: 2, rank: 17, g: x, u: x, dh: x, bg: big, zg: new Float32Array(34), grads: { bg: big } }),
       { code: 'ERR_INVALID_ARG' }, 'gradient sums above rank 16');
   }
   t.throws(() => b.swigluCuda({ F: 4, T: 2, rank: 1, g: x, u: x, ad: new Float32Array(4), dzd: new Float32Array(2) }), { code: 'ERR_INVALID_ARG' },

@@ -123,10 +123,10 @@ for (const device of testDevices()) for (const type of ['f32', 'q4_0'] as const)
   });
 }
 
-const run = async (path: string, device: 'cpu' | 'cuda', compute: 'f32' | 'bf16', sequences = SEQUENCES, completionStart = STARTS) => {
+const run = async (path: string, device: 'cpu' | 'cuda', compute: 'f32' | 'bf16', sequences = SEQUENCES, completionStart = STARTS, sync = false) => {
   const model = await loadModel(path, { device });
   const lora = adapterWithB(model, 5);
-  const tr = await LoraTrainer.create(model, lora, { compute });
+  const tr = await LoraTrainer.create(model, lora, { compute, sync });
   const batch = tr.pack({ sequences, completionStart });
   const lp = await tr.logprobs(batch, { keep: true, temperature: TEMP });
   await tr.backward(weights(batch));
@@ -203,18 +203,10 @@ if (testDevices().includes('cuda')) {
     }
 
     // Queued passes (graphs and kernels queued with no host waits, events ordering ggml's stream and the
-    // project's) against passes that wait after each graph and kernel (SQLR1_TRAIN_SYNC=1): the same work in the
-    // same order on the same data, so the same bits. Each graph here has more GPU work than the host needs to
-    // build the next, so the queue runs ahead and a missing ordering would show.
-    const once = async (sync: boolean) => {
-      if (sync) process.env.SQLR1_TRAIN_SYNC = '1';
-      try {
-        return await run(path, 'cuda', 'bf16', seqs, starts);
-      } finally {
-        delete process.env.SQLR1_TRAIN_SYNC;
-      }
-    };
-    const waited = await once(true), queued = await once(false);
+    // project's) against passes that wait after each graph and kernel (the trainer's sync option): the same work
+    // in the same order on the same data, so the same bits. Each graph here has more GPU work than the host needs
+    // to build the next, so the queue runs ahead and a missing ordering would show.
+    const waited = await run(path, 'cuda', 'bf16', seqs, starts, true), queued = await run(path, 'cuda', 'bf16', seqs, starts, false);
     t.ok(bits(queued.lp).equals(bits(waited.lp)), 'queued vs waiting: log-probs bit for bit');
     const differ = [...waited.grads].filter(([name, g]) => !bits(queued.grads.get(name)!).equals(bits(g))).map(([name]) => name);
     t.same(differ, [], `queued vs waiting: all ${waited.grads.size} gradients bit for bit`);
@@ -242,11 +234,15 @@ t.test('trainer errors', async (t) => {
   const long = tr.pack({ sequences: [Array.from({ length: 80 }, (_, i) => i + 1)], completionStart: [40] });
   await t.rejects(tr.logprobs(long), { code: 'ERR_INVALID_ARG' }, 'more tokens than maxTokens');
   await tr.logprobs(batch, { keep: true });
-  const busy = tr.backward(new Float32Array(batch.n * batch.maxCompletion));
-  await t.rejects(tr.params.adamwStep({ lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 }), { code: 'ERR_INVALID_ARG' }, 'AdamW while a backward runs');
-  await busy;
+  // A step submitted while a backward is queued runs after it (the device's queue), on its gradients.
+  const queued = tr.backward(weights(batch));
+  const stepped = await tr.params.adamwStep({ lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 });
+  await queued;
+  t.equal(stepped, tr.params.names().length, 'AdamW queued behind a backward steps every parameter it gave a gradient');
   const other = createLora(await loadModel(await tinyModel(dir, 'f32', 'tiny', 8), { device: 'cpu' }), { rank: 2 });
   await t.rejects(LoraTrainer.create(model, other), { code: 'ERR_INVALID_ARG' }, 'an adapter of another model');
+  await t.rejects(LoraTrainer.create(model, lora, { profile: 3 as 2 }), { code: 'ERR_INVALID_ARG' }, 'profile outside 0, 1, 2');
+  await t.rejects(LoraTrainer.create(model, lora, { sync: 'yes' as unknown as boolean }), { code: 'ERR_INVALID_ARG' }, 'sync not a boolean');
   tr.dispose();
   await t.rejects(tr.logprobs(batch), { code: 'ERR_DISPOSED' }, 'after dispose');
 });

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { createLora, generate, loadModel, type Model } from '../../model/index.js';
-import { AdamW, LoraTrainer, Tensor, backward, grpoLoss, type TrainCompute } from '../../train/index.js';
+import { AdamW, LoraTrainer, Tensor, backward, grpoLoss, type LoraTrainerOptions, type TrainCompute } from '../../train/index.js';
 import { parseChoice, parseIntArg, parseIntList, printJson } from '../util.js';
 
 export interface GenerateBenchRow {
@@ -70,6 +70,20 @@ export interface StepBenchResult {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /**
+ * The trainer's diagnostics from the environment, read here once and passed down as options:
+ * SQLR1_TRAIN_SYNC=1 (a wait after each graph and kernel), SQLR1_TRAIN_PROFILE=1 or 2 (timings; 2 node by
+ * node), SQLR1_FUSED_KERNELS=0 (the written-out graphs instead of the fused CUDA kernels).
+ */
+export function trainDiagnostics(env: NodeJS.ProcessEnv = process.env): Pick<LoraTrainerOptions, 'sync' | 'profile' | 'fusedKernels'> {
+  const profile = env.SQLR1_TRAIN_PROFILE;
+  return {
+    sync: env.SQLR1_TRAIN_SYNC === '1',
+    profile: profile === '2' ? 2 : profile && profile !== '0' ? 1 : 0,
+    fusedKernels: env.SQLR1_FUSED_KERNELS !== '0',
+  };
+}
+
+/**
  * One GRPO training step over N sequences of `prompt` + `completion` tokens, LoRA on all seven linear layers,
  * pass by pass: the reference forward (adapter off, no activations kept), the policy forward (activations
  * kept), the GRPO loss and its gradient w.r.t. the log-probs (clip 0.2, KL 0.05), the backward pass into the
@@ -80,7 +94,7 @@ export async function benchStep(model: Model, n: number, promptTokens: number, c
   const L = promptTokens + completionTokens;
   const sequences = Array.from({ length: n }, (_, i) => randomPrompt(L, model.info.nVocab, 100 + i));
   const lora = createLora(model, { rank, alpha });
-  const trainer = await LoraTrainer.create(model, lora, { ...(options.compute ? { compute: options.compute } : {}), maxTokens: Math.max(16384, n * L) });
+  const trainer = await LoraTrainer.create(model, lora, { ...(options.compute ? { compute: options.compute } : {}), maxTokens: Math.max(16384, n * L), ...trainDiagnostics() });
   const opt = new AdamW(trainer.params, { lr: 5e-6, weightDecay: 0.01, maxGradNorm: 1.0 });
   const batch = trainer.pack({ sequences, completionStart: sequences.map(() => promptTokens) });
   const C = batch.maxCompletion;
