@@ -56,7 +56,7 @@ post('Profiler.enable');
 post('Profiler.startPreciseCoverage', { callCount: true, detailed: true });
 
 interface Coverage { result: { url: string; functions: { ranges: { startOffset: number; endOffset: number; count: number }[] }[] }[] }
-const watched = (url: string) => url.endsWith('/lib/gguf/reader.ts') || url.endsWith('/lib/errors.ts');
+const watched = (url: string) => /\/lib\/(gguf\/reader|errors)\.[jt]s$/.test(url);
 const bucket = (c: number) => (c >= 128 ? 7 : c >= 32 ? 6 : c >= 16 ? 5 : c >= 8 ? 4 : c >= 4 ? 3 : c);
 
 /** The features of the run since the last call (the counters reset with each take). */
@@ -65,7 +65,7 @@ function takeFeatures(): Set<string> {
   const out = new Set<string>();
   for (const script of cov.result) {
     if (!watched(script.url)) continue;
-    const file = script.url.endsWith('reader.ts') ? 'r' : 'e';
+    const file = script.url.includes('/gguf/reader.') ? 'r' : 'e';
     for (const fn of script.functions) {
       for (const r of fn.ranges) if (r.count > 0) out.add(`${file}${r.startOffset}:${r.endOffset}:${bucket(r.count)}`);
     }
