@@ -8,8 +8,10 @@
  * A finding is anything but success or a Sqlr1Error: another exception (a RangeError from a huge allocation, a
  * TypeError), or a read that does not settle within --timeout seconds. Each is written to the artifacts folder.
  *
- *   node --import=@tapjs/typescript/import test/fuzz/reader-fuzz.ts --seconds 600 --artifacts DIR OUT [CORPUS...]
- *   node --import=@tapjs/typescript/import test/fuzz/reader-fuzz.ts --merge OUT CORPUS...
+ *   scripts/fuzz.sh reader <seconds>       compiles this file with tsc (under a TypeScript loader, V8's coverage
+ *                                          reports would carry the whole compiler), fuzzes, then merges; by hand:
+ *   node reader-fuzz.js --seconds 600 [--seed N] --artifacts DIR OUT [CORPUS...]
+ *   node reader-fuzz.js --merge OUT CORPUS...
  *
  * The first folder receives new inputs; all are read as the starting corpus. --merge writes to OUT the smallest
  * set of inputs (smallest first) that covers every feature of all the inputs, like libFuzzer's -merge=1.
@@ -36,7 +38,7 @@ const mergeOut = opt('--merge');
 const timeoutS = Number(opt('--timeout') ?? 10);
 const maxLen = Number(opt('--max-len') ?? 65536);
 let seed = Number(opt('--seed') ?? Date.now() % 2 ** 31);
-const dirs = mergeOut ? args : args;
+const dirs = args;
 if (dirs.length === 0) throw new Error('usage: reader-fuzz.ts [--seconds N] [--artifacts DIR] [--merge OUT] DIR...');
 
 // ---------------------------------------------------------------------------------------------------------------

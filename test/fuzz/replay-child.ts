@@ -11,7 +11,7 @@
  *   DONE <i> <outcome>...   per call: `ok` or the Sqlr1Error code; anything else thrown prints `UNTYPED <name>: <message>`
  *                           (`model` gives two outcomes: the addon's, then loadModel's)
  */
-import { readFileSync, writeSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { isSqlr1Error } from '../../lib/errors.js';
 import { readGgufMetadata } from '../../lib/gguf/reader.js';
 import { loadLora, loadModel, type Model } from '../../lib/model/index.js';
@@ -22,7 +22,8 @@ import { STATE_PARAMS } from './targets.js';
 
 const [target, listFile, modelPath] = process.argv.slice(2);
 const files = readFileSync(listFile!, 'utf8').split('\n').filter((l) => l.length > 0);
-const say = (line: string) => writeSync(1, line + '\n');
+// Pipes are written synchronously on Linux, so each line is out before the next input can abort the process.
+const say = (line: string) => process.stdout.write(line + '\n');
 
 function outcome(e: unknown): string {
   if (isSqlr1Error(e)) return e.code;
