@@ -406,7 +406,6 @@ optimizer_state param_store_load_state(param_store & s, const std::string & path
     // Every parameter of the store needs both moments, F32, with exactly its shape, inside the file.
     struct pending { ggml_tensor * dst; uint64_t offset; size_t nbytes; };
     std::vector<pending> todo;
-    const uint64_t data_offset = gguf_get_data_offset(g);
     for (const auto & e : s.params) {
         for (int k = 0; k < 2; k++) {
             ggml_tensor * dst = k == 0 ? e->m : e->v;
@@ -424,12 +423,11 @@ optimizer_state param_store_load_state(param_store & s, const std::string & path
                     fail("ERR_STATE_INVALID", "tensor '%s' in %s has shape %s, the store's parameter '%s' has shape %s", name.c_str(), path.c_str(),
                          state_shape_str(ne).c_str(), e->name.c_str(), param_shape_str(e->shape).c_str());
             }
-            const size_t nbytes = gguf_get_tensor_size(g, id);
-            const uint64_t offset = data_offset + (uint64_t) gguf_get_tensor_offset(g, id);
-            if (offset > (uint64_t) file_size || nbytes > (uint64_t) file_size - offset)
+            uint64_t offset, nbytes;
+            if (!gguf_tensor_in_file(g, id, (uint64_t) file_size, &offset, &nbytes))
                 fail("ERR_STATE_INVALID", "%s is truncated: tensor '%s' needs bytes up to %llu, the file has %lld", path.c_str(), name.c_str(),
                      (unsigned long long) (offset + nbytes), (long long) file_size);
-            todo.push_back({dst, offset, nbytes});
+            todo.push_back({dst, offset, (size_t) nbytes});
         }
     }
     // All 2 x count names were found and gguf rejects duplicate names, so any other tensor is unknown.

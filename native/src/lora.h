@@ -12,6 +12,8 @@ namespace sqlr1 {
 
 struct param_store;
 
+constexpr int LORA_MAX_RANK = 4096;
+
 enum lora_target { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_N_TARGETS };
 
 // GGUF tensor base names, in lora_target order ("attn_q" -> blk.N.attn_q.weight.lora_a).
@@ -47,7 +49,8 @@ ggml_tensor * lora_target_weight(const model & m, int64_t il, int target);
 std::shared_ptr<lora_adapter> lora_adapter_init(std::shared_ptr<model> m, int64_t rank, float alpha, uint32_t targets, uint64_t seed);
 // Saves in llama.cpp's adapter format (through a temporary file and a rename).
 void lora_adapter_save(const lora_adapter & a, const std::string & path);
-// Loads and validates an adapter against the model (ERR_ADAPTER_INVALID on any mismatch).
+// Loads and validates an adapter against the model (ERR_ADAPTER_INVALID on any mismatch). The file's metadata is
+// read without its data and every tensor's name, type, shape and byte range is checked before anything is allocated.
 std::shared_ptr<lora_adapter> lora_adapter_load(std::shared_ptr<model> m, const std::string & path);
 
 } // namespace sqlr1

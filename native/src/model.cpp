@@ -78,6 +78,15 @@ void gguf_write_atomic(gguf_context * g, const std::string & path) {
     }
 }
 
+bool gguf_tensor_in_file(const gguf_context * g, int64_t i, uint64_t file_size, uint64_t * offset, uint64_t * nbytes) {
+    const uint64_t data_off = gguf_get_data_offset(g);
+    const uint64_t rel = gguf_get_tensor_offset(g, i);
+    const uint64_t size = gguf_get_tensor_size(g, i);
+    *offset = data_off + rel;
+    *nbytes = size;
+    return data_off <= file_size && rel <= file_size - data_off && size <= file_size - data_off - rel;
+}
+
 bool weight_type_supported(ggml_type t) {
     switch (t) {
         case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16: case GGML_TYPE_Q8_0:
@@ -208,9 +217,10 @@ std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<back
     const int64_t n_tensors = gguf_get_n_tensors(g);
     for (int64_t i = 0; i < n_tensors; i++) {
         const char * name = gguf_get_tensor_name(g, i);
-        const uint64_t end = (uint64_t) data_off + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i);
-        if (end > file_size) fail("ERR_GGUF_INVALID", "%s is truncated: tensor '%s' ends at byte %llu but the file has %llu bytes",
-                                  path.c_str(), name, (unsigned long long) end, (unsigned long long) file_size);
+        uint64_t offset, nbytes;
+        if (!gguf_tensor_in_file(g, i, file_size, &offset, &nbytes))
+            fail("ERR_GGUF_INVALID", "%s is truncated: tensor '%s' needs bytes %llu to %llu but the file has %llu bytes",
+                 path.c_str(), name, (unsigned long long) offset, (unsigned long long) offset + nbytes, (unsigned long long) file_size);
         const ggml_type t = gguf_get_tensor_type(g, i);
         if (!weight_type_supported(t)) fail("ERR_UNSUPPORTED_TYPE", "tensor '%s' has type %s; supported: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K",
                                             name, ggml_type_name(t));

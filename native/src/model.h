@@ -82,6 +82,11 @@ std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<back
 // Writes a GGUF file through a temporary file and a rename, so that no half-written file is ever left at `path`.
 void gguf_write_atomic(::gguf_context * g, const std::string & path);
 
+// Where tensor `i` of a GGUF file opened without its data (gguf no_alloc) lies: its absolute byte offset and size.
+// False when that range does not end inside a file of `file_size` bytes (checked without overflow). Every loader
+// checks this before allocating anything, so a file cannot make ggml allocate more than it holds.
+bool gguf_tensor_in_file(const ::gguf_context * g, int64_t i, uint64_t file_size, uint64_t * offset, uint64_t * nbytes);
+
 bool weight_type_supported(ggml_type t);
 // A supported weight type by name (f32, f16, bf16, q8_0, q4_0, q4_K, q6_K; any case); ERR_UNSUPPORTED_TYPE otherwise.
 ggml_type weight_type_from_name(const std::string & name);
