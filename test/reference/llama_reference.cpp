@@ -250,7 +250,6 @@ int run_synth(const args & a) {
     gguf_set_val_u32(g, "qwen2.feed_forward_length", (uint32_t) F);
     gguf_set_val_u32(g, "qwen2.attention.head_count", (uint32_t) H);
     gguf_set_val_u32(g, "qwen2.attention.head_count_kv", (uint32_t) HKV);
-    gguf_set_val_u32(g, "general.file_type", 0);  // informational only; tensors carry their own types
     gguf_remove_key(g, "sqlr1.synth.seed");
 
     struct spec { std::string name; int64_t ne0, ne1; ggml_type type; float lo, hi; };
