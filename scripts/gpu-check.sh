@@ -9,15 +9,19 @@ t0=$(date +%s)
 {
   SQLR1_LLAMA_TOOLS=1 node scripts/build-native.mjs --cuda > "$OUT/build-cuda.log" 2>&1 &
   cuda_pid=$!
-  node scripts/build-native.mjs > "$OUT/build-cpu.log" 2>&1
-  wait $cuda_pid
-} || { tail -50 "$OUT/build-cuda.log" "$OUT/build-cpu.log"; exit 1; }
+  # (set -e does not act inside a list followed by ||: each step is chained with &&.)
+  node scripts/build-native.mjs > "$OUT/build-cpu.log" 2>&1 &&
+  node scripts/build-reference.mjs --if-missing > "$OUT/build-reference.log" 2>&1 &&
+  wait $cuda_pid &&
+  # llama.cpp's forward and batched bench over the CUDA build's own libllama and ggml-cuda.
+  cmake --build bindings/cuda/build --target llama-reference llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &&
+  mkdir -p test/reference/build-cuda && cp bindings/cuda/build/bin/llama-reference test/reference/build-cuda/
+} || { tail -50 "$OUT/build-cuda.log" "$OUT/build-cpu.log" "$OUT/build-reference.log" "$OUT/build-llama.log"; exit 1; }
 echo "builds done in $(( $(date +%s) - t0 )) s"
 tsc -p tsconfig.json || { echo "tsc: type errors in lib/ (see above)"; exit 1; }
 tsc -p test/tsconfig.json || { echo "tsc: type errors in test/ (see above)"; exit 1; }
 if [ "${SQLR1_SKIP_BENCH:-0}" != 1 ]; then
-  # The benchmark's llama.cpp binary and model are prepared while the tests run.
-  cmake --build bindings/cuda/build --target llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &
+  # The benchmark's model is prepared while the tests run.
   model=${SQLR1_BENCH_MODEL:-/tmp/sqlr1-bench/qwen2.5-3b-q4_0.gguf}
   [ -f "$model" ] || node bin/sqlr1.js make-model --shape qwen2.5-3b --type q4_0 --out "$model" > "$OUT/make-model.log" 2>&1 &
 fi
