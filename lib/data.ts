@@ -43,7 +43,16 @@ export {
   type SpiderTables,
 } from './spider/dataset.js';
 export { serializeSchema, type SchemaOptions } from './spider/schema.js';
-export { buildPrompt, DEFAULT_SYSTEM_PROMPT, type PromptInput, type PromptMessage, type PromptOptions } from './spider/prompt.js';
+export {
+  buildPrompt,
+  DEFAULT_SYSTEM_PROMPT,
+  PromptRenderer,
+  type ChatEncoder,
+  type PromptInput,
+  type PromptMessage,
+  type PromptOptions,
+  type PromptRendererOptions,
+} from './spider/prompt.js';
 export { classifyHardness, hardnessOfParsed, HARDNESS_LEVELS, type Hardness, type SpiderSql } from './spider/hardness.js';
 
 export {
