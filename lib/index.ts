@@ -9,3 +9,6 @@ export { probeCuda, type DeviceRequest, type Device } from './native/binding.js'
 export { createToyDatabase, TOY_EXAMPLES, type ToyExample } from './demo/toy-db.js';
 export * from './data.js';
 export * from './train/index.js';
+export { GRPO_DEFAULTS, CONFIG_KEYS, ConfigError, resolveConfig, loadConfig, configToYaml, parseOverride, type GrpoConfig, type GrpoLoraConfig, type ResolveConfigOptions } from './grpo/config.js';
+export { computeAdvantages, ADVANTAGE_STD_EPS, type AdvantageResult, type ScaleRewards } from './grpo/advantages.js';
+export { learningRateAt, type LrSchedulerType, type ScheduleOptions } from './grpo/schedule.js';
