@@ -13,7 +13,15 @@ export {
   type SqlValue,
 } from './sql/executor.js';
 export { checkReadOnlySql, type GuardResult } from './sql/guard.js';
-export { compareResults, orderMatters, valueKey } from './sql/compare.js';
+export {
+  compareResults,
+  compareResultsBird,
+  EXEC_METRICS,
+  orderMatters,
+  resultsMatch,
+  valueKey,
+  type ExecMetric,
+} from './sql/compare.js';
 export { execMatch, normalizeForExecution, type ExecMatch, type ExecMatchOptions } from './sql/exec-match.js';
 export { extractSql, hasFencedSql, type ExtractedSql, type ExtractionReason } from './sql/extract.js';
 export { extractIdentifiers, jaccard, lexIdentifiers } from './sql/identifiers.js';
