@@ -291,15 +291,15 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 /** Maps snake_case or camelCase keys of `input` onto `fields`, with unknown keys and double spellings rejected. */
-function normalizeKeys(input: Record<string, unknown>, fields: Record<string, Field>, file: string, prefix: string): Map<string, unknown> {
+function normalizeKeys(input: Record<string, unknown>, fields: Record<string, Field>, fileOf: (raw: string) => string, prefix: string): Map<string, unknown> {
   const out = new Map<string, unknown>();
   const spelled = new Map<string, string>();
   const yamlNames = Object.keys(fields).map((k) => prefix + snakeCase(k));
   for (const [raw, value] of Object.entries(input)) {
     const camel = camelCase(raw);
-    if (!Object.hasOwn(fields, camel) || (raw !== camel && raw !== snakeCase(camel))) unknownKey(file, prefix + raw, value, yamlNames);
+    if (!Object.hasOwn(fields, camel) || (raw !== camel && raw !== snakeCase(camel))) unknownKey(fileOf(raw), prefix + raw, value, yamlNames);
     const before = spelled.get(camel);
-    if (before !== undefined) throw new ConfigError(file, prefix + raw, value, `given twice (also as '${prefix}${before}')`);
+    if (before !== undefined) throw new ConfigError(fileOf(raw), prefix + raw, value, `given twice (also as '${prefix}${before}')`);
     spelled.set(camel, raw);
     out.set(camel, value);
   }
@@ -347,7 +347,7 @@ export function resolveConfig(input: Record<string, unknown>, source = '<options
   const src = (raw: string): string => options.sources?.get(raw) ?? source;
   const spelledAs = new Map<string, string>();
   for (const raw of Object.keys(input)) spelledAs.set(camelCase(raw), raw);
-  const top = normalizeKeys(input, { ...TOP, lora: { schema: z.any(), expect: '' } }, source, '');
+  const top = normalizeKeys(input, { ...TOP, lora: { schema: z.any(), expect: '' } }, src, '');
   const config: Record<string, unknown> = {};
   for (const [key, field] of Object.entries(TOP) as Array<[keyof typeof TOP, Field]>) {
     const raw = spelledAs.get(key) ?? snakeCase(key);
@@ -360,9 +360,11 @@ export function resolveConfig(input: Record<string, unknown>, source = '<options
     if (typeof loraIn === 'string') lora = { ...lora, path: check(LORA.path, loraIn, file, 'lora') as string };
     else if (!isPlainObject(loraIn)) throw new ConfigError(file, 'lora', loraIn, `expected a mapping { rank, alpha, targets, path } or an adapter path, received ${describeType(loraIn)}`);
     else {
-      const li = normalizeKeys(loraIn, LORA, file, 'lora.');
+      // A nested key's source: its own (a dotted override), else the lora key's.
+      const nestedSrc = (raw: string): string => options.sources?.get(`lora.${camelCase(raw)}`) ?? file;
+      const li = normalizeKeys(loraIn, LORA, nestedSrc, 'lora.');
       for (const [key, field] of Object.entries(LORA) as Array<[keyof GrpoLoraConfig, Field]>) {
-        if (li.has(key)) (lora as unknown as Record<string, unknown>)[key] = check(field, li.get(key), src(`lora.${key}`) === source ? file : src(`lora.${key}`), `lora.${snakeCase(key)}`);
+        if (li.has(key)) (lora as unknown as Record<string, unknown>)[key] = check(field, li.get(key), nestedSrc(key), `lora.${snakeCase(key)}`);
       }
     }
   }
