@@ -12,3 +12,5 @@ export * from './train/index.js';
 export { GRPO_DEFAULTS, CONFIG_KEYS, ConfigError, resolveConfig, loadConfig, configToYaml, parseOverride, type GrpoConfig, type GrpoLoraConfig, type ResolveConfigOptions } from './grpo/config.js';
 export { computeAdvantages, ADVANTAGE_STD_EPS, type AdvantageResult, type ScaleRewards } from './grpo/advantages.js';
 export { learningRateAt, type LrSchedulerType, type ScheduleOptions } from './grpo/schedule.js';
+export { GrpoTrainer, readTrainerState, listCheckpoints, formatAnswer, answerTokens, type GrpoTrainerOptions, type GrpoExample, type GrpoDataset, type GrpoCallbacks, type PromptSource, type TrainResult, type TrainerState, type Metrics, type CompletionRecord } from './grpo/index.js';
+export { runDemo, DEMO_CONFIG, type DemoOptions, type DemoReport } from './demo/demo.js';
