@@ -6,7 +6,10 @@
  *   s < W:        lr * s / max(1, W)                      warmup from 0 (step 0 trains at lr 0, as transformers)
  *   constant:     lr
  *   linear:       lr * max(0, (N - s) / max(1, N - W))
- *   cosine:       lr * max(0, 0.5 (1 + cos(pi p))),        p = (s - W) / max(1, N - W)
+ *   cosine:       lr * max(0, 0.5 (1 + cos(pi p))),        p = min(1, (s - W) / max(1, N - W))
+ *
+ * Up to step N these are transformers' values exactly; past N (a run extended after it was scheduled) the rate
+ * stays at its end value, where transformers' cosine would climb back up.
  */
 import { Sqlr1Error } from '../errors.js';
 
@@ -33,7 +36,7 @@ export function learningRateAt(step: number, o: ScheduleOptions): number {
     case 'linear':
       return lr * Math.max(0, (N - step) / Math.max(1, N - W));
     case 'cosine': {
-      const p = (step - W) / Math.max(1, N - W);
+      const p = Math.min(1, (step - W) / Math.max(1, N - W));
       return lr * Math.max(0, 0.5 * (1 + Math.cos(Math.PI * p)));
     }
     default:
