@@ -13,7 +13,6 @@ import { register as registerBench } from './commands/bench.js';
 import { register as registerDemo } from './commands/demo.js';
 import { register as registerEvalSql } from './commands/eval-sql.js';
 import { register as registerEval } from './commands/eval.js';
-import { register as registerEval } from './commands/eval.js';
 import { register as registerTrain } from './commands/train.js';
 
 export function buildProgram(): Command {
