@@ -202,3 +202,23 @@ t.test('a valid config object is typed: every default key is a GrpoConfig key', 
   t.equal(keys.length, 40, 'forty keys, lora counted once');
   t.same(CONFIG_KEYS.filter((k) => !k.startsWith('lora.')).length, 39);
 });
+
+t.test("README's Configuration table lists every key with its default, and its example messages are real", async (t) => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('\n## ', readme.indexOf('## Configuration') + 5));
+  const rows = new Map<string, string>();
+  for (const m of section.matchAll(/^\| `([a-z_.]+)` \| ([^|]+) \|/gm)) rows.set(m[1]!, m[2]!.trim());
+  t.same([...rows.keys()].sort(), [...CONFIG_KEYS].filter((k) => k !== 'lora').sort(), 'one row per key');
+  const defaults = parseYaml(configToYaml(GRPO_DEFAULTS)) as Record<string, unknown>;
+  for (const [key, shown] of rows) {
+    const [head, sub] = key.split('.');
+    const want = sub ? (defaults[head!] as Record<string, unknown>)[sub] : defaults[head!];
+    t.same(parseYaml(shown), want, `${key}: the table's default ${shown} is the default`);
+  }
+  for (const [text, key] of [['learnig_rate: 0.0001\n', 'learnig_rate'], ['epsilon: 1.2\n', 'epsilon']] as const) {
+    const p = file(text);
+    const err = await loadConfig(p).catch((e: Error) => e);
+    const msg = (err as Error).message.replace(p, 'configs/my.yaml');
+    t.ok(section.includes(msg), `the README quotes the message for ${key}: ${msg}`);
+  }
+});
