@@ -147,7 +147,7 @@ export const GRPO_DEFAULTS: GrpoConfig = Object.freeze({
   promptsPerStep: 8,
   microBatchTokens: 8192,
   klEstimator: 'k3',
-  lora: Object.freeze({ rank: 16, alpha: 32, targets: [...LORA_TARGETS], path: null }) as GrpoLoraConfig,
+  lora: Object.freeze({ rank: 16, alpha: 32, targets: Object.freeze([...LORA_TARGETS]) as LoraTarget[], path: null }) as GrpoLoraConfig,
   device: 'auto',
   sftSteps: 0,
   sftLearningRate: 1e-4,
