@@ -296,6 +296,7 @@ function normalizeKeys(input: Record<string, unknown>, fields: Record<string, Fi
   const spelled = new Map<string, string>();
   const yamlNames = Object.keys(fields).map((k) => prefix + snakeCase(k));
   for (const [raw, value] of Object.entries(input)) {
+    if (value === undefined) continue;                       // an options object's undefined means "not given"
     const camel = camelCase(raw);
     if (!Object.hasOwn(fields, camel) || (raw !== camel && raw !== snakeCase(camel))) unknownKey(fileOf(raw), prefix + raw, value, yamlNames);
     const before = spelled.get(camel);
@@ -312,7 +313,9 @@ function check(field: Field, value: unknown, file: string, key: string): unknown
     const got = typeof value === 'number' && Number.isFinite(value)
       ? (field.expect.includes('integer') && !Number.isInteger(value) ? 'a fractional number' : 'a value outside that range')
       : describeType(value);
-    throw new ConfigError(file, key, value, `expected ${field.expect}, received ${got}`);
+    const options = field.schema instanceof z.ZodEnum ? (field.schema.options as string[]) : [];
+    const hint = typeof value === 'string' && options.length > 0 ? suggestKey(value, options) : null;
+    throw new ConfigError(file, key, value, `expected ${field.expect}, received ${got}${hint ? `; did you mean '${hint}'?` : ''}`);
   }
   return r.data;
 }

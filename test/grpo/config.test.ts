@@ -131,6 +131,8 @@ t.test('unknown keys: ERR_CONFIG with a suggestion', async (t) => {
   await rejects(t, loadConfig(p5), { file: p5, key: 'reward_weights.formt', value: '0.5', has: ["did you mean 'format'"] }, 'a weight for a component that does not exist');
   t.equal(resolveConfig({ reward_weights: { mine: 2 } }, 'x', { rewardComponents: ['mine'] }).rewardWeights['mine'], 2, 'user reward functions may be weighted');
   await rejects(t, () => resolveConfig({ learning_rate: 1, learningRate: 2 }, 'opts'), { file: 'opts', key: 'learningRate', value: '2', has: ['twice'] }, 'the same key in two spellings');
+  await rejects(t, () => resolveConfig({ loss_type: 'dr-grpo' }, 'opts'), { file: 'opts', key: 'loss_type', value: '"dr-grpo"', has: ["did you mean 'dr_grpo'"] }, 'a misspelled choice');
+  t.equal(resolveConfig({ learningRate: undefined, beta: 0 }).learningRate, GRPO_DEFAULTS.learningRate, 'an undefined option is not given');
   await rejects(t, () => resolveConfig({ Learning_Rate: 1 }, 'opts'), { file: 'opts', key: 'Learning_Rate', has: ["did you mean 'learning_rate'"] }, 'odd casing is not a spelling');
 });
 
