@@ -138,6 +138,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td.yes{color:#0a7d32}t
 .more{color:var(--muted)}
 @media (max-width:640px){
  main{padding:10px}
+ svg text{font-size:19px}
  table.completions,table.completions tbody,table.completions tr,table.completions td{display:block;width:100%}
  table.completions thead{display:none}
  table.completions tr{border:1px solid var(--line);border-radius:6px;margin-bottom:10px;padding:4px}
