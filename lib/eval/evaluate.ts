@@ -379,9 +379,16 @@ export function majorityOf(
   return best;
 }
 
+/**
+ * What the predictions file holds for an answer without SQL: a statement that fails to execute (scored wrong).
+ * Not a blank line: Spider's evaluation script drops blank lines, which would shift every later prediction.
+ */
+export const NO_SQL_PLACEHOLDER = 'SELECT';
+
 /** The prediction file's line for one SQL: newlines and tabs become spaces (one query per line). */
 export function predictionLine(sql: string): string {
-  return sql.replace(/\s+/g, ' ').trim();
+  const line = sql.replace(/\s+/g, ' ').trim();
+  return line === '' ? NO_SQL_PLACEHOLDER : line;
 }
 
 /** The predictions file (one SQL per line, in question order) that `sqlr1 eval-sql` and Spider's script read. */

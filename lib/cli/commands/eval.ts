@@ -101,7 +101,7 @@ export function register(program: Command): void {
     .option('--temperature <t>', 'sampling temperature (default: 0 = greedy with one sample; 0.7 for the K voting samples)', parseFloatArg('--temperature', 0))
     .option('--max-new-tokens <n>', 'most new tokens per completion', parseIntArg('--max-new-tokens', 1), 256)
     .option('--metric <name>', "'spider' (multiset rows, column permutations, ORDER BY respected) or 'bird' (set(pred) == set(gold))", parseChoice('--metric', EXEC_METRICS), 'spider')
-    .option('--out <file>', 'predictions file, one SQL per line (with --vote also <file>.vote.sql); the matching gold file is <file>.gold.sql')
+    .option('--out <file>', 'predictions file, one SQL per line (an answer without SQL is written as SELECT, which fails); with --vote also <file>.vote.sql; the matching gold file is <file>.gold.sql')
     .option('--json <file>', 'write the full report (one entry per question: question, db, gold, prediction, candidates, verdict, hardness, timing)')
     .option('--print', 'print the report summary as one JSON line on stdout instead of the table')
     .option('--batch-size <n>', 'most sequences decoded together (default: 1024 on CUDA, 64 on the CPU)', parseIntArg('--batch-size', 1))
