@@ -6,12 +6,14 @@
  * report.html) is left in the working folder. GRPO must raise accuracy over the warm-up alone: `improved` says
  * whether it did (the CLI exits non-zero otherwise).
  */
+import Database from 'better-sqlite3';
 import { existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, makeModel, type Model } from '../model/index.js';
 import type { DeviceRequest } from '../native/binding.js';
-import { GrpoTrainer, type GrpoTrainerOptions } from '../grpo/trainer.js';
+import { GrpoTrainer, type GrpoTrainerOptions, type PromptSource } from '../grpo/trainer.js';
+import { buildPrompt } from '../spider/prompt.js';
 import type { Metrics } from '../grpo/metrics.js';
 import { createToyDatabase, TOY_EXAMPLES } from './toy-db.js';
 
@@ -24,7 +26,7 @@ export const DEMO_MODEL = { shape: 'demo', type: 'f32', seed: 1 } as const;
  * minutes on two CPU cores.
  */
 export const DEMO_CONFIG = {
-  sftSteps: 14,
+  sftSteps: 30,
   sftLearningRate: 3e-3,
   maxSteps: 12,
   learningRate: 2e-3,
@@ -32,7 +34,7 @@ export const DEMO_CONFIG = {
   warmupSteps: 0,
   weightDecay: 0,
   maxGradNorm: 1,
-  promptsPerStep: 12,
+  promptsPerStep: 6,
   numGenerations: 6,
   maxCompletionLength: 48,
   temperature: 1,
@@ -44,7 +46,7 @@ export const DEMO_CONFIG = {
   evalSteps: 1000,
   saveSteps: 1000,
   evalSamples: 0,
-  maxPromptLength: 1024,
+  maxPromptLength: 256,
   microBatchTokens: 8192,
   lora: { rank: 16, alpha: 32 },
   seed: 3,
@@ -87,6 +89,45 @@ export async function demoModelPath(dir: string, log: (m: string) => void = () =
   return path;
 }
 
+/** The demo's system message: short, since every prompt token costs training time on a CPU. */
+export const DEMO_SYSTEM_PROMPT = 'Answer with one SQLite query in a ```sql code block.';
+
+/** One line per table, `table(column, ...)`: the toy schema in about 60 tokens instead of 300. */
+export function compactSchema(dbPath: string): string {
+  const db = new Database(dbPath, { readonly: true });
+  try {
+    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid").all() as { name: string }[];
+    return tables.map(({ name }) => {
+      const cols = db.prepare(`PRAGMA table_info("${name.replace(/"/g, '""')}")`).all() as { name: string }[];
+      return `${name}(${cols.map((c) => c.name).join(', ')})`;
+    }).join('\n');
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * The demo's prompts (training and evaluation alike): the compact schema and the question through the model's
+ * chat template, about 90 tokens each.
+ */
+export function demoPrompts(model: Model): PromptSource {
+  const schemas = new Map<string, string>();
+  const cache = new Map<string, number[]>();
+  return {
+    tokens({ question, dbPath }) {
+      const key = `${dbPath}\u0000${question}`;
+      let ids = cache.get(key);
+      if (!ids) {
+        let schema = schemas.get(dbPath);
+        if (schema === undefined) schemas.set(dbPath, (schema = compactSchema(dbPath)));
+        ids = model.encodeChat(buildPrompt({ schema, question }, { systemPrompt: DEMO_SYSTEM_PROMPT }));
+        cache.set(key, ids);
+      }
+      return ids;
+    },
+  };
+}
+
 /** The toy task as a dataset: TOY_EXAMPLES over a fresh toy database in `dir`. */
 export function toyDataset(dir: string): { question: string; dbPath: string; goldSql: string }[] {
   const dbPath = createToyDatabase(join(dir, 'company.sqlite'));
@@ -107,7 +148,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
     log(`model: ${model.info.nLayer} layers, hidden ${model.info.nEmbd}, vocabulary ${model.info.nVocab}, on ${model.device}; ` +
       `${data.length} questions on the toy company database`);
     trainer = await GrpoTrainer.create({
-      ...DEMO_CONFIG, ...options.config, model, trainDataset: data, evalDataset: data, outputDir: runDir,
+      ...DEMO_CONFIG, ...options.config, model, trainDataset: data, evalDataset: data, outputDir: runDir, prompts: demoPrompts(model),
       ...(options.negateAdvantages ? { negateAdvantages: true } : {}), progress: options.progress ?? true, log,
     });
     const acc = async () => (await trainer!.evaluate())['eval/execution_accuracy'] ?? 0;

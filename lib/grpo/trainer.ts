@@ -451,8 +451,10 @@ export class GrpoTrainer {
       }
     };
     let t0 = performance.now();
-    if (c.beta > 0) await perSequence(keptIdx, refLp, false);
-    times.reference = (performance.now() - t0) / 1000;
+    if (c.beta > 0) {
+      await perSequence(keptIdx, refLp, false);
+      times.reference = (performance.now() - t0) / 1000;
+    }
     t0 = performance.now();
     if (c.numIterations > 1) await perSequence(keptIdx, oldLp, true);
     let policySeconds = (performance.now() - t0) / 1000;
