@@ -254,13 +254,14 @@ export class GrpoTrainer {
 
   /**
    * Supervised warm-up on the training set's gold answers (`sftSteps` steps at `sftLearningRate`, batches of
-   * `promptsPerStep` questions in the stream's order); the optimizer's moments are reset afterwards so GRPO starts
+   * `promptsPerStep` x `numGenerations` questions, as many sequences as a GRPO step, in the stream's order); the optimizer's moments are reset afterwards so GRPO starts
    * fresh. Runs as part of `train` when the state says it has not been done.
    */
   async warmup(options: { steps?: number; lr?: number; batchSize?: number; onStep?: (step: number, loss: number) => void; signal?: AbortSignal } = {}): Promise<{ loss: number; steps: number }> {
     const steps = options.steps ?? this.config.sftSteps;
     const lr = options.lr ?? this.config.sftLearningRate;
-    const B = Math.min(options.batchSize ?? this.config.promptsPerStep, this.train_.length);
+    // A warm-up batch holds as many sequences as a GRPO step trains on (prompts x generations).
+    const B = Math.min(options.batchSize ?? this.config.promptsPerStep * this.config.numGenerations, this.train_.length);
     const opt = new AdamW(this.lora.params(), { lr, weightDecay: 0 });
     let loss = NaN;
     let done = 0;
