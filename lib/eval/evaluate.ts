@@ -65,7 +65,11 @@ export interface EvaluateOptions {
   batchSize?: number;
   /** Base sampling seed (each batch and sequence derives its own stream). Default 0. */
   seed?: number;
-  /** Called each time a question has been scored. */
+  /**
+   * Progress: called as questions are done. `total` is the number of questions times the passes (2 with
+   * samples > 1: the greedy pass counts each question once as its batch is decoded, the voting pass once more as
+   * it is scored), so `done / total` is the fraction of the work.
+   */
   onProgress?: (done: number, total: number) => void;
   /** Renders the prompts; default: a PromptRenderer over the model's chat template (2 sample rows per table). */
   renderer?: PromptSource;
@@ -263,34 +267,50 @@ export async function evaluateModel(model: Model, options: EvaluateOptions): Pro
   const { info } = model;
   // F16 K and V rows per layer (the native cache's layout).
   const kvBytesPerToken = 2 * 2 * info.nLayer * info.nHeadKv * info.headDim;
-  // Greedy + K samples per question when voting with K > 1; the greedy pass alone otherwise.
-  const seqsPerQuestion = K > 1 ? K : 1;
-  const batches = planBatches(prompts.map((p) => p.length), {
-    seqsPerQuestion, maxSeqs, maxNewTokens, kvBytesPerToken, kvBudget: KV_BUDGET_BYTES[device],
-  });
+  const lengths = prompts.map((p) => p.length);
+  const plan = (seqsPerQuestion: number): number[][] =>
+    planBatches(lengths, { seqsPerQuestion, maxSeqs, maxNewTokens, kvBytesPerToken, kvBudget: KV_BUDGET_BYTES[device] });
+  // K = 1: one pass at `temperature`. K > 1: a greedy pass for `accuracy`, then the K samples for the vote, each
+  // pass batched for its own sequences per question.
+  const passes = K > 1
+    ? [{ samples: 1, temperature: 0, seed }, { samples: K, temperature, seed: seed + 1_000_003 }]
+    : [{ samples: 1, temperature, seed }];
 
+  const total = items.length * passes.length;
   const entries = new Array<EvalEntry>(items.length);
+  const primary = new Array<Completion>(items.length);
+  const generateMs = new Array<number>(items.length).fill(0);
   let done = 0;
   let tokens = 0;
   const scoring: Promise<void>[] = [];
   try {
-    for (const [b, batch] of batches.entries()) {
-      if (options.signal?.aborted) throw new Sqlr1Error('ERR_ABORTED', 'evaluation was aborted');
-      const tb = performance.now();
-      const batchPrompts = batch.map((i) => prompts[i]!);
-      const common = { prompts: batchPrompts, maxNewTokens, stop, ...(options.lora !== undefined ? { lora: options.lora } : {}), ...(options.signal ? { signal: options.signal } : {}) };
-      // K > 1: a greedy pass for `accuracy` and a sampled pass for the vote; K = 1: one pass at `temperature`.
-      const primary = await generate(model, { ...common, samplesPerPrompt: 1, temperature: K > 1 ? 0 : temperature, seed: seed + b });
-      const sampled = K > 1 ? await generate(model, { ...common, samplesPerPrompt: K, temperature, seed: seed + b + 1_000_003 }) : null;
-      const share = (performance.now() - tb) / batch.length;
-      for (const c of primary.completions) tokens += c.tokens.length;
-      for (const c of sampled?.completions ?? []) tokens += c.tokens.length;
-      // Scoring runs in the SQL workers while the next batch decodes.
-      scoring.push(...batch.map(async (qi, j) => {
-        const cands = sampled ? sampled.completions.slice(j * K, (j + 1) * K) : null;
-        entries[qi] = await scoreItem(executor, qi, items[qi]!, metric, primary.completions[j]!, cands, vote, share);
-        options.onProgress?.(++done, items.length);
-      }));
+    for (const [passIndex, pass] of passes.entries()) {
+      const last = passIndex === passes.length - 1;
+      for (const [b, batch] of plan(pass.samples).entries()) {
+        if (options.signal?.aborted) throw new Sqlr1Error('ERR_ABORTED', 'evaluation was aborted');
+        const tb = performance.now();
+        const out = await generate(model, {
+          prompts: batch.map((i) => prompts[i]!), samplesPerPrompt: pass.samples, temperature: pass.temperature, seed: pass.seed + b,
+          maxNewTokens, stop, ...(options.lora !== undefined ? { lora: options.lora } : {}), ...(options.signal ? { signal: options.signal } : {}),
+        });
+        const share = (performance.now() - tb) / batch.length;
+        for (const c of out.completions) tokens += c.tokens.length;
+        batch.forEach((qi, j) => {
+          generateMs[qi]! += share;
+          if (passIndex === 0) primary[qi] = out.completions[j]!;
+        });
+        if (!last) {
+          done += batch.length;
+          options.onProgress?.(done, total);
+          continue;
+        }
+        // Scoring runs in the SQL workers while the next batch decodes.
+        scoring.push(...batch.map(async (qi, j) => {
+          const cands = K > 1 ? out.completions.slice(j * K, (j + 1) * K) : null;
+          entries[qi] = await scoreItem(executor, qi, items[qi]!, metric, primary[qi]!, cands, vote, generateMs[qi]!);
+          options.onProgress?.(++done, total);
+        }));
+      }
     }
     await Promise.all(scoring);
   } finally {

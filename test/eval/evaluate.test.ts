@@ -143,7 +143,12 @@ tap.test('evaluateModel on the toy task with a tiny model: the same text as gene
   t.comment(`toy task, tiny model, CPU: ${report.questionsPerSecond.toFixed(2)} questions/s, accuracy ${report.accuracy.all.accuracy.toFixed(3)}`);
 
   // K samples with a vote: the greedy column is unchanged, the vote is reported, K candidates per question.
-  const voted = await evaluateModel(model, { examples: examples.slice(0, 4), samples: 3, maxNewTokens, executor, seed: 5 });
+  const calls: [number, number][] = [];
+  const voted = await evaluateModel(model, {
+    examples: examples.slice(0, 4), samples: 3, maxNewTokens, executor, seed: 5, onProgress: (d, tot) => calls.push([d, tot]),
+  });
+  t.same(calls.at(-1), [8, 8], 'progress counts the greedy pass and the voting pass');
+  t.ok(calls.every(([d], i) => i === 0 || d > calls[i - 1]![0]), 'progress only moves forward');
   t.equal(voted.temperature, 0.7);
   t.ok(voted.voteAccuracy, 'vote accuracy when K > 1');
   t.same(voted.entries.map((e) => e.prediction), report.entries.slice(0, 4).map((e) => e.prediction), 'greedy predictions do not depend on the vote');

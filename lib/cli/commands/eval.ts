@@ -53,17 +53,18 @@ const companion = (path: string, tag: string): string => (/\.sql$/i.test(path) ?
  * Progress on stderr: a bar with questions/s and ETA on a terminal; otherwise a plain line at every tenth
  * of the work (logs and CI stay readable).
  */
-function progressReporter(total: number): { update(done: number): void; stop(): void } {
+function progressReporter(questions: number, passes: number): { update(done: number): void; stop(): void } {
+  const total = questions * passes;
   if (process.stderr.isTTY) {
     const bar = new SingleBar({
-      format: 'eval [{bar}] {value}/{total} questions | {rate} q/s | ETA {eta_formatted}',
+      format: `eval [{bar}] {percentage}% | {questions}/${questions} questions | {rate} q/s | ETA {eta_formatted}`,
       stream: process.stderr, hideCursor: true, etaBuffer: 64,
     });
     const t0 = performance.now();
-    bar.start(total, 0, { rate: '0.00' });
+    bar.start(total, 0, { rate: '0.00', questions: 0 });
     let running = true;
     return {
-      update: (done) => bar.update(done, { rate: (done / ((performance.now() - t0) / 1000)).toFixed(2) }),
+      update: (done) => bar.update(done, { rate: (done / passes / ((performance.now() - t0) / 1000)).toFixed(2), questions: Math.floor(done / passes) }),
       stop: () => {
         if (running) bar.stop();
         running = false;
@@ -79,7 +80,8 @@ function progressReporter(total: number): { update(done: number): void; stop(): 
       const s = (performance.now() - t0) / 1000;
       const rate = done / s;
       const eta = rate > 0 ? (total - done) / rate : 0;
-      process.stderr.write(`eval ${done}/${total} questions, ${rate.toFixed(2)} q/s, ${s.toFixed(1)} s elapsed, ETA ${eta.toFixed(0)} s\n`);
+      const pct = Math.floor((100 * done) / total);
+      process.stderr.write(`eval ${pct}%, ${(rate / passes).toFixed(2)} questions/s, ${s.toFixed(1)} s elapsed, ETA ${eta.toFixed(0)} s\n`);
     },
     stop: () => undefined,
   };
@@ -132,7 +134,7 @@ export function register(program: Command): void {
       }
       const model = await loadModel(o.model, { device: o.device });
       const executor = new SqlExecutor({ timeoutMs: o.timeoutMs, workers: o.workers ?? Math.max(1, Math.min(8, availableParallelism())) });
-      const progress = progressReporter(examples.length);
+      const progress = progressReporter(examples.length, o.samples > 1 ? 2 : 1);
       try {
         const lora = o.lora ? await loadLora(model, o.lora) : undefined;
         const report = await evaluateModel(model, {
