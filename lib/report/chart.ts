@@ -29,6 +29,8 @@ export interface ChartSpec {
 export interface ChartOptions {
   /** EMA weight in [0, 1): 0 is no smoothing. Default 0.6 (TensorBoard's default). */
   smoothing?: number;
+  /** The step range every chart spans (the run's), so sparse series such as eval sit where they were logged. */
+  xDomain?: [number, number];
 }
 
 /** Eight colours that stay apart for common colour-vision deficiencies (Okabe-Ito, black replaced by grey). */
@@ -73,11 +75,12 @@ export function renderChart(spec: ChartSpec, rows: readonly MetricRow[], options
   const head = `<h3>${escapeHtml(spec.title)}</h3>${spec.note ? `<p class="note">${escapeHtml(spec.note)}</p>` : ''}`;
   const all = data.flatMap((d) => d.pts);
   if (all.length === 0) {
-    return { html: `<figure class="chart empty" id="${escapeHtml(spec.id)}">${head}<p class="nodata">no data yet</p></figure>`, points };
+    return { html: `<figure class="chart empty" id="${escapeHtml(spec.id)}">${head}<p class="nodata">no data yet (not logged by this run so far)</p></figure>`, points };
   }
   const steps = all.map((p) => p[0]);
   const values = all.map((p) => p[1]).concat(spec.yInclude ?? []);
-  let [x0, x1] = [Math.min(...steps), Math.max(...steps)];
+  const xs = steps.concat(options.xDomain ?? []);
+  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
   if (x0 === x1) [x0, x1] = [x0 - 1, x1 + 1];
   let [y0, y1] = [Math.min(...values), Math.max(...values)];
   if (y0 === y1) [y0, y1] = [y0 - (Math.abs(y0) || 1) * 0.1, y1 + (Math.abs(y1) || 1) * 0.1];

@@ -8,7 +8,7 @@ import { escapeHtml, formatNumber } from './escape.js';
 import type { CompletionRow, MetricRow, RunData } from './run-dir.js';
 
 export interface ReportOptions extends ChartOptions {
-  /** Most completions listed (the latest steps first). Default 120. */
+  /** Most completions listed (the latest steps first). Default 60. */
   maxCompletions?: number;
   /** Longest completion text shown, in characters. Default 1500. */
   maxTextLength?: number;
@@ -150,7 +150,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td.yes{color:#0a7d32}t
 /** The whole page for one run. */
 export function renderReport(run: RunData, options: ReportOptions = {}): { html: string; charts: Record<string, Record<string, number>> } {
   const title = options.title ?? `sqlr1 run ${basename(resolve(run.dir))}`;
-  const charts = chartSpecs(run.metrics).map((spec) => ({ spec, out: renderChart(spec, run.metrics, options) }));
+  const steps = run.metrics.map((r) => r.step);
+  const xDomain: [number, number] | undefined = steps.length > 0 ? [Math.min(...steps), Math.max(...steps)] : undefined;
+  const charts = chartSpecs(run.metrics).map((spec) => ({ spec, out: renderChart(spec, run.metrics, { ...options, ...(xDomain ? { xDomain } : {}) }) }));
   const skipped = run.skippedLines.metrics + run.skippedLines.completions;
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -166,7 +168,7 @@ ${summary(run)}
 <h2>Training curves</h2>
 <section class="charts">${charts.map((c) => c.out.html).join('\n')}</section>
 <h2>Sampled completions</h2>
-${completionsTable(run.completions, { maxCompletions: options.maxCompletions ?? 120, maxTextLength: options.maxTextLength ?? 1500 })}
+${completionsTable(run.completions, { maxCompletions: options.maxCompletions ?? 60, maxTextLength: options.maxTextLength ?? 1500 })}
 <h2>Config</h2>
 ${run.configText === null ? '<p class="nodata">no config.yaml in the run directory</p>' : `<pre class="config">${escapeHtml(run.configText)}</pre>`}
 </main></body></html>

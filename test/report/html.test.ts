@@ -44,6 +44,11 @@ tap.test('every chart series has one vertex per metric line holding its key', as
   const evalFig = /<figure class="chart" id="chart-eval">([\s\S]*?)<\/figure>/.exec(html)![1]!;
   t.equal((evalFig.match(/<circle /g) ?? []).length, 5 * fx.evalSteps.length);
   t.notMatch(evalFig, /class="smooth"/);
+  // Every chart spans the run's steps: an eval point sits at the same x as the training step it was logged at.
+  const cx = (fig: string, step: number): string | undefined =>
+    [...fig.matchAll(/<circle cx="([\d.]+)"[^>]*><title>[^<]* at step (\d+):/g)].find((m) => Number(m[2]) === step)?.[1];
+  const rewardFig = /<figure class="chart" id="chart-reward">([\s\S]*?)<\/figure>/.exec(html)![1]!;
+  for (const step of fx.evalSteps) t.equal(cx(evalFig, step), cx(rewardFig, step), `eval at step ${step} lines up with training`);
   t.match(/<figure class="chart" id="chart-reward">([\s\S]*?)<\/figure>/.exec(html)![1]!, /class="smooth"/, 'noisy curves are smoothed');
 });
 

@@ -10,7 +10,7 @@ export function register(program: Command): void {
     .argument('<run-dir>', 'the run directory (config.yaml, metrics.jsonl, completions.jsonl)')
     .option('--out <file>', 'where to write the page (default: RUN_DIR/report.html)')
     .option('--smoothing <w>', 'EMA weight for noisy curves, 0 = off', parseFloatArg('--smoothing', 0, 0.99), 0.6)
-    .option('--max-completions <n>', 'most completions listed, latest steps first', parseIntArg('--max-completions', 0), 120)
+    .option('--max-completions <n>', 'most completions listed, latest steps first', parseIntArg('--max-completions', 0), 60)
     .option('--json', 'print { path } instead of the path')
     .action(async (runDir: string, o: { out?: string; smoothing: number; maxCompletions: number; json?: boolean }) => {
       const path = await writeReport(runDir, { smoothing: o.smoothing, maxCompletions: o.maxCompletions, ...(o.out ? { out: o.out } : {}) });
