@@ -12,18 +12,19 @@ import { writeReport } from '../../lib/report/index.js';
 import { tempDir } from '../helpers/native.js';
 import { writeFixtureRun } from './fixture.js';
 
-const CANDIDATES = [process.env['CHROMIUM_PATH'], '/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
-const chromium = CANDIDATES.find((p): p is string => typeof p === 'string' && p !== '' && existsSync(p));
+// CHROMIUM_PATH, when set, is the only candidate (so a wrong path is reported, not papered over).
+const CANDIDATES = process.env['CHROMIUM_PATH'] ? [process.env['CHROMIUM_PATH']] : ['/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome'];
+const chromium = CANDIDATES.find((p) => existsSync(p));
 const inCi = process.env['CI'] === 'true' || process.env['CI'] === '1';
 
 if (!chromium && !inCi) {
-  const reason = `no Chromium at ${CANDIDATES.filter(Boolean).join(', ')} (apt-get install -y chromium, or set CHROMIUM_PATH)`;
+  const reason = `no Chromium at ${CANDIDATES.join(', ')} (apt-get install -y chromium, or set CHROMIUM_PATH)`;
   console.log(`# browser test skipped: ${reason}`);
   tap.test('the report in a browser', { skip: reason }, () => undefined);
 } else {
   tap.test('the report in a browser', async (t) => {
     if (!chromium) {
-      t.fail(`CI=true but no Chromium at ${CANDIDATES.filter(Boolean).join(', ')}: .ci/run must install it (apt-get install -y chromium)`);
+      t.fail(`CI=true but no Chromium at ${CANDIDATES.join(', ')}: .ci/run must install it (apt-get install -y chromium)`);
       return;
     }
     const { default: puppeteer } = await import('puppeteer-core');
