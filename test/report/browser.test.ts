@@ -1,3 +1,5 @@
+/// <reference lib="dom" />
+/// <reference lib="dom.iterable" />
 /**
  * The report in a real browser (headless Chromium through puppeteer-core): no console errors, no request
  * leaves the page, every chart shows its data points, the page fits a phone's width, and the screenshot is not
