@@ -271,7 +271,9 @@ export class GrpoTrainer {
         const { index, example } = this.exampleAt(s * B + j);
         return { prompt: this.promptOf(example, index), answer: answerTokens(this.model, example.goldSql) };
       });
-      const r = await supervisedStep(this.trainer, opt, batch, { lr, maxGradNorm: this.config.maxGradNorm, microBatchTokens: this.config.microBatchTokens });
+      // The warm-up's learning rate decays linearly to 0, so its last steps settle rather than overshoot.
+      const stepLr = lr * (1 - s / steps);
+      const r = await supervisedStep(this.trainer, opt, batch, { lr: stepLr, maxGradNorm: this.config.maxGradNorm, microBatchTokens: this.config.microBatchTokens });
       loss = r.loss;
       done++;
       options.onStep?.(s + 1, r.loss);

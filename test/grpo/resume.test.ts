@@ -6,8 +6,10 @@
  * learning, matters here) with a reference pass and two updates per batch, so every pass of a step is exercised.
  */
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { loadModel, loadLora } from '../../lib/model/index.js';
 import { GrpoTrainer, type GrpoTrainerOptions } from '../../lib/grpo/trainer.js';
 import { readTrainerState, writeAtomicDir } from '../../lib/grpo/checkpoint.js';
@@ -101,4 +103,27 @@ t.test('a save that fails midway leaves the previous checkpoint whole', async (t
     code = isSqlr1Error(e) ? e.code : String(e);
   }
   t.equal(code, 'ERR_STATE_INVALID', 'a folder without trainer_state.json is not taken for a checkpoint');
+});
+
+t.test('a process killed (SIGKILL) while saving leaves the previous checkpoint whole', async (t) => {
+  const dir = tempDir(t);
+  const ck = join(dir, 'checkpoint-1');
+  await writeAtomicDir(ck, async (tmp) => writeFileSync(join(tmp, 'adapter.gguf'), 'first'));
+  const mod = pathToFileURL(join(import.meta.dirname, '..', '..', 'lib', 'grpo', 'checkpoint.ts')).href;
+  // The child starts saving over checkpoint-1, writes one file, signals, and waits to be killed mid-save.
+  const code = `const { writeAtomicDir } = await import(${JSON.stringify(mod)});
+    await writeAtomicDir(${JSON.stringify(ck)}, async (tmp) => {
+      (await import('node:fs')).writeFileSync(tmp + '/adapter.gguf', 'half');
+      process.stdout.write('saving\\n');
+      await new Promise(() => setInterval(() => undefined, 1000));
+    });`;
+  const child = spawn(process.execPath, [...process.execArgv.filter((a) => a.includes('@tapjs/typescript')), '--input-type=module', '-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => { if (d.toString().includes('saving')) resolve(); });
+    child.on('exit', (c) => reject(new Error(`the child exited (${c}) before saving`)));
+  });
+  child.kill('SIGKILL');
+  await new Promise((r) => child.on('exit', r));
+  t.equal(readFileSync(join(ck, 'adapter.gguf'), 'utf8'), 'first', 'checkpoint-1 still holds the first save');
+  t.ok(readdirSync(dir).some((f) => f.startsWith('.checkpoint-1.tmp-')), 'the half-written save is a hidden temporary folder');
 });
