@@ -22,11 +22,12 @@ export const DEMO_MODEL = { shape: 'demo', type: 'f32', seed: 1 } as const;
 
 /**
  * The demo's training settings: a warm-up that leaves the model partly right, then GRPO with a learning rate
- * fit for a small random model (far above a 3B model's 5e-6). Chosen so the whole demo runs in about two
- * minutes on two CPU cores.
+ * fit for a small random model (far above a 3B model's 5e-6). Measured on the 2-core machine: 32 warm-up steps
+ * give greedy accuracy 0.667 (30-35 steps span 0.1 to 0.9); these GRPO settings have not yet been shown to
+ * raise greedy accuracy over the warm-up (the sampled reward rises, greedy accuracy fell to 0.417).
  */
 export const DEMO_CONFIG = {
-  sftSteps: 40,
+  sftSteps: 32,
   sftLearningRate: 3e-3,
   maxSteps: 8,
   learningRate: 2e-4,
