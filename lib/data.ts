@@ -13,7 +13,15 @@ export {
   type SqlValue,
 } from './sql/executor.js';
 export { checkReadOnlySql, type GuardResult } from './sql/guard.js';
-export { compareResults, orderMatters, valueKey } from './sql/compare.js';
+export {
+  compareResults,
+  compareResultsBird,
+  EXEC_METRICS,
+  orderMatters,
+  resultsMatch,
+  valueKey,
+  type ExecMetric,
+} from './sql/compare.js';
 export { execMatch, normalizeForExecution, type ExecMatch, type ExecMatchOptions } from './sql/exec-match.js';
 export { extractSql, hasFencedSql, type ExtractedSql, type ExtractionReason } from './sql/extract.js';
 export { extractIdentifiers, jaccard, lexIdentifiers } from './sql/identifiers.js';
@@ -43,7 +51,16 @@ export {
   type SpiderTables,
 } from './spider/dataset.js';
 export { serializeSchema, type SchemaOptions } from './spider/schema.js';
-export { buildPrompt, DEFAULT_SYSTEM_PROMPT, type PromptInput, type PromptMessage, type PromptOptions } from './spider/prompt.js';
+export {
+  buildPrompt,
+  DEFAULT_SYSTEM_PROMPT,
+  PromptRenderer,
+  type ChatEncoder,
+  type PromptInput,
+  type PromptMessage,
+  type PromptOptions,
+  type PromptRendererOptions,
+} from './spider/prompt.js';
 export { classifyHardness, hardnessOfParsed, HARDNESS_LEVELS, type Hardness, type SpiderSql } from './spider/hardness.js';
 
 export {

@@ -36,3 +36,15 @@ node scripts/bench-compare.mjs "$OUT/sqlr1-bench.json" "$OUT/llama-batched-bench
 mem_step=$(peak_mem "$OUT/bench-step.md" node bin/sqlr1.js bench step --model "$model" --device cuda --sequences 8 \
   --prompt-tokens 512 --completion-tokens 256 --rank 16 --alpha 32)
 { cat "$OUT/bench-step.md"; echo "peak GPU memory of the whole bench-step process (nvidia-smi every 0.2 s): $mem_step MiB (target <= 11264 MiB)"; } | tee -a "$OUT/bench-table.md"
+# Whole GRPO steps (`sqlr1 bench grpo`: rollouts forced to the full 256 tokens, rewards on a SQLite database, the
+# reference pass, policy forward and backward, AdamW), LoRA r=16 alpha=32 on all linear layers, beta 0.05, at
+# prompts x completions 1x8, 8x8, 8x16 and 8x32, each with the peak GPU memory of its whole process.
+# Targets: 1x8 <= 1.6 s and 8x8 <= 6 s per step, peak <= 16 GiB at 8x8 (TRL's GRPOTrainer: 16.7 s and 31.6 s).
+tmp_grpo=$(mktemp -d)
+for shape in ${SQLR1_BENCH_GRPO:-1x8 8x8 8x16 8x32}; do
+  p=${shape%x*}; g=${shape#*x}
+  mem_grpo=$(peak_mem "$tmp_grpo/grpo-$shape.md" node bin/sqlr1.js bench grpo --model "$model" --device cuda --prompts "$p" \
+    --generations "$g" --prompt-tokens "$pp" --completion-tokens "$tg" --rank 16 --alpha 32 --beta 0.05)
+  { echo; echo "### bench grpo $shape"; cat "$tmp_grpo/grpo-$shape.md" "$tmp_grpo/grpo-$shape.md.log";
+    echo "peak GPU memory of the whole bench-grpo process (nvidia-smi every 0.2 s): $mem_grpo MiB"; } | tee -a "$OUT/bench-table.md"
+done

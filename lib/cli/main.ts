@@ -12,6 +12,9 @@ import { register as registerGenerate } from './commands/generate.js';
 import { register as registerBench } from './commands/bench.js';
 import { register as registerDemo } from './commands/demo.js';
 import { register as registerEvalSql } from './commands/eval-sql.js';
+import { register as registerEval } from './commands/eval.js';
+import { register as registerReport } from './commands/report.js';
+import { register as registerTrain } from './commands/train.js';
 
 export function buildProgram(): Command {
   const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
@@ -19,7 +22,7 @@ export function buildProgram(): Command {
     .description('GRPO reinforcement learning for text-to-SQL on ggml (CPU and CUDA)')
     .version(pkg.version)
     .showHelpAfterError();
-  for (const register of [registerDemo, registerMakeModel, registerTokenize, registerGenerate, registerBench, registerEvalSql]) {
+  for (const register of [registerDemo, registerTrain, registerMakeModel, registerTokenize, registerGenerate, registerBench, registerEvalSql, registerEval, registerReport]) {
     register(program);
   }
   return program;

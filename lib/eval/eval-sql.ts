@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Sqlr1Error } from '../errors.js';
 import { execMatch } from '../sql/exec-match.js';
+import type { ExecMetric } from '../sql/compare.js';
 import type { SqlErrorCode, SqlExecutor } from '../sql/executor.js';
 import { classifyHardness, HARDNESS_LEVELS, type Hardness, type SpiderSql } from '../spider/hardness.js';
 
@@ -23,8 +24,10 @@ export interface EvalSqlOptions {
   /** Known database ids (e.g. from tables.json); gold entries naming another are skipped. Default: no check. */
   tables?: ReadonlySet<string>;
   executor: SqlExecutor;
-  /** Keep DISTINCT when executing. Default false, as Spider's evaluator. */
+  /** Keep DISTINCT when executing (spider metric). Default false, as Spider's evaluator. */
   keepDistinct?: boolean;
+  /** Comparison semantics: 'spider' (default) or 'bird' (see ExecMetric). */
+  metric?: ExecMetric;
   /** Called after each scored example. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -40,20 +43,26 @@ export interface EvalExample {
   pred: string;
   /** null when the gold SQL could not be parsed (the example then counts in 'all' only). */
   hardness: Hardness | null;
-  /** `skipped`: the database is missing or unknown; it counts nowhere. */
-  status: 'correct' | 'wrong' | 'skipped';
-  /** Why the prediction (or, with `goldError`, the gold) failed to execute. */
+  /**
+   * `skipped`: the database is missing or unknown; `gold_error`: the gold query failed to execute. Neither
+   * counts in the accuracy (the prediction cannot be judged), both are reported.
+   */
+  status: 'correct' | 'wrong' | 'skipped' | 'gold_error';
+  /** Why the prediction failed to execute. */
   error?: { code: SqlErrorCode; message: string };
-  /** The gold query itself failed: the example counts as wrong. */
+  /** Why the gold query itself failed (status `gold_error`). */
   goldError?: { code: SqlErrorCode; message: string };
   ms?: number;
 }
 
 export interface EvalSqlReport {
+  metric: ExecMetric;
   /** Count and execution accuracy per level; accuracy is 0 for an empty level. */
   scores: Record<EvalLevel, { count: number; exec: number }>;
   /** Examples skipped for a missing or unknown database, and which databases. */
   skipped: { count: number; dbIds: string[] };
+  /** Examples whose gold query failed to execute (0-based indices): left out of every level, not counted wrong. */
+  goldErrors: { count: number; indices: number[] };
   /** Examples whose gold SQL could not be parsed for hardness. */
   unclassified: number;
   examples: EvalExample[];
@@ -93,12 +102,14 @@ async function readLines(path: string): Promise<string[]> {
 
 /**
  * Scores predictions by execution like Spider's evaluation script (`--etype exec`, test-suite semantics: see
- * compareResults and normalizeForExecution): per hardness level, the count of examples and the fraction whose
- * predicted result matches the gold result. Examples whose database is missing (or not in `tables`) are
- * skipped and reported, not failed.
+ * compareResults and normalizeForExecution; or BIRD's set semantics with `metric: 'bird'`): per hardness level,
+ * the count of examples and the fraction whose predicted result matches the gold result. Examples whose database
+ * is missing (or not in `tables`) are skipped, and examples whose gold query fails are gold errors: both are
+ * reported and left out of the counts, never scored as wrong predictions.
  */
 export async function evalSql(options: EvalSqlOptions): Promise<EvalSqlReport> {
   const { gold, pred, dbRoot, tables, executor } = options;
+  const metric = options.metric ?? 'spider';
   if (gold.length !== pred.length) {
     const counts = `${pred.length} predictions for ${gold.length} gold entries`;
     throw new Sqlr1Error('ERR_DATA', `evalSql: expected one prediction per gold entry, received ${counts}`);
@@ -119,8 +130,9 @@ export async function evalSql(options: EvalSqlOptions): Promise<EvalSqlReport> {
         return { ...base, hardness: null, status: 'skipped' };
       }
       const hardness = classifyHardness(g.parsed ?? g.sql);
-      const m = await execMatch(executor, dbPath(g.dbId), base.pred, g.sql, { keepDistinct: options.keepDistinct ?? false });
-      const ex: EvalExample = { ...base, hardness, status: m.correct ? 'correct' : 'wrong', ms: m.pred.ms };
+      const m = await execMatch(executor, dbPath(g.dbId), base.pred, g.sql, { keepDistinct: options.keepDistinct ?? false, metric });
+      const status = m.goldError ? 'gold_error' : m.correct ? 'correct' : 'wrong';
+      const ex: EvalExample = { ...base, hardness, status, ms: m.pred.ms };
       if (!m.pred.ok) ex.error = m.pred.error;
       if (!m.gold.ok) ex.goldError = m.gold.error;
       options.onProgress?.(++done, gold.length);
@@ -135,6 +147,7 @@ export async function evalSql(options: EvalSqlOptions): Promise<EvalSqlReport> {
       skippedDbs.add(ex.dbId);
       continue;
     }
+    if (ex.status === 'gold_error') continue;
     const levels: EvalLevel[] = ex.hardness ? [ex.hardness, 'all'] : ['all'];
     if (!ex.hardness) unclassified++;
     for (const l of levels) {
@@ -144,7 +157,11 @@ export async function evalSql(options: EvalSqlOptions): Promise<EvalSqlReport> {
   }
   for (const l of EVAL_LEVELS) scores[l].exec = scores[l].count > 0 ? scores[l].exec / scores[l].count : 0;
   const skippedCount = examples.filter((e) => e.status === 'skipped').length;
-  return { scores, skipped: { count: skippedCount, dbIds: [...skippedDbs].sort() }, unclassified, examples };
+  const goldErrors = examples.filter((e) => e.status === 'gold_error').map((e) => e.index);
+  return {
+    metric, scores, skipped: { count: skippedCount, dbIds: [...skippedDbs].sort() },
+    goldErrors: { count: goldErrors.length, indices: goldErrors }, unclassified, examples,
+  };
 }
 
 /** The score table in the layout of Spider's evaluation.py (20-character columns). */
@@ -158,6 +175,11 @@ export function formatScoreTable(report: EvalSqlReport): string {
   ];
   if (report.skipped.count > 0) {
     lines.push('', `skipped ${report.skipped.count} examples whose database is missing: ${report.skipped.dbIds.join(', ')}`);
+  }
+  if (report.goldErrors.count > 0) {
+    const shown = report.goldErrors.indices.slice(0, 20).map((i) => i + 1).join(', ');
+    const more = report.goldErrors.count > 20 ? ', ...' : '';
+    lines.push(`${report.goldErrors.count} gold queries failed to execute (lines ${shown}${more}); they count nowhere`);
   }
   if (report.unclassified > 0) lines.push(`${report.unclassified} gold queries could not be parsed for hardness; they count in "all" only`);
   return `${lines.join('\n')}\n`;

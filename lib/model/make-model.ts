@@ -5,7 +5,7 @@ import { Sqlr1Error } from '../errors.js';
 import { callNative, getBinding } from '../native/binding.js';
 import { defaultVocabPath } from '../native/assets.js';
 
-export const MODEL_SHAPES = ['tiny', 'qwen2.5-0.5b', 'qwen2.5-1.5b', 'qwen2.5-3b', 'qwen2.5-7b'] as const;
+export const MODEL_SHAPES = ['tiny', 'demo', 'qwen2.5-0.5b', 'qwen2.5-1.5b', 'qwen2.5-3b', 'qwen2.5-7b'] as const;
 export const MODEL_TYPES = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_K', 'q6_K'] as const;
 export type ModelShape = (typeof MODEL_SHAPES)[number];
 export type ModelType = (typeof MODEL_TYPES)[number];

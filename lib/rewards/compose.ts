@@ -1,5 +1,5 @@
 import { Sqlr1Error } from '../errors.js';
-import { execMatch } from '../sql/exec-match.js';
+import { execMatch, normalizeForExecution } from '../sql/exec-match.js';
 import type { SqlExecutor } from '../sql/executor.js';
 import { extractSql, type ExtractionReason } from '../sql/extract.js';
 import { defaultPreset, sqlR1Preset } from './presets.js';
@@ -69,18 +69,24 @@ export class Reward {
     this.#keepDistinct = options.keepDistinct ?? false;
   }
 
-  /** Scores one completion: extracts and runs its SQL once, then calls every component. */
+  /**
+   * Scores one completion: extracts and runs its SQL once, then calls every component. When the gold SQL fails
+   * to execute, the sample has no reward: the total is null, components that need execution are null (not
+   * called), and `goldError` is true.
+   */
   async score(sample: RewardSample): Promise<RewardScore> {
     const extracted = extractSql(sample.completion);
     let ctx: RewardContext;
     if (extracted.sql === null) {
-      const gold = await this.#executor.run(sample.dbPath, sample.goldSql, { cache: true });
-      ctx = { ...sample, extracted, pred: null, gold, correct: false, executor: this.#executor };
+      // The same normalization as execMatch applies to the gold side, so both paths share one cache entry.
+      const gold = await this.#executor.run(sample.dbPath, normalizeForExecution(sample.goldSql, { keepDistinct: this.#keepDistinct }), { cache: true });
+      ctx = { ...sample, extracted, pred: null, gold, correct: false, goldError: !gold.ok, executor: this.#executor };
     } else {
       const m = await execMatch(this.#executor, sample.dbPath, extracted.sql, sample.goldSql, { keepDistinct: this.#keepDistinct });
-      ctx = { ...sample, extracted, pred: m.pred, gold: m.gold, correct: m.correct, executor: this.#executor };
+      ctx = { ...sample, extracted, pred: m.pred, gold: m.gold, correct: m.correct, goldError: !m.gold.ok, executor: this.#executor };
     }
-    const values = await Promise.all(this.#components.map((c) => c.fn(ctx)));
+    const goldError = ctx.goldError;
+    const values = await Promise.all(this.#components.map((c) => (goldError && c.needsExecution !== false ? null : c.fn(ctx))));
     const components: Record<string, number | null> = {};
     let total = 0;
     this.#components.forEach((c, i) => {
@@ -91,20 +97,26 @@ export class Reward {
       components[c.name] = v ?? null;
       if (v !== null && v !== undefined) total += (this.weights[c.name] as number) * v;
     });
-    return { total, components, correct: ctx.correct, extracted, pred: ctx.pred };
+    return { total: goldError ? null : total, goldError, components, correct: ctx.correct, extracted, pred: ctx.pred };
   }
 
   /** Scores a batch (samples × components) and computes its metrics. */
   async scoreBatch(samples: readonly RewardSample[]): Promise<RewardBatch> {
     const scores = await Promise.all(samples.map((s) => this.score(s)));
     const totals = scores.map((s) => s.total);
+    const goldError = scores.map((s) => s.goldError);
     const components: Record<string, Array<number | null>> = {};
     for (const name of this.names) components[name] = scores.map((s) => s.components[name] ?? null);
     const metrics: Record<string, number> = {};
-    if (totals.length > 0) {
-      metrics['reward'] = mean(totals);
-      metrics['reward_std'] = std(totals);
-      metrics['frac_correct'] = scores.filter((s) => s.correct).length / scores.length;
+    const scored = scores.filter((s) => !s.goldError);
+    if (scored.length > 0) {
+      const valid = scored.map((s) => s.total as number);
+      metrics['reward'] = mean(valid);
+      metrics['reward_std'] = std(valid);
+      metrics['frac_correct'] = scored.filter((s) => s.correct).length / scored.length;
+    }
+    if (scores.length > 0) {
+      metrics['frac_gold_error'] = (scores.length - scored.length) / scores.length;
       for (const r of REASONS) metrics[`frac_extracted/${r}`] = scores.filter((s) => s.extracted.reason === r).length / scores.length;
     }
     for (const name of this.names) {
@@ -113,7 +125,7 @@ export class Reward {
       metrics[`rewards/${name}/mean`] = mean(applicable);
       metrics[`rewards/${name}/std`] = std(applicable);
     }
-    return { scores, totals, components, metrics };
+    return { scores, totals, goldError, components, metrics };
   }
 }
 

@@ -39,13 +39,14 @@ const formatted = (ctx: RewardContext): boolean => ctx.extracted.reason === 'fen
  * |               | only for SQL that executes but is wrong (null otherwise: a correct answer has   |
  * |               | its full reward, and a broken one gets no credit for naming the right columns)  |
  * So correct and formatted = 1.2; valid, wrong, half overlap, formatted = 0.1 + 0.2 + 0.15 = 0.45;
- * invalid and formatted = -0.3.
+ * invalid and formatted = -0.3. When the gold SQL fails to execute the sample has no reward (total null;
+ * `execution` and `partial_match` null, `format` still logged): a broken gold query is never the model's failure.
  */
 export function defaultPreset(options: DefaultPresetOptions = {}): RewardComponent[] {
   const { correct = 1.0, validWrong = 0.1, invalid = -0.5, format = 0.2, partialMatch = 0.3 } = options;
   return [
     { name: 'execution', fn: (ctx) => (ctx.correct ? correct : executes(ctx) ? validWrong : invalid) },
-    { name: 'format', fn: (ctx) => (formatted(ctx) ? format : 0) },
+    { name: 'format', fn: (ctx) => (formatted(ctx) ? format : 0), needsExecution: false },
     {
       name: 'partial_match',
       fn: (ctx) => {
@@ -81,11 +82,12 @@ export function reasoningText(completion: string): string {
  * | length    | only on correct answers: maxLengthBonus × min(1, reasoning characters / lengthCap) |
  * The paper rewards longer reasoning on correct answers up to a limit; this implementation measures the
  * reasoning (see {@link reasoningText}) in characters, so it needs no tokenizer. Unformatted answers score -1.
+ * When the gold SQL fails to execute the sample has no reward (total null; only `format` is logged).
  */
 export function sqlR1Preset(options: SqlR1PresetOptions = {}): RewardComponent[] {
   const { lengthCap = 1024, maxLengthBonus = 0.5 } = options;
   return [
-    { name: 'format', fn: (ctx) => (formatted(ctx) ? 1 : -1) },
+    { name: 'format', fn: (ctx) => (formatted(ctx) ? 1 : -1), needsExecution: false },
     { name: 'execution', fn: (ctx) => (formatted(ctx) ? (executes(ctx) ? 2 : -2) : null) },
     { name: 'result', fn: (ctx) => (formatted(ctx) && executes(ctx) ? (ctx.correct ? 3 : -3) : null) },
     {

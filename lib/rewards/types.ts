@@ -23,6 +23,11 @@ export interface RewardContext extends RewardSample {
   pred: SqlResult | null;
   /** Result of the gold SQL (cached per database and query). */
   gold: SqlResult;
+  /**
+   * The gold SQL failed to execute: the sample cannot be scored. Components that need execution are not called
+   * (they are null) and the sample's total is null; only components with `needsExecution: false` see such a context.
+   */
+  goldError: boolean;
   /** Spider execution match of the prediction with the gold result. */
   correct: boolean;
   executor: SqlExecutor;
@@ -40,15 +45,26 @@ export interface RewardComponent {
   fn: RewardFunction;
   /** Multiplies the value in the total. Default 1. */
   weight?: number;
+  /**
+   * The value depends on executing SQL (the prediction's or the gold's). When the gold SQL fails to execute,
+   * such components are null for that sample and are not called. Default true; set false for components that
+   * look at the text only (format, length), so they are still logged.
+   */
+  needsExecution?: boolean;
 }
 
 /** The score of one sample. */
 export interface RewardScore {
-  /** Sum over components of weight × value (null values add nothing). */
-  total: number;
+  /**
+   * Sum over components of weight × value (null values add nothing); null when the gold SQL failed to execute
+   * (no reward: the sample gets no gradient and is never scored as the model's failure).
+   */
+  total: number | null;
+  /** The gold SQL failed to execute (see `total`). */
+  goldError: boolean;
   /** Each component's value before weighting, by name; null where it does not apply. */
   components: Record<string, number | null>;
-  /** Spider execution match. */
+  /** Spider execution match (false on a gold error). */
   correct: boolean;
   extracted: ExtractedSql;
   pred: SqlResult | null;
@@ -57,13 +73,17 @@ export interface RewardScore {
 /** Scores of a batch (a samples × components matrix) and the metrics to log for it. */
 export interface RewardBatch {
   scores: RewardScore[];
-  totals: number[];
+  /** One total per sample; null where the gold SQL failed (see RewardScore.total). */
+  totals: Array<number | null>;
+  /** Per sample: the gold SQL failed to execute. */
+  goldError: boolean[];
   /** Column of the matrix per component name. */
   components: Record<string, Array<number | null>>;
   /**
-   * `reward` and `reward_std` (mean and population standard deviation of the totals), `rewards/<name>/mean`
-   * and `rewards/<name>/std` over the samples where the component applies (absent when it applies to none),
-   * `frac_correct`, and `frac_extracted/<reason>` for each extraction reason.
+   * Over the samples with a reward (gold errors left out): `reward` and `reward_std` (mean and population
+   * standard deviation of the totals) and `frac_correct` (absent when no sample has a reward); over all samples:
+   * `frac_gold_error` and `frac_extracted/<reason>` for each extraction reason; `rewards/<name>/mean` and
+   * `rewards/<name>/std` over the samples where the component applies (absent when it applies to none).
    */
   metrics: Record<string, number>;
 }

@@ -18,6 +18,14 @@ export function valueKey(v: SqlValue): string {
 
 const SEP = '\u0001';
 
+/**
+ * How two results are compared. `spider`: Spider's test-suite rules ({@link compareResults}: bags of rows, any
+ * column permutation, row order when the gold has ORDER BY). `bird`: BIRD's evaluator, `set(pred) == set(gold)`
+ * ({@link compareResultsBird}: duplicates and row order ignored, column order significant).
+ */
+export type ExecMetric = 'spider' | 'bird';
+export const EXEC_METRICS: readonly ExecMetric[] = ['spider', 'bird'];
+
 /** Keys of rows projected onto `cols` (the permuted column order), ready for bag or sequence comparison. */
 function projectKeys(rows: readonly string[][], cols: readonly number[]): string[] {
   return rows.map((r) => cols.map((c) => r[c] as string).join(SEP));
@@ -86,4 +94,23 @@ export function compareResults(gold: readonly SqlRow[], pred: readonly SqlRow[],
 /** Whether row order matters when comparing with `goldSql`'s result: the reference checks for "order by". */
 export function orderMatters(goldSql: string): boolean {
   return /\border\s+by\b/i.test(goldSql);
+}
+
+/**
+ * BIRD execution match (its evaluator's `set(predicted_res) == set(ground_truth_res)`): the results are equal as
+ * sets of row tuples, so duplicates and row order do not matter while column order does. Values compare as in
+ * Python (see {@link valueKey}); two empty results are equal.
+ */
+export function compareResultsBird(gold: readonly SqlRow[], pred: readonly SqlRow[]): boolean {
+  const rowKey = (r: SqlRow): string => JSON.stringify(r.map(valueKey));
+  const g = new Set(gold.map(rowKey));
+  const p = new Set(pred.map(rowKey));
+  if (g.size !== p.size) return false;
+  for (const k of p) if (!g.has(k)) return false;
+  return true;
+}
+
+/** Compares a predicted result with the gold one under `metric`; `goldSql` decides whether order matters for spider. */
+export function resultsMatch(metric: ExecMetric, gold: readonly SqlRow[], pred: readonly SqlRow[], goldSql: string): boolean {
+  return metric === 'bird' ? compareResultsBird(gold, pred) : compareResults(gold, pred, orderMatters(goldSql));
 }

@@ -15,7 +15,7 @@ struct synth_shape {
     bool tied;
 };
 
-// Known shapes: tiny, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b. Throws ERR_INVALID_ARG otherwise.
+// Known shapes: tiny, demo, qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b. Throws ERR_INVALID_ARG otherwise.
 synth_shape synth_shape_get(const std::string & name);
 
 struct synth_options {

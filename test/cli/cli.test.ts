@@ -45,4 +45,21 @@ t.test('sqlr1 command line', { skip: existsSync(join(packageRoot, 'dist', 'cli',
   const bad = run('make-model', '--shape', 'huge', '--out', join(dir, 'x.gguf'));
   t.not(bad.status, 0);
   t.match(bad.stderr, /--shape must be one of/);
+
+  // train: a bad config key fails with ERR_CONFIG before the model or the data are touched.
+  const cfg = join(dir, 'bad.yaml');
+  writeFileSync(cfg, 'learning_rate: 5.0e-6\nnum_generation: 4\n');
+  const train = run('train', '--config', cfg, '--model', join(dir, 'nope.gguf'), '--spider', join(dir, 'no-spider'));
+  t.equal(train.status, 1, train.stderr);
+  t.match(train.stderr, /ERR_CONFIG/);
+  t.match(train.stderr, /num_generation/);
+
+  // bench grpo: whole steps on the tiny model, each part timed.
+  const bench = run('bench', 'grpo', '--model', model, '--device', 'cpu', '--prompts', '1', '--generations', '2', '--prompt-tokens', '16',
+    '--completion-tokens', '4', '--steps', '1', '--json');
+  t.equal(bench.status, 0, bench.stderr);
+  const b = JSON.parse(bench.stdout) as { rows: { stepSeconds: number; parts: Record<string, number>; tokensPerSecond: number } };
+  t.ok(b.rows.stepSeconds > 0 && b.rows.tokensPerSecond > 0, `step ${b.rows.stepSeconds} s`);
+  t.same(Object.keys(b.rows.parts).sort(), ['optimizer', 'policy', 'reference', 'reward', 'rollout']);
+  t.ok(b.rows.parts['reference']! > 0 && b.rows.parts['policy']! > 0, 'the reference and policy passes ran');
 });

@@ -107,3 +107,32 @@ tap.test('Spider dev gold as predictions scores 1.000 in every class', { skip: !
   for (const level of ['easy', 'medium', 'hard', 'extra', 'all'] as const) t.equal(report.scores[level].exec, 1, `${level} accuracy`);
   t.equal(report.unclassified, 0);
 });
+
+tap.test('metric bird against spider, and gold errors counted apart', async (t) => {
+  // [gold, prediction, spider verdict, bird verdict]
+  const cases: Array<[string, string, string, string]> = [
+    ['SELECT name FROM departments ORDER BY budget DESC', 'SELECT name FROM departments ORDER BY budget', 'wrong', 'correct'],
+    ['SELECT dept_id FROM employees', 'SELECT dept_id FROM employees GROUP BY dept_id', 'wrong', 'correct'],
+    ['SELECT name, salary FROM employees', 'SELECT salary, name FROM employees', 'correct', 'wrong'],
+    ['SELECT count(*) FROM employees', 'SELECT count(*) FROM departments', 'wrong', 'wrong'],
+    ['SELECT no_such_column FROM employees', 'SELECT 1', 'gold_error', 'gold_error'],
+  ];
+  const gold = cases.map(([g]) => ({ sql: g, dbId: 'company' }));
+  const pred = cases.map(([, p]) => p);
+  const executor = new SqlExecutor({ workers: 1, timeoutMs: 2000 });
+  t.teardown(() => executor.close());
+  const spider = await evalSql({ gold, pred, dbRoot: fx.dbRoot, executor });
+  const bird = await evalSql({ gold, pred, dbRoot: fx.dbRoot, executor, metric: 'bird' });
+  t.equal(spider.metric, 'spider');
+  t.equal(bird.metric, 'bird');
+  t.same(spider.examples.map((e) => e.status), cases.map((c) => c[2]));
+  t.same(bird.examples.map((e) => e.status), cases.map((c) => c[3]));
+  for (const r of [spider, bird]) {
+    t.same(r.goldErrors, { count: 1, indices: [4] }, 'the failing gold is reported');
+    t.equal(r.scores.all.count, 4, 'and left out of the counts, not scored wrong');
+    t.equal(r.examples[4]?.goldError?.code, 'ERR_SQL_ERROR');
+    t.match(formatScoreTable(r), /1 gold queries failed to execute \(lines 5\)/);
+  }
+  t.equal(spider.scores.all.exec, 1 / 4);
+  t.equal(bird.scores.all.exec, 2 / 4);
+});

@@ -11,8 +11,8 @@ tap.teardown(() => executor.close());
 const GOLD = 'SELECT name FROM employees';
 const fenced = (sql: string, before = 'Reasoning.'): string => `${before}\n\`\`\`sql\n${sql}\n\`\`\``;
 const sample = (completion: string, goldSql = GOLD) => ({ completion, goldSql, dbPath: fx.companyDb });
-const close = (t: Pick<typeof tap, 'ok'>, a: number, b: number, msg: string): void => {
-  t.ok(Math.abs(a - b) < 1e-9, `${msg}: ${a} ≈ ${b}`);
+const close = (t: Pick<typeof tap, 'ok'>, a: number | null, b: number, msg: string): void => {
+  t.ok(a !== null && Math.abs(a - b) < 1e-9, `${msg}: ${a} ≈ ${b}`);
 };
 
 tap.test('default preset: each row of the table and the worked examples', async (t) => {
@@ -121,4 +121,66 @@ tap.test('user reward functions: sync, async, null, batch metrics', async (t) =>
 
   const bad = createReward({ executor, preset: 'none', functions: [{ name: 'nan', fn: () => Number.NaN }] });
   await t.rejects(bad.score(sample(fenced(GOLD))), { code: 'ERR_INVALID_ARG' });
+});
+
+tap.test('a gold SQL that fails to execute: no reward, never the model\'s failure', async (t) => {
+  const BROKEN = 'SELECT name FROM no_such_table';
+  const reward = createReward({ executor });
+  // The same completion that scores 1.2 against a working gold SQL.
+  const s = await reward.score(sample(fenced(GOLD), BROKEN));
+  t.equal(s.goldError, true);
+  t.equal(s.total, null, 'no reward');
+  t.equal(s.correct, false);
+  t.same(s.components, { execution: null, format: 0.2, partial_match: null }, 'execution-dependent components are null, format is still logged');
+  const noSql = await reward.score(sample('I do not know.', BROKEN));
+  t.equal(noSql.total, null, 'not even a missing answer is penalized against a broken gold');
+  t.same(noSql.components, { execution: null, format: 0, partial_match: null });
+  const fine = await reward.score(sample(fenced(GOLD)));
+  t.equal(fine.goldError, false);
+  close(t, fine.total as number, 1.2, 'a working gold scores as before');
+
+  const r1 = createReward({ executor, preset: 'sql-r1' });
+  const s1 = await r1.score(sample(fenced('SELECT salary FROM employees'), BROKEN));
+  t.same(s1.components, { format: 1, execution: null, result: null, length: null }, 'sql-r1: only format is scored');
+  t.equal(s1.total, null);
+  t.equal(s1.goldError, true);
+
+  // User functions: needsExecution (default true) decides whether they run on a gold error.
+  const calls: string[] = [];
+  const mixed = createReward({
+    executor, preset: 'none', functions: [
+      { name: 'uses_rows', fn: (ctx) => { calls.push('uses_rows'); return ctx.pred?.ok ? 1 : 0; } },
+      { name: 'short', fn: (ctx) => { calls.push('short'); return ctx.completion.length < 60 ? 1 : 0; }, needsExecution: false },
+    ],
+  });
+  const m = await mixed.score(sample(fenced(GOLD), BROKEN));
+  t.same(m.components, { uses_rows: null, short: 1 });
+  t.same(calls, ['short'], 'a function that needs execution is not called on a gold error');
+  t.equal(m.total, null);
+});
+
+tap.test('batch with gold errors: totals, goldError and metrics over the scored samples', async (t) => {
+  const BROKEN = 'SELECT nope FROM employees';
+  const reward = createReward({ executor });
+  const batch = await reward.scoreBatch([
+    sample(fenced(GOLD)),                                   // 1.2, correct
+    sample(fenced(GOLD), BROKEN),                           // gold error
+    sample(fenced('SELECT name FROM no_such_table')),       // -0.3
+    sample('nothing', BROKEN),                              // gold error
+  ]);
+  t.same(batch.goldError, [false, true, false, true]);
+  t.equal(batch.totals[1], null);
+  t.equal(batch.totals[3], null);
+  close(t, batch.totals[0] as number, 1.2, 'scored sample');
+  close(t, batch.metrics['frac_gold_error'] as number, 0.5, 'frac_gold_error over all samples');
+  close(t, batch.metrics['reward'] as number, (1.2 - 0.3) / 2, 'reward averages the scored samples only');
+  close(t, batch.metrics['reward_std'] as number, 0.75, 'reward_std over the scored samples');
+  close(t, batch.metrics['frac_correct'] as number, 0.5, 'frac_correct over the scored samples: a gold error is not a wrong answer');
+  close(t, batch.metrics['rewards/execution/mean'] as number, (1 - 0.5) / 2, 'component means skip the nulls');
+  close(t, batch.metrics['rewards/format/mean'] as number, (0.2 + 0.2 + 0.2 + 0) / 4, 'format is logged for every sample');
+
+  const allBroken = await reward.scoreBatch([sample(fenced(GOLD), BROKEN), sample(fenced(GOLD), BROKEN)]);
+  t.equal(allBroken.metrics['frac_gold_error'], 1);
+  t.notOk('reward' in allBroken.metrics, 'no reward metric when no sample has a reward (not a silent 0)');
+  t.notOk('frac_correct' in allBroken.metrics);
 });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { compareResults, orderMatters, valueKey } from '../../lib/sql/compare.js';
+import { compareResults, compareResultsBird, orderMatters, resultsMatch, valueKey } from '../../lib/sql/compare.js';
 import type { SqlRow } from '../../lib/sql/executor.js';
 
 t.test('empty results', async (t) => {
@@ -59,4 +59,23 @@ t.test('values compare as in Python', async (t) => {
   t.notOk(compareResults([[Buffer.from('ab')]], [['ab']], false), "b'ab' != 'ab'");
   t.equal(valueKey(3), valueKey(3n));
   t.not(valueKey(0.1), valueKey(0.1000001));
+});
+
+t.test('bird semantics: set(pred) == set(gold)', async (t) => {
+  t.ok(compareResultsBird([], []), 'both empty');
+  t.notOk(compareResultsBird([[1]], []), 'one empty');
+  t.ok(compareResultsBird([[1, 'a'], [2, 'b']], [[2, 'b'], [1, 'a']]), 'row order ignored');
+  t.ok(compareResultsBird([[1], [1], [2]], [[2], [1]]), 'duplicates ignored');
+  t.notOk(compareResultsBird([[1, 'a']], [['a', 1]]), 'column order significant');
+  t.notOk(compareResultsBird([[1, 2]], [[1]]), 'column counts differ');
+  t.ok(compareResultsBird([[1, null]], [[1.0, null]]), '1 == 1.0 and None == None as in Python');
+  t.notOk(compareResultsBird([['1']], [[1]]), "'1' != 1");
+  t.notOk(compareResultsBird([['a\u0001b']], [['a', 'b']]), 'a separator inside a value cannot fake a column split');
+  // The same pair under both metrics: spider counts duplicates and permutes columns, bird the reverse.
+  t.notOk(resultsMatch('spider', [[1], [1]], [[1]], 'SELECT a FROM t'));
+  t.ok(resultsMatch('bird', [[1], [1]], [[1]], 'SELECT a FROM t'));
+  t.ok(resultsMatch('spider', [[1, 'a']], [['a', 1]], 'SELECT a, b FROM t'));
+  t.notOk(resultsMatch('bird', [[1, 'a']], [['a', 1]], 'SELECT a, b FROM t'));
+  t.notOk(resultsMatch('spider', [[1], [2]], [[2], [1]], 'SELECT a FROM t ORDER BY a'));
+  t.ok(resultsMatch('bird', [[1], [2]], [[2], [1]], 'SELECT a FROM t ORDER BY a'), 'bird ignores ORDER BY');
 });

@@ -2,7 +2,9 @@
  * The GRPO loss composed from tensor ops: values and metrics against a float64 re-implementation of TRL's
  * compute_loss, d loss / d logp against central finite differences and against the closed form, on every
  * side of the clip boundary (ratios inside, above 1 + epsHigh and below 1 - epsLow, with positive, negative
- * and zero advantages), with and without the KL term, for the three aggregations.
+ * and zero advantages), with and without the KL term (k3, and k1 = logp - ref), for the four aggregations. The
+ * float64 reference is test/grpo/fixtures/loss-ref.ts; test/grpo/loss-types.test.ts adds random inputs,
+ * whole-batch normalizers, micro-batch accumulation and importance-sampling weights.
  *
  * Closed form. Per token (s, i) with mask m, ratio r = exp(logp - old), advantage A and d = ref - logp:
  *   ptl = -min(r A, clip(r) A) + beta (exp(d) - d - 1)
@@ -10,12 +12,14 @@
  *   there (A > 0 and r > 1 + epsHigh, or A < 0 and r < 1 - epsLow), else u = 1 (inside the range both terms
  *   move with r; outside on the other side the unclipped term is the smaller one).
  * The loss is a weighted sum of ptl with weights w = m / (N max(M_s, 1)) (grpo, M_s the sequence's token
- * count), m / max(M, 1) (bnpo, M all tokens) or m / (N maxLen) (dr_grpo), so d loss / d logp = w d ptl / d logp.
+ * count), m / max(M, 1) (bnpo and dapo, M all tokens) or m / (N maxLen) (dr_grpo), so
+ * d loss / d logp = w d ptl / d logp. With k1 the KL term is beta (logp - ref), its derivative beta.
  */
 import t from 'tap';
-import { Tensor, backward, grpoLoss, type GrpoLossType } from '../../lib/train/index.js';
+import { Tensor, backward, grpoLoss, type GrpoLossType, type KlEstimator } from '../../lib/train/index.js';
 import { testDevices } from '../helpers/native.js';
 import { gradCheck, uniform, worstRatio } from './fixtures/ref.js';
+import { grpoLossRef } from '../grpo/fixtures/loss-ref.js';
 
 const devices = testDevices();
 const N = 5, T = 7;
@@ -48,58 +52,34 @@ function makeBatch(seed: number): Batch {
   return { seed, logp, old, ref, adv, mask };
 }
 
-function ref64(b: Batch, beta: number, lossType: GrpoLossType) {
-  const ptl = new Float64Array(N * T), kl = new Float64Array(N * T), grad = new Float64Array(N * T);
-  const low = new Float64Array(N * T), high = new Float64Array(N * T);
-  for (let s = 0; s < N; s++) for (let i = 0; i < T; i++) {
-    const k = s * T + i, A = b.adv[s]!;
-    const r = Math.exp(b.logp[k]! - b.old[k]!);
-    const c = Math.min(Math.max(r, 1 - EPS_LOW), 1 + EPS_HIGH);
-    const d = b.ref[k]! - b.logp[k]!;
-    kl[k] = Math.exp(d) - d - 1;
-    ptl[k] = -Math.min(r * A, c * A) + beta * kl[k]!;
-    const clippedMin = (A > 0 && r > 1 + EPS_HIGH) || (A < 0 && r < 1 - EPS_LOW);
-    grad[k] = (clippedMin ? 0 : -A * r) + beta * (1 - Math.exp(d));
-    low[k] = r < 1 - EPS_LOW && A < 0 ? 1 : 0;
-    high[k] = r > 1 + EPS_HIGH && A > 0 ? 1 : 0;
-  }
-  const M = b.mask.reduce((a, v) => a + v, 0);
-  const mmean = (x: Float64Array) => x.reduce((a, v, k) => a + v * b.mask[k]!, 0) / Math.max(M, 1);
-  const w = new Float64Array(N * T);
-  for (let s = 0; s < N; s++) {
-    let Ms = 0;
-    for (let i = 0; i < T; i++) Ms += b.mask[s * T + i]!;
-    for (let i = 0; i < T; i++) {
-      const m = b.mask[s * T + i]!;
-      w[s * T + i] = lossType === 'grpo' ? m / (N * Math.max(Ms, 1)) : lossType === 'bnpo' ? m / Math.max(M, 1) : m / (N * T);
-    }
-  }
-  const loss = ptl.reduce((a, v, k) => a + v * w[k]!, 0);
-  return {
-    loss, grad: grad.map((g, k) => g * w[k]!), kl: mmean(kl), clipLow: mmean(low), clipHigh: mmean(high),
-    clipRegion: mmean(low.map((v, k) => v + high[k]!)),
-  };
-}
-
-function build(b: Batch, logp: Tensor, beta: number, lossType: GrpoLossType) {
-  return grpoLoss({
-    logp, oldLogp: Tensor.constant(b.old, [N, T]), refLogp: Tensor.constant(b.ref, [N, T]),
-    advantages: Tensor.constant(b.adv, [N]), mask: Tensor.constant(b.mask, [N, T]),
-    epsLow: EPS_LOW, epsHigh: EPS_HIGH, beta, lossType,
+function ref64(b: Batch, beta: number, lossType: GrpoLossType, klEstimator: KlEstimator = 'k3') {
+  return grpoLossRef({
+    N, T, logp: b.logp, old: b.old, ref: b.ref, adv: b.adv, mask: b.mask, epsLow: EPS_LOW, epsHigh: EPS_HIGH, beta, lossType, klEstimator,
   });
 }
 
-const configs: Array<[GrpoLossType, number]> = [['grpo', 0], ['grpo', 0.04], ['bnpo', 0], ['bnpo', 0.04], ['dr_grpo', 0], ['dr_grpo', 0.04]];
+function build(b: Batch, logp: Tensor, beta: number, lossType: GrpoLossType, klEstimator: KlEstimator = 'k3') {
+  return grpoLoss({
+    logp, oldLogp: Tensor.constant(b.old, [N, T]), refLogp: Tensor.constant(b.ref, [N, T]),
+    advantages: Tensor.constant(b.adv, [N]), mask: Tensor.constant(b.mask, [N, T]),
+    epsLow: EPS_LOW, epsHigh: EPS_HIGH, beta, lossType, klEstimator,
+  });
+}
+
+const configs: Array<[GrpoLossType, number, KlEstimator]> = [
+  ['grpo', 0, 'k3'], ['grpo', 0.04, 'k3'], ['bnpo', 0, 'k3'], ['bnpo', 0.04, 'k3'], ['dr_grpo', 0, 'k3'], ['dr_grpo', 0.04, 'k3'],
+  ['dapo', 0, 'k3'], ['dapo', 0.04, 'k3'], ['grpo', 0.04, 'k1'], ['dapo', 0.04, 'k1'],
+];
 
 for (const device of devices) {
   t.test(`GRPO loss on ${device}: values, metrics and the closed-form gradient`, async (t) => {
-    for (const [lossType, beta] of configs) {
+    for (const [lossType, beta, kl] of configs) {
       const b = makeBatch(beta === 0 ? 17 : 21);
       const logp = Tensor.constant(b.logp, [N, T], { requiresGrad: true });
-      const g = build(b, logp, beta, lossType);
+      const g = build(b, logp, beta, lossType, kl);
       const r = await backward(g.loss, { device, outputs: [g.kl!, g.clipLow, g.clipHigh, g.clipRegion] });
-      const want = ref64(b, beta, lossType);
-      const tag = `${lossType} beta=${beta} (seed ${b.seed})`;
+      const want = ref64(b, beta, lossType, kl);
+      const tag = `${lossType} beta=${beta} ${kl} (seed ${b.seed})`;
       // float32: exp and products round at ~1e-7 relative; the reduction is over 35 terms.
       t.ok(Math.abs(r.loss - want.loss) <= 1e-6 + 1e-5 * Math.abs(want.loss), `${tag}: loss ${r.loss} vs ${want.loss}`);
       t.ok(Math.abs(r.values.get(g.kl!)![0]! - want.kl) <= 1e-6, `${tag}: kl ${r.values.get(g.kl!)![0]} vs ${want.kl}`);
@@ -117,22 +97,22 @@ for (const device of devices) {
         const A = b.adv[Math.floor(k / T)]!, rr = Math.exp(b.logp[k]! - b.old[k]!), d = b.ref[k]! - b.logp[k]!;
         const clipped = (A > 0 && rr > 1 + EPS_HIGH) || (A < 0 && rr < 1 - EPS_LOW);
         const Ms = b.mask.slice(Math.floor(k / T) * T, Math.floor(k / T) * T + T).reduce((a, v) => a + v, 0);
-        const wk = lossType === 'grpo' ? 1 / (N * Ms) : lossType === 'bnpo' ? 1 / b.mask.reduce((a, v) => a + v, 0) : 1 / (N * T);
-        const closed = wk * ((clipped ? 0 : -A * rr) + beta * (1 - Math.exp(d)));
+        const wk = lossType === 'grpo' ? 1 / (N * Ms) : lossType === 'bnpo' || lossType === 'dapo' ? 1 / b.mask.reduce((a, v) => a + v, 0) : 1 / (N * T);
+        const closed = wk * ((clipped ? 0 : -A * rr) + beta * (kl === 'k1' ? 1 : 1 - Math.exp(d)));
         t.ok(Math.abs(grad[k]! - closed) <= 2e-5 * Math.abs(closed) + 1e-9, `${tag}: token ${k} (r=${rr.toFixed(3)}, A=${A}) gradient ${grad[k]} = ${closed}`);
       }
     }
   });
 
   t.test(`GRPO loss on ${device}: d loss / d logp against finite differences on both sides of the clip`, async (t) => {
-    for (const [lossType, beta] of configs) {
+    for (const [lossType, beta, kl] of configs) {
       const b = makeBatch(beta === 0 ? 23 : 27);
       const g = await gradCheck([{ data: b.logp, shape: [N, T] }, { data: b.old, shape: [N, T], noGrad: true }],
-        ([lp]) => build(b, lp!, beta, lossType).loss, 0, { device });
-      t.ok(g.worst <= 1, `${lossType} beta=${beta}: worst |analytic - fd| / tol = ${g.worst.toFixed(3)} (seed ${b.seed})${g.worst > 1 ? ` at ${g.where}` : ''}`);
+        ([lp]) => build(b, lp!, beta, lossType, kl).loss, 0, { device });
+      t.ok(g.worst <= 1, `${lossType} beta=${beta} ${kl}: worst |analytic - fd| / tol = ${g.worst.toFixed(3)} (seed ${b.seed})${g.worst > 1 ? ` at ${g.where}` : ''}`);
       // The finite differences see the clip too: clipped tokens (gradient 0 when beta = 0) have fd ~ 0.
       if (beta === 0) {
-        const want = ref64(b, beta, lossType);
+        const want = ref64(b, beta, lossType, kl);
         const zeros = want.grad.reduce((a, v, k) => a + (v === 0 && b.mask[k] ? 1 : 0), 0);
         t.ok(zeros >= 4, `${lossType}: ${zeros} unmasked tokens sit on the clipped side`);
         t.ok(g.numeric[0]!.every((v, k) => want.grad[k] !== 0 || Math.abs(v) < 1e-3), `${lossType}: fd is ~0 exactly where the closed form says clipped`);
@@ -162,4 +142,9 @@ t.test('GRPO loss: input validation', async (t) => {
   t.throws(() => grpoLoss({ logp: x, oldLogp: x, advantages: adv, mask: x, beta: 0.1 }), { code: 'ERR_INVALID_ARG' }, 'beta without refLogp');
   t.throws(() => grpoLoss({ logp: x, oldLogp: x, advantages: adv, mask: x, lossType: 'nope' as 'grpo' }), { code: 'ERR_INVALID_ARG' });
   t.throws(() => grpoLoss({ logp: x, oldLogp: x, advantages: adv, mask: x, epsLow: 1.5 }), { code: 'ERR_INVALID_ARG' });
+  t.throws(() => grpoLoss({ logp: x, oldLogp: x, refLogp: x, advantages: adv, mask: x, klEstimator: 'k2' as 'k1' }), { code: 'ERR_INVALID_ARG' }, 'unknown KL estimator');
+  t.throws(() => grpoLoss({ logp: x, oldLogp: x, advantages: adv, mask: x, normalizer: { sequences: N - 1 } }), { code: 'ERR_INVALID_ARG' }, 'fewer batch sequences than this call has');
+  t.throws(() => grpoLoss({ logp: x, oldLogp: x, advantages: adv, mask: x, normalizer: { tokens: -1 } }), { code: 'ERR_INVALID_ARG' });
+  t.throws(() => grpoLoss({ logp: x, oldLogp: x, advantages: adv, mask: x, normalizer: { microBatches: 0 } }), { code: 'ERR_INVALID_ARG' });
+  t.throws(() => grpoLoss({ logp: x, oldLogp: x, advantages: adv, mask: x, isWeights: Tensor.constant(new Float32Array(N), [N]) }), { code: 'ERR_INVALID_ARG' }, 'isWeights of the wrong shape');
 });

@@ -1,7 +1,12 @@
 import type { Command } from 'commander';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { GrpoTrainer } from '../../grpo/trainer.js';
+import { createToyDatabase, TOY_EXAMPLES } from '../../demo/toy-db.js';
 import { createLora, generate, loadModel, type Model } from '../../model/index.js';
 import { AdamW, LoraTrainer, Tensor, backward, grpoLoss, type LoraTrainerOptions, type TrainCompute } from '../../train/index.js';
-import { parseChoice, parseIntArg, parseIntList, printJson } from '../util.js';
+import { parseChoice, parseFloatArg, parseIntArg, parseIntList, printJson } from '../util.js';
 
 export interface GenerateBenchRow {
   batch: number;
@@ -167,9 +172,101 @@ function benchCommand(bench: Command, name: string, description: string): Comman
     .option('--json', 'machine-readable output');
 }
 
+export interface GrpoBenchResult {
+  prompts: number;
+  generations: number;
+  promptTokens: number;
+  completionTokens: number;
+  steps: number;
+  /** Medians over the measured steps, seconds: the whole step and each part (metrics time/*). */
+  stepSeconds: number;
+  parts: { rollout: number; reward: number; reference: number; policy: number; optimizer: number };
+  /** Prompt + completion tokens per second of a whole step (median). */
+  tokensPerSecond: number;
+  /** The most device memory in use after any step (ggml keeps its pools, so this is the peak); CUDA only. */
+  peakGpuMiB?: number;
+}
+
+/**
+ * Whole GRPO steps through GrpoTrainer: P prompts of exactly `promptTokens` tokens (pseudo-random ids) x K
+ * completions forced to `completionTokens` tokens (end-of-generation and stop strings ignored), rewards on the
+ * toy SQLite database in the SQL workers, the reference pass (beta > 0), policy forward and backward, clipping
+ * and AdamW. A seeded noise reward keeps every group's rewards distinct, so every sequence takes part in the
+ * update as it would in training with a signal. One warm-up step, then `steps` measured ones.
+ */
+export async function benchGrpo(model: Model, o: { prompts: number; generations: number; promptTokens: number; completionTokens: number;
+  rank: number; alpha: number; beta: number; steps: number; microBatchTokens: number }): Promise<GrpoBenchResult> {
+  const dir = mkdtempSync(join(tmpdir(), 'sqlr1-bench-grpo-'));
+  const dbPath = createToyDatabase(join(dir, 'company.sqlite'));
+  const data = Array.from({ length: o.prompts }, (_, i) => ({ ...TOY_EXAMPLES[i % TOY_EXAMPLES.length]!, question: `q${i}`, dbPath, goldSql: TOY_EXAMPLES[i % TOY_EXAMPLES.length]!.query }));
+  const promptIds = new Map(data.map((d, i) => [d.question, randomPrompt(o.promptTokens, model.info.nVocab, 1000 + i)]));
+  let draws = 0;
+  const trainer = await GrpoTrainer.create({
+    model, trainDataset: data, outputDir: join(dir, 'run'), promptsPerStep: o.prompts, numGenerations: o.generations,
+    maxPromptLength: o.promptTokens, maxCompletionLength: o.completionTokens, lora: { rank: o.rank, alpha: o.alpha }, beta: o.beta,
+    learningRate: 5e-6, lrSchedulerType: 'constant', maxSteps: o.steps + 1, microBatchTokens: o.microBatchTokens, temperature: 0.7,
+    prompts: { tokens: (ex) => promptIds.get(ex.question)! }, forceFullLength: true, progress: false, report: false, log: () => undefined,
+    rewardFunctions: [{ name: 'bench_noise', fn: () => ((Math.imul(++draws, 2654435761) >>> 0) / 2 ** 32) }],
+  });
+  const mem = () => {
+    const d = model.device === 'cuda' ? model.binding.cudaDevices()[0] : undefined;
+    return d ? (d.totalBytes - d.freeBytes) / 2 ** 20 : undefined;
+  };
+  const rows: Record<string, number>[] = [];
+  let peak: number | undefined;
+  try {
+    for (let s = 0; s <= o.steps; s++) {
+      const { metrics } = await trainer.trainStep();
+      const used = mem();
+      if (used !== undefined) peak = Math.max(peak ?? 0, used);
+      if (s > 0) rows.push(metrics);  // step 0 warms up (kernels, buffers, CUDA graphs)
+    }
+  } finally {
+    await trainer.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const med = (k: string) => median(rows.map((r) => r[k] ?? 0));
+  return {
+    prompts: o.prompts, generations: o.generations, promptTokens: o.promptTokens, completionTokens: o.completionTokens, steps: o.steps,
+    stepSeconds: med('step_time'),
+    parts: { rollout: med('time/rollout'), reward: med('time/reward'), reference: med('time/reference'), policy: med('time/policy'), optimizer: med('time/optimizer') },
+    tokensPerSecond: med('tokens_per_second'), ...(peak !== undefined ? { peakGpuMiB: peak } : {}),
+  };
+}
+
+function registerGrpo(bench: Command): void {
+  benchCommand(bench, 'grpo', 'whole GRPO steps: rollouts (forced to full length), rewards on SQLite, reference, policy, backward, AdamW')
+    .option('--prompts <n>', 'prompts per step', parseIntArg('--prompts', 1), 8)
+    .option('--generations <n>', 'completions per prompt', parseIntArg('--generations', 1), 8)
+    .option('--prompt-tokens <n>', 'prompt tokens', parseIntArg('--prompt-tokens', 1), 512)
+    .option('--completion-tokens <n>', 'completion tokens (every completion runs to this length)', parseIntArg('--completion-tokens', 1), 256)
+    .option('--rank <r>', 'LoRA rank', parseIntArg('--rank', 1), 16)
+    .option('--alpha <a>', 'LoRA alpha', parseIntArg('--alpha', 1), 32)
+    .option('--beta <b>', 'KL coefficient (0: no reference pass)', parseFloatArg('--beta', 0), 0.05)
+    .option('--micro-batch-tokens <n>', 'most padded tokens per training micro-batch', parseIntArg('--micro-batch-tokens', 2), 16384)
+    .option('--steps <n>', 'measured steps after one warm-up step (medians are reported)', parseIntArg('--steps', 1), 3)
+    .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; prompts: number; generations: number; promptTokens: number;
+      completionTokens: number; rank: number; alpha: number; beta: number; microBatchTokens: number; steps: number; json?: boolean }) => {
+      const report = await withModel(o.model, o.device, (model) => benchGrpo(model, o));
+      if (o.json) {
+        printJson(report);
+        return;
+      }
+      const r = report.rows;
+      process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}, ` +
+        `${r.prompts} x ${r.generations} completions, ${r.promptTokens} + ${r.completionTokens} tokens, LoRA r=${o.rank} alpha=${o.alpha}, ` +
+        `beta ${o.beta}, median of ${r.steps} steps\n`);
+      process.stdout.write('| part | seconds |\n|---|---|\n');
+      for (const [k, v] of Object.entries(r.parts)) process.stdout.write(`| ${k} | ${v.toFixed(3)} |\n`);
+      process.stdout.write(`| whole step | ${r.stepSeconds.toFixed(3)} |\n`);
+      process.stdout.write(`tokens/s ${r.tokensPerSecond.toFixed(0)}; peak GPU MiB in use ${r.peakGpuMiB?.toFixed(0) ?? '-'}\n`);
+    });
+}
+
 export function register(program: Command): void {
   const bench = program.command('bench').description('throughput benchmarks (GPU figures are the ones that count)');
   registerStep(bench);
+  registerGrpo(bench);
   benchCommand(bench, 'generate', 'batched sampling from one shared prompt, like llama-batched-bench -pps')
     .option('--prompt-tokens <n>', 'shared prompt length', parseIntArg('--prompt-tokens', 1), 512)
     .option('--new-tokens <n>', 'tokens generated per sequence', parseIntArg('--new-tokens', 1), 256)

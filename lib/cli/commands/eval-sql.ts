@@ -3,7 +3,8 @@ import { readFile, rename, writeFile } from 'node:fs/promises';
 import { Sqlr1Error } from '../../errors.js';
 import { evalSql, formatScoreTable, readGoldFile, readPredFile } from '../../eval/eval-sql.js';
 import { SqlExecutor } from '../../sql/executor.js';
-import { parseIntArg, progressLine } from '../util.js';
+import { EXEC_METRICS, type ExecMetric } from '../../sql/compare.js';
+import { parseChoice, parseIntArg, progressLine } from '../util.js';
 
 interface EvalSqlCliOptions {
   gold: string;
@@ -14,6 +15,7 @@ interface EvalSqlCliOptions {
   timeoutMs: number;
   workers?: number;
   keepDistinct?: boolean;
+  metric: ExecMetric;
 }
 
 async function readTableIds(path: string): Promise<Set<string>> {
@@ -40,6 +42,7 @@ export function register(program: Command): void {
     .option('--timeout-ms <n>', 'time limit per query in milliseconds', parseIntArg('--timeout-ms', 1), 5000)
     .option('--workers <n>', 'SQL worker processes (default: min(2, CPUs))', parseIntArg('--workers', 1))
     .option('--keep-distinct', 'keep DISTINCT when executing (the test-suite evaluator drops it by default)')
+    .option('--metric <name>', "comparison: 'spider' (multiset rows, column permutations, ORDER BY respected) or 'bird' (set(pred) == set(gold))", parseChoice('--metric', EXEC_METRICS), 'spider')
     .action(async (o: EvalSqlCliOptions) => {
       const [gold, pred, tables] = await Promise.all([
         readGoldFile(o.gold),
@@ -50,7 +53,7 @@ export function register(program: Command): void {
       try {
         const progress = progressLine('eval-sql');
         const report = await evalSql({
-          gold, pred, dbRoot: o.dbRoot, executor, keepDistinct: o.keepDistinct ?? false, ...(tables ? { tables } : {}),
+          gold, pred, dbRoot: o.dbRoot, executor, keepDistinct: o.keepDistinct ?? false, metric: o.metric, ...(tables ? { tables } : {}),
           onProgress: (done, total) => progress(done / total, `${done}/${total}`),
         });
         process.stdout.write(formatScoreTable(report));
