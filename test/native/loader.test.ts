@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { defaultLoaderEnv, loadBinding, missingCudaLibraryHint, platformPackages, systemLibraryHint, type Device, type LoaderEnv } from '../../lib/native/binding.js';
 import type { NativeBinding } from '../../lib/native/types.js';
 
-const CUBLAS_MISSING = 'libcublas.so.13: cannot open shared object file: No such file or directory';
+const CUBLAS_MISSING = 'libcublas_sqlr1_absent.so.13: cannot open shared object file: No such file or directory';
 
 /** A fake set of places: `local` and `pkg` map a variant to its .node path; loading returns a tagged object. */
 function fakeEnv(o: {
@@ -77,7 +77,7 @@ t.test("auto falls back to the CPU and says which CUDA library is missing", asyn
   t.equal(fileOf(r.binding), '/p/cpu.node');
   t.equal(logs.length, 1);
   t.match(logs[0], /using the CPU/);
-  t.match(logs[0], /libcublas\.so\.13 \(cuBLAS 13\) is missing: install `libcublas-13-0`/);
+  t.match(logs[0], /libcublas_sqlr1_absent\.so\.13 \(cuBLAS 13\) is missing: install `libcublas-13-0`/);
   t.notOk(env.loaded.includes('/p/cuda.node'), 'a CUDA binary that failed its probe is never loaded in this process');
 });
 
@@ -86,7 +86,7 @@ t.test("device 'cuda' without a usable CUDA binary: ERR_NO_CUDA listing each pla
   const err = t.throws(() => loadBinding('cuda', env)) as Error & { code: string };
   t.equal(err.code, 'ERR_NO_CUDA');
   t.match(err.message, /cuda, local build \(\/l\/cuda\.node\): loads, but no CUDA device is visible/);
-  t.match(err.message, /cuda, @sqlr1-native\/linux-x64-cuda13 \(\/p\/cuda\.node\): libcublas\.so\.13/);
+  t.match(err.message, /cuda, @sqlr1-native\/linux-x64-cuda13 \(\/p\/cuda\.node\): libcublas_sqlr1_absent\.so\.13/);
   t.notMatch(err.message, /cpu,/, "device 'cuda' never tries the CPU");
   t.match(err.message, /To fix: /);
   t.same(env.loaded, []);
@@ -144,17 +144,17 @@ t.test('a glibc too old for the CPU package is reported with the fix', async (t)
 t.test("the dynamic loader's message for a missing library, through the real child probe", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'sqlr1-loader-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  // A stand-in libcublas.so.13 to link against, removed afterwards: the addon then names a library that is absent.
+  // A stand-in libcublas_sqlr1_absent.so.13 to link against, removed afterwards: the addon then names a library that is absent.
   writeFileSync(join(dir, 'lib.c'), 'int cublas_stand_in(void) { return 1; }\n');
   writeFileSync(join(dir, 'addon.c'), 'int cublas_stand_in(void);\nint use(void) { return cublas_stand_in(); }\n');
-  execFileSync('cc', ['-shared', '-fPIC', '-Wl,-soname,libcublas.so.13', '-o', join(dir, 'libcublas.so.13'), join(dir, 'lib.c')]);
-  execFileSync('cc', ['-shared', '-fPIC', '-o', join(dir, 'fake.node'), join(dir, 'addon.c'), join(dir, 'libcublas.so.13')]);
-  rmSync(join(dir, 'libcublas.so.13'));
+  execFileSync('cc', ['-shared', '-fPIC', '-Wl,-soname,libcublas_sqlr1_absent.so.13', '-o', join(dir, 'libcublas_sqlr1_absent.so.13'), join(dir, 'lib.c')]);
+  execFileSync('cc', ['-shared', '-fPIC', '-o', join(dir, 'fake.node'), join(dir, 'addon.c'), join(dir, 'libcublas_sqlr1_absent.so.13')]);
+  rmSync(join(dir, 'libcublas_sqlr1_absent.so.13'));
   const probe = defaultLoaderEnv.probeInChild(join(dir, 'fake.node'));
   t.equal(probe.ok, false);
   const reason = probe.ok ? '' : probe.reason;
-  t.match(reason, /libcublas\.so\.13: cannot open shared object file/);
-  t.match(missingCudaLibraryHint(reason)!, /libcublas\.so\.13 \(cuBLAS 13\) is missing/);
+  t.match(reason, /libcublas_sqlr1_absent\.so\.13: cannot open shared object file/);
+  t.match(missingCudaLibraryHint(reason)!, /libcublas_sqlr1_absent\.so\.13 \(cuBLAS 13\) is missing/);
 });
 
 t.test('a stale local build (missing exports) is refused and the platform package serves', async (t) => {
