@@ -183,7 +183,10 @@ export interface GrpoBenchResult {
   parts: { rollout: number; reward: number; reference: number; policy: number; optimizer: number };
   /** Prompt + completion tokens per second of a whole step (median). */
   tokensPerSecond: number;
-  /** The most device memory in use after any step (ggml keeps its pools, so this is the peak); CUDA only. */
+  /**
+   * The most device memory in use between steps; CUDA only. Buffers a step frees before it ends (rollout contexts)
+   * are not in it: sample the device from outside (nvidia-smi, as scripts/gpu-bench.sh does) for the true peak.
+   */
   peakGpuMiB?: number;
 }
 
@@ -259,7 +262,7 @@ function registerGrpo(bench: Command): void {
       process.stdout.write('| part | seconds |\n|---|---|\n');
       for (const [k, v] of Object.entries(r.parts)) process.stdout.write(`| ${k} | ${v.toFixed(3)} |\n`);
       process.stdout.write(`| whole step | ${r.stepSeconds.toFixed(3)} |\n`);
-      process.stdout.write(`tokens/s ${r.tokensPerSecond.toFixed(0)}; peak GPU MiB in use ${r.peakGpuMiB?.toFixed(0) ?? '-'}\n`);
+      process.stdout.write(`tokens/s ${r.tokensPerSecond.toFixed(0)}; GPU MiB in use between steps ${r.peakGpuMiB?.toFixed(0) ?? '-'} (not the peak within a step)\n`);
     });
 }
 
