@@ -12,21 +12,15 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { COMPLETIONS_FILE, METRICS_FILE, type CompletionRecord } from '../grpo/metrics.js';
 
 export interface MetricRow {
   step: number;
   [key: string]: number;
 }
 
-export interface CompletionRow {
-  step: number;
-  prompt: string;
-  completion: string;
-  sql: string;
-  reward: number | null;
-  components: Record<string, number | null>;
-  correct: boolean | null;
-}
+/** A completions.jsonl line as the trainer writes it; `correct` is null where a line lacks it. */
+export type CompletionRow = Omit<CompletionRecord, 'correct'> & { correct: boolean | null };
 
 export interface RunData {
   dir: string;
@@ -82,8 +76,8 @@ function toCompletionRow(r: Record<string, unknown>): CompletionRow | null {
 
 export function readRun(dir: string): RunData {
   const configPath = join(dir, 'config.yaml');
-  const metrics = readJsonl(join(dir, 'metrics.jsonl'));
-  const completions = readJsonl(join(dir, 'completions.jsonl'));
+  const metrics = readJsonl(join(dir, METRICS_FILE));
+  const completions = readJsonl(join(dir, COMPLETIONS_FILE));
   const m = metrics.rows.map(toMetricRow);
   const c = completions.rows.map(toCompletionRow);
   return {
