@@ -1,10 +1,11 @@
 /**
  * `sqlr1 demo`: the embedded default run, end to end on the toy company database. Synthesizes a small model
- * (cached in a working folder), measures execution accuracy (greedy, through evaluateModel, as `sqlr1 eval`
- * does), runs a short supervised warm-up on the gold answers, measures again, then trains with GRPO and
- * measures a third time. The run directory (config.yaml, metrics.jsonl, completions.jsonl, checkpoints,
- * report.html) is left in the working folder. GRPO must raise accuracy over the warm-up alone: `improved` says
- * whether it did (the CLI exits non-zero otherwise).
+ * (cached in a working folder), measures greedy execution accuracy (through evaluateModel, as `sqlr1 eval --toy`
+ * does), runs a supervised warm-up on the gold answers until greedy accuracy reaches DEMO_WARMUP.targetAccuracy,
+ * measures again, then trains with GRPO and measures a third time; after the warm-up and after GRPO it also
+ * measures the mean sampled execution reward. The run directory (config.yaml, metrics.jsonl, completions.jsonl,
+ * warmup/ and final/ adapters, checkpoints, report.html) is left in the working folder. The pass rule: greedy
+ * accuracy after GRPO above the accuracy after the warm-up (`improved`; the CLI exits 1 otherwise).
  */
 import Database from 'better-sqlite3';
 import { existsSync, rmSync } from 'node:fs';
