@@ -4,14 +4,35 @@
  * warmed-up adapter, the demo's GRPO steps raise the mean execution reward of sampled answers (the fraction that
  * return the gold result, 8 samples per question at the training temperature, one fixed seed) by a clear margin,
  * and the same steps with the advantages' sign flipped lower it. A sign error anywhere (advantages, loss,
- * gradient, optimizer) fails one of the two.
+ * gradient, optimizer) fails one of the two. The same run also checks that `sqlr1 eval --toy` on the demo's
+ * warm-up and final adapters prints the accuracies the demo reports.
  */
 import t from 'tap';
+import { Command } from 'commander';
+import { register as registerEval } from '../../lib/cli/commands/eval.js';
+import type { EvaluationReport } from '../../lib/eval/evaluate.js';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../../lib/model/index.js';
 import { GrpoTrainer } from '../../lib/grpo/trainer.js';
 import { DEMO_CONFIG, demoModelPath, demoPrompts, runDemo, sampledExecutionReward, toyDataset } from '../../lib/demo/demo.js';
 import { tempDir } from '../helpers/native.js';
+
+/** `sqlr1 eval --toy --print` in process: the accuracy over all questions. */
+async function evalToy(model: string, lora: string): Promise<number> {
+  const program = new Command('sqlr1').exitOverride();
+  registerEval(program);
+  const chunks: string[] = [];
+  const write = { out: process.stdout.write, err: process.stderr.write };
+  process.stdout.write = ((c: string | Uint8Array) => { chunks.push(String(c)); return true; }) as typeof process.stdout.write;
+  process.stderr.write = (() => true) as typeof process.stderr.write;
+  try {
+    await program.parseAsync(['eval', '--toy', '--model', model, '--lora', lora, '--device', 'cpu', '--print', '--workers', '1'], { from: 'user' });
+  } finally {
+    process.stdout.write = write.out;
+    process.stderr.write = write.err;
+  }
+  return (JSON.parse(chunks.join('')) as EvaluationReport).accuracy.all.accuracy;
+}
 
 t.test('GRPO raises the execution reward; with the sign flipped it lowers it', async (t) => {
   const dir = tempDir(t);
@@ -20,7 +41,11 @@ t.test('GRPO raises the execution reward; with the sign flipped it lowers it', a
   const warm = demo.accuracy.afterWarmup;
   t.ok(warm >= 0.2 && warm <= 0.6, `the warm-up (${demo.warmupSteps} steps) leaves greedy accuracy in [0.2, 0.6]: ${warm.toFixed(3)}`);
 
-  const model: Model = await loadModel(await demoModelPath(dir), { device: 'cpu', log: () => undefined });
+  const modelPath = await demoModelPath(dir);
+  t.equal(await evalToy(modelPath, demo.adapters.warmup), warm, 'sqlr1 eval --toy on the warm-up adapter gives the accuracy the demo reports');
+  t.equal(await evalToy(modelPath, demo.adapters.final), demo.accuracy.afterGrpo, 'sqlr1 eval --toy on the final adapter gives the accuracy the demo reports');
+
+  const model: Model = await loadModel(modelPath, { device: 'cpu', log: () => undefined });
   t.teardown(() => model.dispose());
   const data = toyDataset(dir);
   const prompts = demoPrompts(model);
