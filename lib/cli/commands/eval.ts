@@ -6,6 +6,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Sqlr1Error } from '../../errors.js';
 import { createToyDatabase, TOY_EXAMPLES } from '../../demo/toy-db.js';
+import { DEMO_CONFIG, demoPrompts } from '../../demo/demo.js';
 import { evaluateModel, formatEvaluation, formatGold, formatPredictions, type EvalItem } from '../../eval/evaluate.js';
 import { loadLora, loadModel } from '../../model/index.js';
 import { EXEC_METRICS, type ExecMetric } from '../../sql/compare.js';
@@ -25,7 +26,7 @@ interface EvalCliOptions {
   samples: number;
   vote?: boolean;
   temperature?: number;
-  maxNewTokens: number;
+  maxNewTokens?: number;
   metric: ExecMetric;
   out?: string;
   json?: string;
@@ -95,13 +96,13 @@ export function register(program: Command): void {
     .requiredOption('--model <file>', 'GGUF model')
     .option('--lora <file>', 'LoRA adapter GGUF')
     .option('--spider <dir>', 'Spider directory (dev.json, tables.json, database/)')
-    .option('--toy', "the project's toy company database and questions (the demo's task) instead of Spider")
+    .option('--toy', "the project's toy company database and questions instead of Spider, with the demo's prompts (compact schema, short system message) and answer length: the accuracy `sqlr1 demo` reports")
     .option('--split <name>', 'train | dev', parseChoice('--split', ['train', 'dev'] as const), 'dev')
     .option('--max-samples <n>', 'only the first N questions', parseIntArg('--max-samples', 1))
     .option('--samples <k>', 'completions sampled per question for the vote', parseIntArg('--samples', 1), 1)
     .option('--vote', 'score the majority vote over the K samples next to greedy')
     .option('--temperature <t>', 'sampling temperature (default: 0 = greedy with one sample; 0.7 for the K voting samples)', parseFloatArg('--temperature', 0))
-    .option('--max-new-tokens <n>', 'most new tokens per completion', parseIntArg('--max-new-tokens', 1), 256)
+    .option('--max-new-tokens <n>', `most new tokens per completion (default 256; ${DEMO_CONFIG.maxCompletionLength} with --toy, as the demo)`, parseIntArg('--max-new-tokens', 1))
     .option('--metric <name>', "'spider' (multiset rows, column permutations, ORDER BY respected) or 'bird' (set(pred) == set(gold))", parseChoice('--metric', EXEC_METRICS), 'spider')
     .option('--out <file>', 'predictions file, one SQL per line (an answer without SQL is written as SELECT, which fails); with --vote also <file>.vote.sql; the matching gold file is <file>.gold.sql')
     .option('--json <file>', 'write the full report (one entry per question: question, db, gold, prediction, candidates, verdict, hardness, timing)')
@@ -138,8 +139,8 @@ export function register(program: Command): void {
       try {
         const lora = o.lora ? await loadLora(model, o.lora) : undefined;
         const report = await evaluateModel(model, {
-          examples, samples: o.samples, vote: o.vote ?? false, maxNewTokens: o.maxNewTokens, metric: o.metric, executor,
-          seed: o.seed, renderer: new PromptRenderer(model, { sampleRows: o.sampleRows }),
+          examples, samples: o.samples, vote: o.vote ?? false, maxNewTokens: o.maxNewTokens ?? (o.toy ? DEMO_CONFIG.maxCompletionLength : 256), metric: o.metric, executor,
+          seed: o.seed, renderer: o.toy ? demoPrompts(model) : new PromptRenderer(model, { sampleRows: o.sampleRows }),
           onProgress: (done) => progress.update(done),
           ...(lora ? { lora } : {}), ...(o.temperature !== undefined ? { temperature: o.temperature } : {}),
           ...(o.batchSize !== undefined ? { batchSize: o.batchSize } : {}),
