@@ -9,7 +9,7 @@
  */
 import type { GrpoTrainer, PromptSource } from '../grpo/trainer.js';
 import { answerTokens, supervisedStep } from '../grpo/sft.js';
-import { AdamW } from '../train/params.js';
+import { AdamW, loraParams } from '../train/params.js';
 
 export interface WarmupUntilOptions {
   /** Most supervised steps; the learning rate decays linearly to 0 over them. */
@@ -42,7 +42,7 @@ export async function warmupUntil(trainer: GrpoTrainer, data: readonly { questio
   const batch = data.map((ex) => ({
     prompt: options.prompts.tokens(ex).slice(-c.maxPromptLength), answer: answerTokens(trainer.model, ex.goldSql),
   }));
-  const store = trainer.lora.params();
+  const store = loraParams(trainer.lora);
   const opt = new AdamW(store, { lr: options.lr, weightDecay: 0 });
   let loss = NaN;
   let accuracy = 0;
