@@ -16,7 +16,11 @@ export function register(program: Command): void {
         progress: !o.json, log: o.json ? () => undefined : (m) => process.stderr.write(m + '\n'),
       });
       if (o.json) printJson(report);
-      // The demo's promise: GRPO raises accuracy over the warm-up alone.
-      if (!report.improved) process.exitCode = 1;
+      // The demo's promise: GRPO raises accuracy over the warm-up alone. Its own exit status (3), apart from errors
+      // (1), so that a caller can tell "ran, but did not learn" from "failed to run".
+      if (!report.improved) process.exitCode = DEMO_NOT_IMPROVED_EXIT;
     });
 }
+
+/** The demo's exit status when it ran to the end but GRPO did not raise accuracy over the warm-up. */
+export const DEMO_NOT_IMPROVED_EXIT = 3;
