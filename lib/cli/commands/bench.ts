@@ -237,17 +237,22 @@ export async function benchGrpo(model: Model, o: { prompts: number; generations:
   };
 }
 
+/** The LoRA shape and step count that `bench step` and `bench grpo` share. */
+function trainingOptions(c: Command): Command {
+  return c
+    .option('--rank <r>', 'LoRA rank', parseIntArg('--rank', 1), 16)
+    .option('--alpha <a>', 'LoRA alpha', parseIntArg('--alpha', 1), 32)
+    .option('--steps <n>', 'measured steps after one warm-up step (medians are reported)', parseIntArg('--steps', 1), 3);
+}
+
 function registerGrpo(bench: Command): void {
-  benchCommand(bench, 'grpo', 'whole GRPO steps: rollouts (forced to full length), rewards on SQLite, reference, policy, backward, AdamW')
+  trainingOptions(benchCommand(bench, 'grpo', 'whole GRPO steps: rollouts (forced to full length), rewards on SQLite, reference, policy, backward, AdamW'))
     .option('--prompts <n>', 'prompts per step', parseIntArg('--prompts', 1), 8)
     .option('--generations <n>', 'completions per prompt', parseIntArg('--generations', 1), 8)
     .option('--prompt-tokens <n>', 'prompt tokens', parseIntArg('--prompt-tokens', 1), 512)
     .option('--completion-tokens <n>', 'completion tokens (every completion runs to this length)', parseIntArg('--completion-tokens', 1), 256)
-    .option('--rank <r>', 'LoRA rank', parseIntArg('--rank', 1), 16)
-    .option('--alpha <a>', 'LoRA alpha', parseIntArg('--alpha', 1), 32)
     .option('--beta <b>', 'KL coefficient (0: no reference pass)', parseFloatArg('--beta', 0), 0.05)
     .option('--micro-batch-tokens <n>', 'most padded tokens per training micro-batch', parseIntArg('--micro-batch-tokens', 2), 16384)
-    .option('--steps <n>', 'measured steps after one warm-up step (medians are reported)', parseIntArg('--steps', 1), 3)
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; prompts: number; generations: number; promptTokens: number;
       completionTokens: number; rank: number; alpha: number; beta: number; microBatchTokens: number; steps: number; json?: boolean }) => {
       const report = await withModel(o.model, o.device, (model) => benchGrpo(model, o));
@@ -295,15 +300,12 @@ export function register(program: Command): void {
 }
 
 function registerStep(bench: Command): void {
-  benchCommand(bench, 'step', 'one GRPO training step (LoRA on all linear layers), pass by pass: reference forward, policy forward, loss, backward, AdamW')
+  trainingOptions(benchCommand(bench, 'step', 'one GRPO training step (LoRA on all linear layers), pass by pass: reference forward, policy forward, loss, backward, AdamW'))
     .option('--sequences <n>', 'sequences per step', parseIntArg('--sequences', 1), 8)
     .option('--prompt-tokens <n>', 'prompt tokens per sequence', parseIntArg('--prompt-tokens', 1), 512)
     .option('--completion-tokens <n>', 'completion tokens per sequence', parseIntArg('--completion-tokens', 1), 256)
-    .option('--rank <r>', 'LoRA rank', parseIntArg('--rank', 1), 16)
-    .option('--alpha <a>', 'LoRA alpha', parseIntArg('--alpha', 1), 32)
     .option('--compute <type>', 'type frozen weights are converted to for products: f32 | bf16 (default bf16 on CUDA, f32 on the CPU)',
       parseChoice('--compute', ['f32', 'bf16'] as const))
-    .option('--steps <n>', 'measured steps after one warm-up step (medians are reported)', parseIntArg('--steps', 1), 3)
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; sequences: number; promptTokens: number; completionTokens: number;
       rank: number; alpha: number; compute?: TrainCompute; steps: number; json?: boolean }) => {
       const report = await withModel(o.model, o.device, (model) =>
