@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks on a CUDA machine (`npm run bench`): sqlr1's batched generation against llama.cpp's
 # llama-batched-bench built from the same ggml sources, same GPU, same model file, same run; then one GRPO
-# training step pass by pass. Expects the CUDA addon built with SQLR1_LLAMA_TOOLS=1
-# (scripts/gpu-check.sh does that).
+# training step pass by pass. Expects a CUDA build tree with llama.cpp's tools (SQLR1_LLAMA_TOOLS=1):
+# SQLR1_CUDA_BUILD (scripts/gpu-check.sh sets it to its prebuild/cuda), else a local build in bindings/cuda/build.
 source "$(dirname "$0")/gpu-env.sh"
-build=bindings/cuda/build
+build=${SQLR1_CUDA_BUILD:-bindings/cuda/build}
 [ -d dist ] || tsc -p tsconfig.json
 if [ ! -x "$build/bin/llama-batched-bench" ]; then
   [ -f "$build/CMakeCache.txt" ] && grep -q "SQLR1_LLAMA_TOOLS:BOOL=ON" "$build/CMakeCache.txt" || SQLR1_LLAMA_TOOLS=1 node scripts/build-native.mjs --cuda
@@ -44,7 +44,7 @@ tmp_grpo=$(mktemp -d)
 for shape in ${SQLR1_BENCH_GRPO:-1x8 8x8 8x16 8x32}; do
   p=${shape%x*}; g=${shape#*x}
   mem_grpo=$(peak_mem "$tmp_grpo/grpo-$shape.md" node bin/sqlr1.js bench grpo --model "$model" --device cuda --prompts "$p" \
-    --generations "$g" --prompt-tokens "$pp" --completion-tokens "$tg" --rank 16 --alpha 32 --beta 0.05)
+    --generations "$g" --prompt-tokens "$pp" --completion-tokens "$tg" --rank 16 --alpha 32 --beta 0.05 --steps "${SQLR1_BENCH_STEPS:-3}")
   { echo; echo "### bench grpo $shape"; cat "$tmp_grpo/grpo-$shape.md" "$tmp_grpo/grpo-$shape.md.log";
     echo "peak GPU memory of the whole bench-grpo process (nvidia-smi every 0.2 s): $mem_grpo MiB"; } | tee -a "$OUT/bench-table.md"
 done

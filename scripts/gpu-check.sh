@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
-# The whole GPU check in one command (`npm run test:cuda`): build the CPU and CUDA addons, compile the
-# TypeScript (a type error fails the check), run the full test suite with SQLR1_REQUIRE_CUDA=1 (a CUDA test
-# that cannot run fails instead of skipping), then the benchmarks (scripts/gpu-bench.sh) unless
-# SQLR1_SKIP_BENCH=1. Logs go to $OUT (default ./gpu-out).
+# The whole GPU check in one command (`npm run test:cuda`): build the CPU addon and the CUDA platform package's
+# binary (npm/linux-x64-cuda13, the one users install; with llama.cpp's reference and batched bench in the same
+# build tree), compile the TypeScript (a type error fails the check), run every test that touches the CUDA device
+# with SQLR1_REQUIRE_CUDA=1 (a CUDA test that cannot run fails instead of skipping; the CPU-only tests are CI's),
+# then the benchmarks (scripts/gpu-bench.sh) unless SQLR1_SKIP_BENCH=1. SQLR1_TEST_FILES replaces the file list.
+# Logs go to $OUT (default ./gpu-out).
 source "$(dirname "$0")/gpu-env.sh"
 nvidia-smi -L | tee "$OUT/gpu.txt"
+export SQLR1_CUDA_BUILD=prebuild/cuda
 t0=$(date +%s)
 {
-  SQLR1_LLAMA_TOOLS=1 node scripts/build-native.mjs --cuda > "$OUT/build-cuda.log" 2>&1 &
+  SQLR1_LLAMA_TOOLS=1 node scripts/prebuild.mjs --cuda --arch "${SQLR1_CUDA_ARCH_LIST:-90}" > "$OUT/build-cuda.log" 2>&1 &
   cuda_pid=$!
   # (set -e does not act inside a list followed by ||: each step is chained with &&.)
   node scripts/build-native.mjs > "$OUT/build-cpu.log" 2>&1 &&
   node scripts/build-reference.mjs --if-missing > "$OUT/build-reference.log" 2>&1 &&
   wait $cuda_pid &&
   # llama.cpp's forward and batched bench over the CUDA build's own libllama and ggml-cuda.
-  cmake --build bindings/cuda/build --target llama-reference llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &&
-  mkdir -p test/reference/build-cuda && cp bindings/cuda/build/bin/llama-reference test/reference/build-cuda/
+  cmake --build "$SQLR1_CUDA_BUILD" --target llama-reference llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &&
+  mkdir -p test/reference/build-cuda && cp "$SQLR1_CUDA_BUILD/bin/llama-reference" test/reference/build-cuda/
 } || { tail -50 "$OUT/build-cuda.log" "$OUT/build-cpu.log" "$OUT/build-reference.log" "$OUT/build-llama.log"; exit 1; }
+# The loader finds the CUDA binary as the installed platform package (no local CUDA build exists here).
+if [ ! -e bindings/cuda/build ]; then
+  mkdir -p node_modules/@sqlr1-native && ln -sfn ../../npm/linux-x64-cuda13 node_modules/@sqlr1-native/linux-x64-cuda13
+fi
 echo "builds done in $(( $(date +%s) - t0 )) s"
 tsc -p tsconfig.json || { echo "tsc: type errors in lib/ (see above)"; exit 1; }
 tsc -p test/tsconfig.json || { echo "tsc: type errors in test/ (see above)"; exit 1; }
@@ -28,7 +35,10 @@ fi
 t1=$(date +%s)
 set +e
 export SQLR1_REQUIRE_CUDA=1
-tap ${SQLR1_TEST_FILES:-} > "$OUT/test.log" 2>&1
+# Every test file that asks for the CUDA device (through the helpers or by name).
+files=${SQLR1_TEST_FILES:-$(grep -lE "testDevices|cudaSkipReason|cudaUsable|'cuda'" test/*/*.test.ts | tr '\n' ' ')}
+echo "test files: $files"
+tap $files > "$OUT/test.log" 2>&1
 test_rc=$?
 set -e
 grep -E "^(not )?ok|^# \{" "$OUT/test.log" || true

@@ -118,7 +118,9 @@ function compileTimes(csv) {
 }
 
 const buildArgs = [join(root, 'scripts', 'build-native.mjs'), '--out', buildDir];
-const env = { ...process.env, SQLR1_PORTABLE: '1', SQLR1_LLAMA_TOOLS: '0' };
+// SQLR1_LLAMA_TOOLS=1 also configures llama.cpp's tools in the same tree (the GPU check builds its reference and
+// batched bench there); they are separate targets and leave the addon as it is.
+const env = { ...process.env, SQLR1_PORTABLE: '1', SQLR1_LLAMA_TOOLS: process.env.SQLR1_LLAMA_TOOLS === '1' ? '1' : '0' };
 const stateFile = join(buildDir, 'sqlr1-prebuild-state.json');
 let archs;
 const timeCsv = join(buildDir, 'nvcc-time.csv');

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { GRPO_DEFAULTS } from '../../grpo/config.js';
 import { GrpoTrainer } from '../../grpo/trainer.js';
 import { createToyDatabase, TOY_EXAMPLES } from '../../demo/toy-db.js';
 import { createLora, generate, loadModel, type Model } from '../../model/index.js';
@@ -33,15 +34,20 @@ function randomPrompt(n: number, vocab: number, seed: number): number[] {
  * One shared prompt of `promptTokens` sampled B times for `newTokens` each (EOG ignored): the shape of
  * `llama-batched-bench -pps`. Times the whole call: prefill, prefix copy and every decode step.
  */
-export async function benchGenerate(model: Model, batch: number, promptTokens: number, newTokens: number, seed = 1): Promise<GenerateBenchRow> {
+/**
+ * One batched generation from a shared prompt, timed after a short warm-up. With `loraRank`, an adapter of that
+ * rank (alpha 2r) on all seven linear layers is applied, as in GRPO rollouts.
+ */
+export async function benchGenerate(model: Model, batch: number, promptTokens: number, newTokens: number, seed = 1, loraRank?: number): Promise<GenerateBenchRow> {
   const ctx = model.createContext({ nSeq: batch, nCtx: promptTokens + newTokens, nBatch: Math.max(512, promptTokens) });
+  const lora = loraRank ? createLora(model, { rank: loraRank, alpha: 2 * loraRank }) : null;
   try {
     const prompt = randomPrompt(promptTokens, model.info.nVocab, seed);
     // Warm-up: compiles kernels, sizes the compute buffers and captures CUDA graphs.
-    await generate(model, { prompts: [prompt], samplesPerPrompt: batch, maxNewTokens: 4, stopAtEog: false, temperature: 0.7, context: ctx });
+    await generate(model, { prompts: [prompt], samplesPerPrompt: batch, maxNewTokens: 4, stopAtEog: false, temperature: 0.7, context: ctx, lora });
     const t0 = performance.now();
     const { stats } = await generate(model, { prompts: [prompt], samplesPerPrompt: batch, maxNewTokens: newTokens, stopAtEog: false,
-      temperature: 0.7, seed, context: ctx });
+      temperature: 0.7, seed, context: ctx, lora });
     const total = (performance.now() - t0) / 1000;
     const dev = model.device === 'cuda' ? model.binding.cudaDevices()[0] : undefined;
     return {
@@ -51,6 +57,7 @@ export async function benchGenerate(model: Model, batch: number, promptTokens: n
     };
   } finally {
     await ctx.dispose();
+    lora?.dispose();
   }
 }
 
@@ -252,7 +259,8 @@ function registerGrpo(bench: Command): void {
     .option('--prompt-tokens <n>', 'prompt tokens', parseIntArg('--prompt-tokens', 1), 512)
     .option('--completion-tokens <n>', 'completion tokens (every completion runs to this length)', parseIntArg('--completion-tokens', 1), 256)
     .option('--beta <b>', 'KL coefficient (0: no reference pass)', parseFloatArg('--beta', 0), 0.05)
-    .option('--micro-batch-tokens <n>', 'most padded tokens per training micro-batch', parseIntArg('--micro-batch-tokens', 2), 16384)
+    .option('--micro-batch-tokens <n>', 'most padded tokens per training micro-batch (the trainer\'s default)', parseIntArg('--micro-batch-tokens', 2),
+      GRPO_DEFAULTS.microBatchTokens)
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; prompts: number; generations: number; promptTokens: number;
       completionTokens: number; rank: number; alpha: number; beta: number; microBatchTokens: number; steps: number; json?: boolean }) => {
       const report = await withModel(o.model, o.device, (model) => benchGrpo(model, o));
@@ -263,7 +271,7 @@ function registerGrpo(bench: Command): void {
       const r = report.rows;
       process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}, ` +
         `${r.prompts} x ${r.generations} completions, ${r.promptTokens} + ${r.completionTokens} tokens, LoRA r=${o.rank} alpha=${o.alpha}, ` +
-        `beta ${o.beta}, median of ${r.steps} steps\n`);
+        `beta ${o.beta}, micro-batches of at most ${o.microBatchTokens} tokens, median of ${r.steps} steps\n`);
       process.stdout.write('| part | seconds |\n|---|---|\n');
       for (const [k, v] of Object.entries(r.parts)) process.stdout.write(`| ${k} | ${v.toFixed(3)} |\n`);
       process.stdout.write(`| whole step | ${r.stepSeconds.toFixed(3)} |\n`);
@@ -279,10 +287,11 @@ export function register(program: Command): void {
     .option('--prompt-tokens <n>', 'shared prompt length', parseIntArg('--prompt-tokens', 1), 512)
     .option('--new-tokens <n>', 'tokens generated per sequence', parseIntArg('--new-tokens', 1), 256)
     .option('--batch <list>', 'comma-separated batch sizes', parseIntList('--batch'), [1, 8, 32])
-    .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; promptTokens: number; newTokens: number; batch: number[]; json?: boolean }) => {
+    .option('--lora-rank <r>', 'apply a LoRA adapter of this rank (alpha 2r) on all seven linear layers, as GRPO rollouts do', parseIntArg('--lora-rank', 1))
+    .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; promptTokens: number; newTokens: number; batch: number[]; loraRank?: number; json?: boolean }) => {
       const report = await withModel(o.model, o.device, async (model) => {
         const rows: GenerateBenchRow[] = [];
-        for (const b of o.batch) rows.push(await benchGenerate(model, b, o.promptTokens, o.newTokens));
+        for (const b of o.batch) rows.push(await benchGenerate(model, b, o.promptTokens, o.newTokens, 1, o.loraRank));
         return rows;
       });
       if (o.json) {
@@ -290,7 +299,8 @@ export function register(program: Command): void {
         return;
       }
       const { rows } = report;
-      process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}\n`);
+      process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}` +
+        `${o.loraRank ? `, LoRA r=${o.loraRank} on all seven linear layers` : ''}\n`);
       process.stdout.write('| B | prompt | new | prefill s | decode s | total s | decode tok/s | GPU MiB in use |\n|---|---|---|---|---|---|---|---|\n');
       for (const r of rows) {
         process.stdout.write(`| ${r.batch} | ${r.promptTokens} | ${r.newTokens} | ${r.prefillS.toFixed(3)} | ${r.decodeS.toFixed(3)} | ${r.totalS.toFixed(3)} | ` +
