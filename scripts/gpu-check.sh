@@ -2,7 +2,7 @@
 # The whole GPU check in one command (`npm run test:cuda`): build the CPU addon and the CUDA platform package's
 # binary (npm/linux-x64-cuda13, the one users install; with llama.cpp's reference and batched bench in the same
 # build tree), compile the TypeScript (a type error fails the check), run every test that touches the CUDA device
-# with SQLR1_REQUIRE_CUDA=1 (a CUDA test that cannot run fails instead of skipping; the CPU-only tests are CI's),
+# with SQLR1_REQUIRE_CUDA=1 and SQLR1_TEST_JOBS files at a time (default 8) (a CUDA test that cannot run fails instead of skipping; the CPU-only tests are CI's),
 # then the benchmarks (scripts/gpu-bench.sh) unless SQLR1_SKIP_BENCH=1. SQLR1_TEST_FILES replaces the file list.
 # Logs go to $OUT (default ./gpu-out).
 source "$(dirname "$0")/gpu-env.sh"
@@ -38,7 +38,7 @@ export SQLR1_REQUIRE_CUDA=1
 # Every test file that asks for the CUDA device (through the helpers or by name).
 files=${SQLR1_TEST_FILES:-$(grep -lE "testDevices|cudaSkipReason|cudaUsable|'cuda'" test/*/*.test.ts | tr '\n' ' ')}
 echo "test files: $files"
-tap $files > "$OUT/test.log" 2>&1
+tap -j "${SQLR1_TEST_JOBS:-8}" $files > "$OUT/test.log" 2>&1
 test_rc=$?
 set -e
 grep -E "^(not )?ok|^# \{" "$OUT/test.log" || true
