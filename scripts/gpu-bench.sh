@@ -26,7 +26,9 @@ peak_mem() {
   wait $pid
   echo $peak
 }
-mem_llama=$(peak_mem "$OUT/llama-batched-bench.jsonl" "$build/bin/llama-batched-bench" -m "$model" -c $(( 32 * (pp + tg) + 1024 )) \
+# llama-batched-bench needs a context that holds the largest batch's sequences.
+max_npl=$(tr ',' '\n' <<< "$npl" | sort -n | tail -1)
+mem_llama=$(peak_mem "$OUT/llama-batched-bench.jsonl" "$build/bin/llama-batched-bench" -m "$model" -c $(( max_npl * (pp + tg) + 1024 )) \
   -b 2048 -ub 512 -npp "$pp" -ntg "$tg" -npl "$npl" -pps -fa on -ngl 99 --output-format jsonl)
 mem_ours=$(peak_mem "$OUT/sqlr1-bench.json" node bin/sqlr1.js bench generate --model "$model" --device cuda \
   --prompt-tokens "$pp" --new-tokens "$tg" --batch "1,$npl" --json)

@@ -2,8 +2,8 @@
 # The whole GPU check in one command (`npm run test:cuda`): build the CPU addon and the CUDA platform package's
 # binary (npm/linux-x64-cuda13, the one users install; with llama.cpp's reference and batched bench in the same
 # build tree), compile the TypeScript (a type error fails the check), run every test that touches the CUDA device
-# with SQLR1_REQUIRE_CUDA=1 and SQLR1_TEST_JOBS files at a time (default 8) (a CUDA test that cannot run fails instead of skipping; the CPU-only tests are CI's),
-# then the benchmarks (scripts/gpu-bench.sh) unless SQLR1_SKIP_BENCH=1. SQLR1_TEST_FILES replaces the file list.
+# with SQLR1_REQUIRE_CUDA=1 (a CUDA test that cannot run fails instead of skipping; the CPU-only tests are CI's),
+# SQLR1_TEST_JOBS files at a time (default 8), then the benchmarks (scripts/gpu-bench.sh) unless SQLR1_SKIP_BENCH=1. SQLR1_TEST_FILES replaces the file list.
 # Logs go to $OUT (default ./gpu-out).
 source "$(dirname "$0")/gpu-env.sh"
 nvidia-smi -L | tee "$OUT/gpu.txt"
@@ -38,7 +38,11 @@ export SQLR1_REQUIRE_CUDA=1
 # Every test file that asks for the CUDA device (through the helpers or by name).
 files=${SQLR1_TEST_FILES:-$(grep -lE "testDevices|cudaSkipReason|cudaUsable|'cuda'" test/*/*.test.ts | tr '\n' ' ')}
 echo "test files: $files"
-tap -j "${SQLR1_TEST_JOBS:-8}" $files > "$OUT/test.log" 2>&1
+# Files run side by side share the cores: each gets its slice (ggml's CPU threads spin at barriers, so
+# oversubscribed cores slow every file down many times).
+jobs=${SQLR1_TEST_JOBS:-8}
+export SQLR1_THREADS=${SQLR1_THREADS:-$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))}
+tap -j "$jobs" $files > "$OUT/test.log" 2>&1
 test_rc=$?
 set -e
 grep -E "^(not )?ok|^# \{" "$OUT/test.log" || true

@@ -3,6 +3,7 @@ import { dirname } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { Sqlr1Error } from '../errors.js';
 import { callNative, getBinding } from '../native/binding.js';
+import { defaultThreads } from '../native/threads.js';
 import { defaultVocabPath } from '../native/assets.js';
 
 export const MODEL_SHAPES = ['tiny', 'demo', 'qwen2.5-0.5b', 'qwen2.5-1.5b', 'qwen2.5-3b', 'qwen2.5-7b'] as const;
@@ -36,5 +37,5 @@ export async function makeModel(options: MakeModelOptions): Promise<number> {
   if (!Number.isSafeInteger(seed) || seed < 0) throw new Sqlr1Error('ERR_INVALID_ARG', `seed must be a non-negative integer, got ${String(seed)}`);
   mkdirSync(dirname(options.out), { recursive: true });
   const { binding } = getBinding('cpu');
-  return callNative(() => binding.makeModel({ shape, type, out: options.out, vocab: options.vocab ?? defaultVocabPath(), seed }));
+  return callNative(() => binding.makeModel({ shape, type, out: options.out, vocab: options.vocab ?? defaultVocabPath(), seed, threads: defaultThreads() }));
 }

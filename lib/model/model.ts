@@ -4,6 +4,7 @@
 import { statSync } from 'node:fs';
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync, getBinding, type DeviceRequest, type Device } from '../native/binding.js';
+import { defaultThreads } from '../native/threads.js';
 import type {
   NativeBinding, NativeContext, NativeContextMemory, NativeDecodeRequest, NativeDecodeResult, NativeEvalRequest, NativeEvalResult, NativeModel,
   NativeModelInfo,
@@ -14,7 +15,7 @@ import type { LoraAdapter } from './lora.js';
 export interface LoadModelOptions {
   /** Where to run: 'auto' (default) takes CUDA when usable, else the CPU (logging why). */
   device?: DeviceRequest;
-  /** CPU threads for ggml; default: all cores. */
+  /** CPU threads for ggml; default: SQLR1_THREADS, else all cores. */
   threads?: number;
   /** Receives informational messages (device fallback); default: stderr unless SQLR1_QUIET=1. */
   log?: (msg: string) => void;
@@ -43,7 +44,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const { binding, device } = getBinding(options.device ?? 'auto', options.log);
   // The tokenizer reads the metadata in TypeScript first: a bad file fails here without touching ggml.
   const tokenizer = await Tokenizer.fromGguf(path);
-  const native = await callNative(() => binding.loadModel(path, { device, threads: options.threads ?? 0 }));
+  const native = await callNative(() => binding.loadModel(path, { device, threads: options.threads ?? defaultThreads() }));
   const info = native.info();
   if (tokenizer.vocabSize > info.nVocab) {
     native.dispose();

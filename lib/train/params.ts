@@ -10,6 +10,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Sqlr1Error } from '../errors.js';
 import { callNative, callNativeSync, getBinding, type Device, type DeviceRequest } from '../native/binding.js';
+import { defaultThreads } from '../native/threads.js';
 import type { LoraAdapter } from '../model/lora.js';
 import type { NativeAdamwOptions, NativeBinding, NativeGraphRequest, NativeGraphResult, NativeOptimizerState, NativeParamStore, NativeParamStoreInfo } from '../native/types.js';
 import { Tensor, type Shape } from './tensor.js';
@@ -26,7 +27,7 @@ function checkName(name: unknown, what: string): string {
 export interface ParamStoreOptions {
   /** Where the parameters live and graphs using them run: 'cpu' (default), 'cuda' or 'auto'. Pass the model's device. */
   device?: DeviceRequest;
-  /** CPU threads for graphs run on this store (default 0: all cores). */
+  /** CPU threads for graphs run on this store (default: SQLR1_THREADS, else all cores). */
   threads?: number;
   /** Receives informational messages (the 'auto' device choice); default: stderr unless SQLR1_QUIET=1. */
   log?: (msg: string) => void;
@@ -52,7 +53,7 @@ export class ParamStore {
       return;
     }
     this.borrowed = false;
-    const threads = options.threads ?? 0;
+    const threads = options.threads ?? defaultThreads();
     if (!Number.isInteger(threads) || threads < 0 || threads > 1024) invalid(`ParamStore: threads must be an integer in [0, 1024], got ${String(threads)}`);
     const { binding, device } = getBinding(options.device ?? 'cpu', options.log);
     this.binding = binding;

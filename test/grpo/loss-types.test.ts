@@ -104,7 +104,9 @@ for (const device of devices) {
       const wg = worst(got.grad, want.grad, ATOL_GRAD, RTOL);
       t.ok(wg <= 1, `${tag}: d loss / d logp on all ${b.N * b.T} tokens (worst ratio ${wg.toFixed(3)})`);
       t.ok(Math.abs(got.kl - want.kl) <= 1e-6 + 1e-5 * Math.abs(want.kl), `${tag}: kl ${got.kl} vs ${want.kl}`);
-      t.equal(got.clipRegion, Math.fround(want.clipRegion), `${tag}: clip_ratio/region_mean`);
+      // A ratio of two counts: the CUDA reduction divides in float32 in another order (one ulp, ~6e-8), while one
+      // token counted wrongly moves it by 1 / 66 ~ 1.5e-2.
+      t.ok(Math.abs(got.clipRegion - want.clipRegion) <= 1e-6, `${tag}: clip_ratio/region_mean ${got.clipRegion} vs ${want.clipRegion}`);
       if (kl === 'k1') t.ok(want.kl !== 0 && Math.sign(got.kl) === Math.sign(want.kl), `${tag}: k1 keeps its sign (logp - ref)`);
     }
   });

@@ -6,8 +6,9 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { generate, loadModel } from '../../lib/model/index.js';
-import { packageRoot, probeCuda } from '../../lib/native/binding.js';
+import { packageRoot } from '../../lib/native/binding.js';
 import { binding, tempDir, testDevices, tinyModel } from '../helpers/native.js';
 import { minimalQwen2, writeGguf } from '../helpers/gguf-writer.js';
 
@@ -95,9 +96,19 @@ t.test('bad calls on a loaded model', async (t) => {
   await t.rejects(ctx.eval({ streams: Int32Array.of(0), tokens: Int32Array.of(1), nt: 1 }), { code: 'ERR_DISPOSED' });
 });
 
-t.test('CUDA requested where none exists', { skip: probeCuda().ok ? 'a CUDA device is present' : false }, async (t) => {
+t.test('CUDA requested where none exists', async (t) => {
   const dir = tempDir(t);
-  await t.rejects(loadModel(await tinyModel(dir, 'f32'), { device: 'cuda' }), { code: 'ERR_NO_CUDA' });
+  const file = await tinyModel(dir, 'f32');
+  // A machine without CUDA, on every machine: the load runs in a child with CUDA switched off (SQLR1_NO_CUDA=1).
+  const index = fileURLToPath(new URL('../../lib/model/index.ts', import.meta.url));
+  const script = `import(${JSON.stringify(index)}).then((m) => m.loadModel(${JSON.stringify(file)}, { device: 'cuda' }))` +
+    `.then(() => process.stdout.write('loaded'), (e) => process.stdout.write(String(e.code)))`;
+  const loader = process.execArgv.filter((a) => a.includes('typescript'));
+  const r = spawnSync(process.execPath, [...loader, '--input-type=module', '-e', script], {
+    encoding: 'utf8', env: { ...process.env, SQLR1_NO_CUDA: '1' }, timeout: 120_000,
+  });
+  t.equal(r.stdout, 'ERR_NO_CUDA', r.stderr);
+  // The CPU addon itself refuses a CUDA load with the same code.
   await t.rejects(binding('cpu').loadModel(join(dir, 'x.gguf'), { device: 'cuda' }), { code: 'ERR_NO_CUDA' });
 });
 
