@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'ERR_STATE_INVALID'
   | 'ERR_ABORTED'
   | 'ERR_OUT_OF_MEMORY'
+  | 'ERR_DISTRIBUTED'
   | 'ERR_INTERNAL';
 
 export class Sqlr1Error extends Error {

@@ -7,7 +7,8 @@
 # each package's packed and unpacked size.
 #
 #   bash scripts/test-packages.sh            (npm run test:packages)
-# Environment: SQLR1_PKG_DIR (keep the temporary folder there instead of a fresh mktemp one, emptied first).
+# Environment: SQLR1_PKG_DIR (keep the temporary folder there instead of a fresh mktemp one, emptied first),
+# SQLR1_PKG_COMPILE_SQLITE=1 (better-sqlite3 compiles itself instead of taking this repository's build).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -35,6 +36,19 @@ cat > package.json <<'EOF'
 { "name": "sqlr1-install-check", "version": "1.0.0", "private": true, "type": "module" }
 EOF
 cp "$work"/tarballs/*.tgz .
+# better-sqlite3 downloads its prebuilt binary from GitHub, which CI cannot reach, and then compiles itself for
+# minutes. Where this repository's node_modules holds a built copy of the same version, it is offered as that
+# download would give it (prebuild-install's local prebuilds), so the install takes what a user's takes;
+# SQLR1_PKG_COMPILE_SQLITE=1 lets it compile instead, to time that compile.
+bsq="$root/node_modules/better-sqlite3"
+if [ "${SQLR1_PKG_COMPILE_SQLITE:-0}" != 1 ] && [ -f "$bsq/build/Release/better_sqlite3.node" ]; then
+  v=$(node -p "require('$bsq/package.json').version"); abi=$(node -p process.versions.modules)
+  mkdir -p "$work/prebuilds/stage/build/Release"
+  cp "$bsq/build/Release/better_sqlite3.node" "$work/prebuilds/stage/build/Release/"
+  tar -czf "$work/prebuilds/better-sqlite3-v$v-node-v$abi-linux-x64.tar.gz" -C "$work/prebuilds/stage" build
+  export npm_config_better_sqlite3_local_prebuilds="$work/prebuilds"
+  say "better-sqlite3 $v: its binary comes from this repository's build, as a local prebuild"
+fi
 say "npm install $(ls *.tgz | tr '\n' ' ')"
 t0=$(date +%s.%N)
 PATH="$work/fakebin:$PATH" npm install ./*.tgz --no-audit --no-fund --timing --logs-dir "$work/logs" > "$work/install.log" 2>&1 \

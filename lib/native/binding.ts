@@ -52,11 +52,18 @@ export interface LoaderEnv {
   cudaDisabled(): boolean;
   /** Loads a .node file in this process. */
   loadInProcess(file: string): NativeBinding;
-  /** Loads a CUDA .node file in a child process and lists its devices, or says why it could not. */
-  probeInChild(file: string): { ok: true; devices: number } | { ok: false; reason: string };
+  /**
+   * Loads a CUDA .node file in a child process and counts its devices, or says why it could not; `gpu` is the
+   * first device (the one used) and `architectures` what the binary carries, where the binary reports them.
+   */
+  probeInChild(file: string): CudaProbe;
 }
 
-const probes = new Map<string, ReturnType<LoaderEnv['probeInChild']>>();
+export type CudaProbe =
+  | { ok: true; devices: number; gpu?: { name: string; computeCapability: string }; architectures?: string }
+  | { ok: false; reason: string };
+
+const probes = new Map<string, CudaProbe>();
 export const defaultLoaderEnv: LoaderEnv = {
   localBinary: (device) => nodeGypBuild.path(join(packageRoot, 'bindings', device)),
   packageBinary: (name) => {
@@ -80,11 +87,24 @@ export const defaultLoaderEnv: LoaderEnv = {
   probeInChild: (file) => {
     const hit = probes.get(file);
     if (hit) return hit;
-    const script = `try { const b = require(${JSON.stringify(file)}); process.stdout.write(JSON.stringify(b.cudaDevices().length)); }` +
+    const script = `try { const b = require(${JSON.stringify(file)}); const d = b.cudaDevices();` +
+      ` process.stdout.write(JSON.stringify({ devices: d.length, gpu: d[0], architectures: b.buildInfo().cudaArchitectures })); }` +
       ` catch (e) { process.stderr.write(String(e && e.message || e)); process.exit(3); }`;
     const r = spawnSync(process.execPath, ['-e', script], { cwd: packageRoot, encoding: 'utf8', timeout: 60_000 });
     const why = r.error?.message ?? (r.stderr.trim() || `exit ${r.status ?? r.signal}`);
-    const result = r.status === 0 ? { ok: true as const, devices: Number(r.stdout) || 0 } : { ok: false as const, reason: why.split('\n')[0]! };
+    let result: CudaProbe = { ok: false, reason: why.split('\n')[0]! };
+    if (r.status === 0) {
+      try {
+        const out = JSON.parse(r.stdout) as { devices: number; gpu?: { name: string; computeCapability?: string }; architectures?: string };
+        result = {
+          ok: true, devices: out.devices,
+          ...(out.gpu?.computeCapability ? { gpu: { name: out.gpu.name, computeCapability: out.gpu.computeCapability } } : {}),
+          ...(out.architectures ? { architectures: out.architectures } : {}),
+        };
+      } catch {
+        result = { ok: false, reason: `unexpected probe output: ${r.stdout.slice(0, 200)}` };
+      }
+    }
     probes.set(file, result);
     return result;
   },
@@ -131,6 +151,29 @@ export function systemLibraryHint(message: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Whether a GPU of compute capability `cc` ("8.6") runs a binary built for `architectures` (CMake's list, joined
+ * with commas: "80-real,90-real,90-virtual"; a bare number is both): machine code for X.Y runs on X.Z with Z >= Y,
+ * PTX for X.Y on anything >= X.Y (compiled by the driver at load). Undefined when either is in another form
+ * ("all", "native"), so that the caller does not guess.
+ */
+export function cudaArchitecturesRun(architectures: string, cc: string): boolean | undefined {
+  const dev = /^(\d+)\.(\d+)$/.exec(cc);
+  if (!dev) return undefined;
+  const [major, minor] = [Number(dev[1]), Number(dev[2])];
+  let known = false;
+  for (const item of architectures.split(',').map((a) => a.trim()).filter(Boolean)) {
+    const m = /^(\d+)(\d)(?:-(real|virtual))?$/.exec(item);
+    if (!m) return undefined;
+    known = true;
+    const [amaj, amin] = [Number(m[1]), Number(m[2])];
+    const sass = m[3] !== 'virtual', ptx = m[3] !== 'real';
+    if (sass && amaj === major && amin <= minor) return true;
+    if (ptx && (amaj < major || (amaj === major && amin <= minor))) return true;
+  }
+  return known ? false : undefined;
+}
+
 /** Tries the variant's local build, then its platform package; CUDA binaries are probed in a child first. */
 function tryVariant(device: Device, env: LoaderEnv, attempts: LoadAttempt[]): NativeBinding | undefined {
   const local = relative(process.cwd(), join(packageRoot, 'bindings', device)) || '.';
@@ -161,6 +204,11 @@ function tryVariant(device: Device, env: LoaderEnv, attempts: LoadAttempt[]): Na
       }
       if (probe.devices === 0) {
         fail('loads, but no CUDA device is visible');
+        continue;
+      }
+      if (probe.gpu && probe.architectures && cudaArchitecturesRun(probe.architectures, probe.gpu.computeCapability) === false) {
+        fail(`carries code for ${probe.architectures}, which the ${probe.gpu.name} (compute capability ${probe.gpu.computeCapability}) ` +
+          'cannot run: build the CUDA variant from source for it (SQLR1_CUDA=1 SQLR1_BUILD_FROM_SOURCE=1 npm rebuild sqlr1-native)');
         continue;
       }
     }

@@ -146,8 +146,10 @@ export interface NativeBinding {
   loadLora(model: NativeModel, path: string): Promise<NativeLoraAdapter>;
   loadModel(path: string, options: { device: 'cpu' | 'cuda'; threads?: number }): Promise<NativeModel>;
   makeModel(options: { shape: string; type: string; out: string; vocab?: string; seed?: number; threads?: number }): Promise<number>;
-  buildInfo(): { cuda: boolean; ggmlVersion: string; ggmlCommit: string };
-  cudaDevices(): Array<{ name: string; freeBytes: number; totalBytes: number }>;
+  /** cudaArchitectures: what CMAKE_CUDA_ARCHITECTURES compiled in ("90-real,90-virtual"); "" in CPU builds. */
+  buildInfo(): { cuda: boolean; cudaArchitectures?: string; ggmlVersion: string; ggmlCommit: string };
+  /** computeCapability: "major.minor", "" when unknown. */
+  cudaDevices(): Array<{ name: string; freeBytes: number; totalBytes: number; computeCapability?: string }>;
   runOp(req: NativeOpRequest): Promise<{ data: Float32Array; shape: number[] }>;
   sampleRows(req: {
     device: 'cpu' | 'cuda'; logits: Float32Array; nVocab: number; seeds: BigUint64Array; positions: BigUint64Array;

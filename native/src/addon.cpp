@@ -557,6 +557,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo & info) {
 #else
     o.Set("cuda", false);
 #endif
+    o.Set("cudaArchitectures", cuda_architectures());
     o.Set("ggmlVersion", ggml_version());
     o.Set("ggmlCommit", ggml_commit());
     return o;
@@ -569,6 +570,7 @@ Napi::Value CudaDevices(const Napi::CallbackInfo & info) {
     for (int i = 0; i < n; i++) {
         Napi::Object d = Napi::Object::New(env);
         d.Set("name", cuda_device_name(i));
+        d.Set("computeCapability", cuda_compute_capability(i));
 #ifdef SQLR1_WITH_CUDA
         size_t free = 0, total = 0;
         ggml_backend_cuda_get_device_memory(i, &free, &total);

@@ -41,6 +41,18 @@ std::string cuda_device_name(int i) {
 #endif
 }
 
+#ifndef SQLR1_WITH_CUDA
+std::string cuda_compute_capability(int) { return ""; }
+#endif
+
+const char * cuda_architectures() {
+#ifdef SQLR1_CUDA_ARCHITECTURES
+    return SQLR1_CUDA_ARCHITECTURES;
+#else
+    return "";
+#endif
+}
+
 std::shared_ptr<backend_set> backend_set_init(const std::string & device, int n_threads) {
     auto bs = std::make_shared<backend_set>();
     bs->exec = executor_for(device);

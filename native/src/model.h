@@ -62,6 +62,10 @@ std::shared_ptr<backend_set> backend_set_init(const std::string & device, int n_
 bool cuda_available();
 int cuda_device_count();
 std::string cuda_device_name(int i);
+// "major.minor" of a CUDA device, or "" when unknown (CPU builds).
+std::string cuda_compute_capability(int i);
+// The CUDA architectures this binary carries (CMAKE_CUDA_ARCHITECTURES, e.g. "90-real,90-virtual"), or "".
+const char * cuda_architectures();
 
 struct model {
     hparams hp;

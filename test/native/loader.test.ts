@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { defaultLoaderEnv, loadBinding, missingCudaLibraryHint, platformPackages, systemLibraryHint, type Device, type LoaderEnv } from '../../lib/native/binding.js';
+import { cudaArchitecturesRun, defaultLoaderEnv, loadBinding, missingCudaLibraryHint, platformPackages, systemLibraryHint, type Device, type LoaderEnv } from '../../lib/native/binding.js';
 import type { NativeBinding } from '../../lib/native/types.js';
 
 const CUBLAS_MISSING = 'libcublas_sqlr1_absent.so.13: cannot open shared object file: No such file or directory';
@@ -90,6 +90,39 @@ t.test("device 'cuda' without a usable CUDA binary: ERR_NO_CUDA listing each pla
   t.notMatch(err.message, /cpu,/, "device 'cuda' never tries the CPU");
   t.match(err.message, /To fix: /);
   t.same(env.loaded, []);
+});
+
+t.test('which GPUs run which CUDA architectures', async (t) => {
+  const pkg = '90-real,90-virtual';                       // the CUDA package's default: sm_90 code + PTX 9.0
+  t.equal(cudaArchitecturesRun(pkg, '9.0'), true, 'H100/H200: machine code');
+  t.equal(cudaArchitecturesRun(pkg, '10.0'), true, 'B200: PTX compiled by the driver');
+  t.equal(cudaArchitecturesRun(pkg, '12.0'), true, 'RTX 50xx: PTX');
+  for (const cc of ['8.0', '8.6', '8.9', '7.5']) t.equal(cudaArchitecturesRun(pkg, cc), false, `${cc}: nothing it can run`);
+  const wide = '80-real,86-real,89-real,90-real,90-virtual';
+  for (const cc of ['8.0', '8.6', '8.7', '8.9', '9.0', '10.0']) t.equal(cudaArchitecturesRun(wide, cc), true, `${cc} with ${wide}`);
+  t.equal(cudaArchitecturesRun(wide, '7.5'), false);
+  t.equal(cudaArchitecturesRun('86-real', '8.0'), false, 'machine code does not run on a lower minor version');
+  t.equal(cudaArchitecturesRun('86-real', '9.0'), false, 'nor on another major version');
+  t.equal(cudaArchitecturesRun('80', '8.9'), true, 'a bare number is code and PTX');
+  t.equal(cudaArchitecturesRun('all', '9.0'), undefined, 'a form it cannot read: no verdict');
+  t.equal(cudaArchitecturesRun('90a-real', '9.0'), undefined);
+  t.equal(cudaArchitecturesRun(pkg, ''), undefined, 'unknown compute capability: no verdict');
+});
+
+t.test('a CUDA binary without code for the GPU is refused in the probe; auto falls back to the CPU and says why', async (t) => {
+  const a100 = { name: 'NVIDIA A100-SXM4-80GB', computeCapability: '8.0' };
+  const env = fakeEnv({ pkg: { cuda: '/p/cuda.node', cpu: '/p/cpu.node' }, probe: () => ({ ok: true, devices: 1, gpu: a100, architectures: '90-real,90-virtual' }) });
+  const err = t.throws(() => loadBinding('cuda', env)) as Error & { code: string };
+  t.equal(err.code, 'ERR_NO_CUDA');
+  t.match(err.message, /carries code for 90-real,90-virtual, which the NVIDIA A100-SXM4-80GB \(compute capability 8\.0\) cannot run: build the CUDA variant from source/);
+  t.notOk(env.loaded.includes('/p/cuda.node'), 'never loaded in this process');
+  const logs: string[] = [];
+  const auto = loadBinding('auto', env, (m) => logs.push(m));
+  t.equal(auto.device, 'cpu');
+  t.match(logs.join('\n'), /compute capability 8\.0/);
+  // The same binary on an H200 loads.
+  const h200 = fakeEnv({ pkg: { cuda: '/p/cuda.node' }, probe: () => ({ ok: true, devices: 1, gpu: { name: 'NVIDIA H200', computeCapability: '9.0' }, architectures: '90-real,90-virtual' }) });
+  t.equal(loadBinding('cuda', h200).device, 'cuda');
 });
 
 t.test('nothing usable: one ERR_NATIVE_LOAD with all four places and what to do', async (t) => {
