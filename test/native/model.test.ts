@@ -83,6 +83,24 @@ t.test('model graph', async (t) => {
     }
   }
 
+  // The tiny shape's head size (16) is one ggml's CUDA flash attention does not take, so there attention runs on
+  // the CPU; the demo shape (head size 64, 4 heads over 2 KV heads) runs it on the GPU, where a one-token decode
+  // uses other kernels than a prompt. Incremental decoding must still give the full forward's logits.
+  const demoPath = await tinyModel(dir, 'f32', 'demo');
+  for (const device of devices) {
+    await t.test(`head size 64: incremental == full forward on ${device}`, async (t) => {
+      const model = await loadModel(demoPath, { device });
+      t.teardown(() => model.dispose());
+      const full = await logitsFull(model, prompt);
+      // F32 weights: the kernels differ only in summation order (nmse ~1e-12 measured on the CPU for the tiny shape).
+      const tol = 1e-5;
+      for (const chunk of [1, 5]) {
+        const e = nmse(await logitsIncremental(model, prompt, chunk), full);
+        t.ok(e <= tol, `chunks of ${chunk}: nmse ${e.toExponential(2)} <= ${tol}`);
+      }
+    });
+  }
+
   for (const device of devices) {
     await t.test(`batching, determinism and sampling on ${device}`, async (t) => {
       const model = await loadModel(paths.f32, { device });

@@ -34,9 +34,16 @@
  * An adapter moves the log-probs by 2.6 to 4.0 here, so its bounds still catch a wrong scale, target or
  * orientation. The bounds in TOLERANCES are 2-5x the worst measured values, listed next to them
  * (`npx tap test/reference/llama-forward.test.ts`).
- * CUDA: llama.cpp runs quantized products as MMQ (int8 dot products of Q8_1 activations) and F16/BF16/F32
- * through cuBLAS, the project dequantizes frozen weights and runs cuBLAS in F16/BF16: the bounds there are
- * provisional and to be measured on the GPU machine.
+ * The F16 products' rounding depends on the CPU's SIMD path: on the GPU machine's host the F16 models differed
+ * more (max 1.5e-2, NMSE 5.4e-6) than on the 2-core CI machine (6.1e-3, 8.7e-7); the F16 bounds cover both.
+ * CUDA (H200, measured 2026-12-03): both sides run the same ggml-cuda graph, so without an adapter and with one
+ * on o/gate/up/down the logits were bit-identical for F32, F16, BF16, Q8_0 and Q4_0; with an adapter on all
+ * seven layers the bias order (above) leaves up to 3.3e-3 (F32), 1.4e-2 (F16), 8.6e-3 (BF16), 5.7e-2 (Q8_0) and
+ * 7.2e-2 (Q4_0). Q4_K and Q6_K were not reached in that run: their CUDA bounds stay the provisional ones.
+ * Open in that run: on the 256-wide shape (head size 64, where CUDA runs flash attention on the GPU; at the tiny
+ * shape's 16 it runs on the CPU) greedy decoding on CUDA parted from llama.cpp's at step 1 where llama.cpp's top-2
+ * margin was 0.10 to 0.23, not a near-tie, although the prompt logits were bit-identical: the one-token decode
+ * differs there. model.test.ts now checks the project's own CUDA decode against its full forward at head size 64.
  */
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
@@ -57,20 +64,21 @@ const bound = (baseMax: number, baseNmse: number, loraMax: number, loraNmse: num
 const TOLERANCES: Record<Device, Record<string, Bound>> = {
   cpu: {
     f32: bound(1e-2, 2e-7, 1e-2, 2e-7),    // max 2.1e-3 / nmse 3.0e-8; adapters 2.3e-3 / 4.0e-8
-    f16: bound(2e-2, 2e-6, 2e-2, 2e-6),    // 4.1e-3 / 3.3e-7; adapters 3.8e-3 / 3.8e-7
+    f16: bound(5e-2, 2e-5, 5e-2, 2e-5),    // 1.5e-2 / 4.9e-6; adapters 1.4e-2 / 5.4e-6 (GPU host; 2-core: 6.1e-3 / 8.7e-7)
     bf16: bound(5e-2, 1e-5, 1e-1, 5e-5),   // 1.4e-2 / 1.7e-6; adapters 2.1e-2 / 7.3e-6
     q8_0: bound(1e-5, 1e-10, 2e-1, 1e-3),  // 0 / 0 (bit-identical); adapters 6.6e-2 / 9.6e-5
     q4_0: bound(1e-5, 1e-10, 2e-1, 1e-3),  // 0 / 0; adapters 6.7e-2 / 1.5e-5
     q4_K: bound(1e-5, 1e-10, 2e-1, 1e-3),  // 0 / 0; adapters 8.6e-2 / 1.2e-4
     q6_K: bound(1e-5, 1e-10, 2e-1, 1e-3),  // 0 / 0; adapters 9.3e-2 / 2.0e-4
   },
-  // Provisional, TO BE MEASURED on a GPU: each side runs different kernels there (see the header).
+  // Measured on an H200 (header): 0 without an adapter (bounds far below any wiring error's O(1)); adapters on all
+  // seven layers as listed, bounds about 3x above. Q4_K and Q6_K: provisional, not yet measured there.
   cuda: {
-    f32: bound(5e-2, 1e-5, 5e-2, 1e-5),
-    f16: bound(5e-2, 1e-5, 5e-2, 1e-5),
-    bf16: bound(1e-1, 5e-5, 1e-1, 5e-5),
-    q8_0: bound(2e-1, 1e-3, 2e-1, 1e-3),
-    q4_0: bound(2e-1, 1e-3, 2e-1, 1e-3),
+    f32: bound(1e-4, 1e-9, 1e-2, 5e-7),    // 0 / 0; adapters 3.3e-3 / 1.2e-7
+    f16: bound(1e-4, 1e-9, 5e-2, 5e-6),    // 0 / 0; adapters 1.4e-2 / 1.5e-6
+    bf16: bound(1e-4, 1e-9, 3e-2, 5e-7),   // 0 / 0; adapters 8.6e-3 / 8.4e-8
+    q8_0: bound(1e-4, 1e-9, 2e-1, 2e-4),   // 0 / 0; adapters 5.7e-2 / 3.4e-5
+    q4_0: bound(1e-4, 1e-9, 2e-1, 5e-4),   // 0 / 0; adapters 7.2e-2 / 1.2e-4
     q4_K: bound(2e-1, 1e-3, 2e-1, 1e-3),
     q6_K: bound(2e-1, 1e-3, 2e-1, 1e-3),
   },
