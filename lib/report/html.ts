@@ -2,7 +2,7 @@
  * The report page: one self-contained HTML file (inline CSS and SVG, no script, and a content security policy
  * that forbids loading anything), readable from phone width up. All text from the run is escaped.
  */
-import { basename, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { renderChart, type ChartOptions, type ChartSpec } from './chart.js';
 import { escapeHtml, formatNumber } from './escape.js';
 import type { CompletionRow, MetricRow, RunData } from './run-dir.js';
@@ -12,7 +12,7 @@ export interface ReportOptions extends ChartOptions {
   maxCompletions?: number;
   /** Longest completion text shown, in characters. Default 1500. */
   maxTextLength?: number;
-  /** Page title (default: "sqlr1 run <folder name>"). */
+  /** Page title (default: "sqlr1 report: <parent folder>/<run folder>", which tells runs named alike apart). */
   title?: string;
 }
 
@@ -149,7 +149,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td.yes{color:#0a7d32}t
 
 /** The whole page for one run. */
 export function renderReport(run: RunData, options: ReportOptions = {}): { html: string; charts: Record<string, Record<string, number>> } {
-  const title = options.title ?? `sqlr1 run ${basename(resolve(run.dir))}`;
+  const title = options.title ?? `sqlr1 report: ${basename(dirname(resolve(run.dir)))}/${basename(resolve(run.dir))}`;
   const steps = run.metrics.map((r) => r.step);
   const xDomain: [number, number] | undefined = steps.length > 0 ? [Math.min(...steps), Math.max(...steps)] : undefined;
   const charts = chartSpecs(run.metrics).map((spec) => ({ spec, out: renderChart(spec, run.metrics, { ...options, ...(xDomain ? { xDomain } : {}) }) }));

@@ -8,7 +8,7 @@
  */
 import tap from 'tap';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { writeReport } from '../../lib/report/index.js';
 import { tempDir } from '../helpers/native.js';
@@ -81,7 +81,7 @@ if (!chromium && !inCi) {
       .map((l) => [`eval/execution_accuracy${l}`, fx.evalSteps.length]), 'eval accuracy: all and each hardness, a marker per eval');
     t.equal(await page.$$eval('table.completions tbody tr', (r) => r.length), fx.completions);
     t.equal(await page.$$eval('script', (s) => s.length), 0, 'no script, even from model output');
-    t.equal(await page.title(), 'sqlr1 run run', 'model output did not change the page');
+    t.equal(await page.title(), `sqlr1 report: ${basename(dir)}/run`, 'model output did not change the page');
     const desktop = await page.screenshot({ type: 'png', fullPage: true });
     writeFileSync(join(shots, 'report-desktop.png'), desktop);
 
