@@ -20,10 +20,10 @@ t0=$(date +%s)
   cmake --build "$SQLR1_CUDA_BUILD" --target llama-reference llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &&
   mkdir -p test/reference/build-cuda && cp "$SQLR1_CUDA_BUILD/bin/llama-reference" test/reference/build-cuda/
 } || { tail -50 "$OUT/build-cuda.log" "$OUT/build-cpu.log" "$OUT/build-reference.log" "$OUT/build-llama.log"; exit 1; }
-# The loader finds the CUDA binary as the installed platform package (no local CUDA build exists here).
-if [ ! -e bindings/cuda/build ]; then
-  mkdir -p node_modules/@sqlr1-native && ln -sfn ../../npm/linux-x64-cuda13 node_modules/@sqlr1-native/linux-x64-cuda13
-fi
+# The loader finds the CUDA binary as the installed platform package. A local CUDA build would be loaded first
+# (bindings/cuda/build, from `npm run build:cuda`): then the tests run that one, and the log says so.
+mkdir -p node_modules/@sqlr1-native && ln -sfn ../../npm/linux-x64-cuda13 node_modules/@sqlr1-native/linux-x64-cuda13
+[ -e bindings/cuda/build ] && echo "note: bindings/cuda/build exists: the tests load that local CUDA build, not the package built here"
 echo "builds done in $(( $(date +%s) - t0 )) s"
 tsc -p tsconfig.json || { echo "tsc: type errors in lib/ (see above)"; exit 1; }
 tsc -p test/tsconfig.json || { echo "tsc: type errors in test/ (see above)"; exit 1; }
