@@ -1,5 +1,4 @@
 import tap from 'tap';
-import { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { register as registerEval } from '../../lib/cli/commands/eval.js';
@@ -8,24 +7,8 @@ import { TOY_EXAMPLES } from '../../lib/demo/toy-db.js';
 import type { EvaluationReport } from '../../lib/eval/evaluate.js';
 import type { EvalSqlReport } from '../../lib/eval/eval-sql.js';
 import { HAS_SPIDER, SPIDER_DIR } from '../fixtures/company-db.js';
+import { runCommand as run } from '../helpers/cli.js';
 import { tempDir, tinyModel } from '../helpers/native.js';
-
-/** Runs one command in process; returns what it printed on stdout (stderr's progress lines are dropped). */
-async function run(register: (p: Command) => void, args: string[]): Promise<string> {
-  const program = new Command('sqlr1').exitOverride();
-  register(program);
-  const chunks: string[] = [];
-  const write = { out: process.stdout.write, err: process.stderr.write };
-  process.stdout.write = ((c: string | Uint8Array) => { chunks.push(String(c)); return true; }) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    await program.parseAsync(args, { from: 'user' });
-  } finally {
-    process.stdout.write = write.out;
-    process.stderr.write = write.err;
-  }
-  return chunks.join('');
-}
 
 tap.test('sqlr1 eval --toy writes predictions that sqlr1 eval-sql scores the same', async (t) => {
   const dir = tempDir(t);

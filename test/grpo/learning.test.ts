@@ -8,30 +8,19 @@
  * warm-up and final adapters prints the accuracies the demo reports.
  */
 import t from 'tap';
-import { Command } from 'commander';
 import { register as registerEval } from '../../lib/cli/commands/eval.js';
 import type { EvaluationReport } from '../../lib/eval/evaluate.js';
 import { join } from 'node:path';
 import { loadModel, type Model } from '../../lib/model/index.js';
 import { GrpoTrainer } from '../../lib/grpo/trainer.js';
 import { DEMO_CONFIG, demoModelPath, demoPrompts, runDemo, sampledExecutionReward, toyDataset } from '../../lib/demo/demo.js';
+import { runCommand } from '../helpers/cli.js';
 import { tempDir } from '../helpers/native.js';
 
 /** `sqlr1 eval --toy --print` in process: the accuracy over all questions. */
 async function evalToy(model: string, lora: string): Promise<number> {
-  const program = new Command('sqlr1').exitOverride();
-  registerEval(program);
-  const chunks: string[] = [];
-  const write = { out: process.stdout.write, err: process.stderr.write };
-  process.stdout.write = ((c: string | Uint8Array) => { chunks.push(String(c)); return true; }) as typeof process.stdout.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    await program.parseAsync(['eval', '--toy', '--model', model, '--lora', lora, '--device', 'cpu', '--print', '--workers', '1'], { from: 'user' });
-  } finally {
-    process.stdout.write = write.out;
-    process.stderr.write = write.err;
-  }
-  return (JSON.parse(chunks.join('')) as EvaluationReport).accuracy.all.accuracy;
+  const out = await runCommand(registerEval, ['eval', '--toy', '--model', model, '--lora', lora, '--device', 'cpu', '--print', '--workers', '1']);
+  return (JSON.parse(out) as EvaluationReport).accuracy.all.accuracy;
 }
 
 t.test('GRPO raises the execution reward; with the sign flipped it lowers it', async (t) => {
