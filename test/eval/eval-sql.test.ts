@@ -7,6 +7,7 @@ import { register } from '../../lib/cli/commands/eval-sql.js';
 import { evalSql, formatScoreTable, readGoldFile, readPredFile, type EvalSqlReport } from '../../lib/eval/eval-sql.js';
 import { SqlExecutor } from '../../lib/sql/executor.js';
 import { HAS_SPIDER, makeFixtureRoot, SPIDER_DIR } from '../fixtures/company-db.js';
+import { runCommand } from '../helpers/cli.js';
 
 const fx = makeFixtureRoot();
 tap.teardown(fx.remove);
@@ -79,11 +80,7 @@ tap.test('the eval-sql command, in process', async (t) => {
   const tables = join(fx.root, 'tables.json');
   writeFileSync(tables, JSON.stringify([{ db_id: 'company' }, { db_id: 'other' }, { db_id: 'missing_db' }]));
   mkdirSync(join(fx.root, 'out'), { recursive: true });
-  const program = new Command('sqlr1').exitOverride();
-  register(program);
-  const out = t.capture(process.stdout, 'write', () => true);
-  await program.parseAsync(['eval-sql', '--gold', files.gold, '--pred', files.pred, '--db-root', fx.dbRoot, '--tables', tables, '--json', json, '--timeout-ms', '2000', '--workers', '1'], { from: 'user' });
-  const printed = out().map((c) => String(c.args[0])).join('');
+  const printed = await runCommand(register, ['eval-sql', '--gold', files.gold, '--pred', files.pred, '--db-root', fx.dbRoot, '--tables', tables, '--json', json, '--timeout-ms', '2000', '--workers', '1']);
   t.match(printed, /EXECUTION ACCURACY/);
   t.match(printed, /execution {12}0\.667/);
   t.ok(existsSync(json), 'the JSON report is written');

@@ -1,9 +1,9 @@
 import tap from 'tap';
 import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command } from 'commander';
 import { emaSmooth, escapeHtml, readRun, renderReport, writeReport } from '../../lib/report/index.js';
 import { register } from '../../lib/cli/commands/report.js';
+import { runCommand } from '../helpers/cli.js';
 import { tempDir } from '../helpers/native.js';
 import { HOSTILE, writeFixtureRun } from './fixture.js';
 
@@ -108,11 +108,8 @@ tap.test('emaSmooth is TensorBoard\'s debiased EMA', async (t) => {
 tap.test('sqlr1 report, in process', async (t) => {
   const dir = tempDir(t);
   const fx = writeFixtureRun(join(dir, 'run'), { steps: 12, evalEvery: 4 });
-  const program = new Command('sqlr1').exitOverride();
-  register(program);
-  const out = t.capture(process.stdout, 'write', () => true);
-  await program.parseAsync(['report', fx.dir, '--smoothing', '0'], { from: 'user' });
-  t.equal(out().map((c) => String(c.args[0])).join(''), `${join(fx.dir, 'report.html')}\n`);
+  const out = await runCommand(register, ['report', fx.dir, '--smoothing', '0']);
+  t.equal(out, `${join(fx.dir, 'report.html')}\n`);
   const html = readFileSync(join(fx.dir, 'report.html'), 'utf8');
   t.notMatch(html, /class="smooth"/, '--smoothing 0 draws raw curves only');
   t.equal(rawPaths(html).find((p) => p.key === 'reward')?.vertices, 12);
