@@ -153,6 +153,12 @@ if (timedOut) {
 if (code !== 0) fail(`the ${variant} build failed (exit ${code})`);
 
 const built = join(buildDir, 'Release', 'sqlr1.node');
+// Users install the C runtime, OpenMP and (for CUDA) the CUDA 13 runtime and cuBLAS; a binary that needs anything
+// else (NCCL, say) would fail to load on their machines.
+const allowed = [/^(libc|libm|libgcc_s|libstdc\+\+|libgomp|libdl|libpthread|librt)\.so\.\d+$/, /^ld-linux-x86-64\.so\.2$/,
+  ...(cuda ? [/^(libcudart|libcublas|libcublasLt)\.so\.13$/, /^libcuda\.so\.1$/] : [])];
+const unexpected = neededLibraries(built).filter((lib) => !allowed.some((re) => re.test(lib)));
+if (unexpected.length > 0) fail(`the binary needs ${unexpected.join(', ')}, which the package does not ask users to install`);
 const dest = join(pkgDir, 'lib', 'sqlr1.node');
 mkdirSync(dirname(dest), { recursive: true });
 copyFileSync(built, dest);
@@ -178,12 +184,7 @@ if (cuda) {
   info.compileCpuSecondsPerArch = compileTimes(timeCsv);
 }
 writeFileSync(join(pkgDir, 'lib', 'build-info.json'), JSON.stringify(info, null, 2) + '\n');
-// Users install the C runtime, OpenMP and (for CUDA) the CUDA 13 runtime and cuBLAS; a binary that needs anything
-// else (NCCL, say) would fail to load on their machines.
-const allowed = [/^(libc|libm|libgcc_s|libstdc\+\+|libgomp|libdl|libpthread|librt)\.so\.\d+$/, /^ld-linux-x86-64\.so\.2$/,
-  ...(cuda ? [/^(libcudart|libcublas|libcublasLt)\.so\.13$/, /^libcuda\.so\.1$/] : [])];
-const unexpected = info.needed.filter((lib) => !allowed.some((re) => re.test(lib)));
-if (unexpected.length > 0) fail(`the binary needs ${unexpected.join(', ')}, which the package does not ask users to install`);
+
 console.log(JSON.stringify(info, null, 2));
 rmSync(stateFile, { force: true });
 appendFileSync(join(root, 'prebuild', 'prebuild.log'), JSON.stringify({ at: new Date().toISOString(), ...info }) + '\n');

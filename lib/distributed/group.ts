@@ -116,7 +116,7 @@ export class ProcessGroup {
       const allJoined = new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(distError(`timed out after ${timeoutMs} ms: ${joined} of ${env.worldSize - 1} ranks joined at ${where}`)), timeoutMs);
         server.on('connection', (socket) => {
-          const peer = new Peer(socket, 'a rank that was joining', (e) => (group ? onFail(e) : undefined));
+          const peer = new Peer(socket, 'a rank that was joining', onFail);
           peer.recv(timeoutMs, 'joining').then((f) => {
             const r = f.payload.length === 4 ? f.payload.readUInt32LE(0) : -1;
             if (f.kind !== Kind.Hello || r < 1 || r >= env.worldSize || peers[r - 1]) {
@@ -156,7 +156,7 @@ export class ProcessGroup {
         await new Promise((r) => setTimeout(r, 200));
       }
     }
-    const master = new Peer(socket, `rank 0 (${where})`, (e) => onFail(e));
+    const master = new Peer(socket, `rank 0 (${where})`, onFail);
     const hello = Buffer.alloc(4);
     hello.writeUInt32LE(env.rank, 0);
     master.send(Kind.Hello, 0, hello);

@@ -10,7 +10,7 @@ std::string cuda_compute_capability(int device) {
     int major = 0, minor = 0;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-        cudaGetLastError();  // clear the sticky-free error so later calls do not report it
+        cudaGetLastError();  // reset the error state so that later CUDA calls do not report this one
         return "";
     }
     return std::to_string(major) + "." + std::to_string(minor);
