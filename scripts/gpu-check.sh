@@ -2,7 +2,8 @@
 # The whole GPU check in one command (`npm run test:cuda`): build the CPU addon and the CUDA platform package's
 # binary (npm/linux-x64-cuda13, the one users install; with llama.cpp's reference and batched bench in the same
 # build tree), compile the TypeScript (a type error fails the check), run every test that touches the CUDA device
-# with SQLR1_REQUIRE_CUDA=1 (a CUDA test that cannot run fails instead of skipping; the CPU-only tests are CI's),
+# with SQLR1_REQUIRE_CUDA=1 (a CUDA test that cannot run fails instead of skipping) and SQLR1_TEST_DEVICES=cuda
+# (the CPU cases and the CPU-only tests are CI's),
 # SQLR1_TEST_JOBS files at a time (default 8), then the benchmarks (scripts/gpu-bench.sh) unless SQLR1_SKIP_BENCH=1. SQLR1_TEST_FILES replaces the file list.
 # Logs go to $OUT (default ./gpu-out).
 source "$(dirname "$0")/gpu-env.sh"
@@ -35,6 +36,8 @@ fi
 t1=$(date +%s)
 set +e
 export SQLR1_REQUIRE_CUDA=1
+# Only the CUDA cases of each file (testDevices() in test/helpers/native.ts): CI runs the CPU ones.
+export SQLR1_TEST_DEVICES=cuda
 # Every test file that asks for the CUDA device (through the helpers or by name).
 files=${SQLR1_TEST_FILES:-$(grep -lE "testDevices|cudaSkipReason|cudaUsable|'cuda'" test/*/*.test.ts | tr '\n' ' ')}
 echo "test files: $files"

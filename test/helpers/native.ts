@@ -23,8 +23,18 @@ export function cudaUsable(): boolean {
   return p.ok;
 }
 
-/** Devices to test on: always the CPU; CUDA too where a device and a CUDA build exist (required under SQLR1_REQUIRE_CUDA=1). */
+/**
+ * Devices to test on: the CPU, and CUDA too where a device and a CUDA build exist (required under
+ * SQLR1_REQUIRE_CUDA=1). SQLR1_TEST_DEVICES=cuda keeps only the CUDA cases: the GPU check sets it, since CI runs
+ * the CPU cases (a CUDA case still builds its own CPU references where it compares with one).
+ */
 export function testDevices(): ('cpu' | 'cuda')[] {
+  const only = process.env.SQLR1_TEST_DEVICES;
+  if (only !== undefined && only !== '' && only !== 'cuda') throw new Error(`SQLR1_TEST_DEVICES must be 'cuda' or unset, got ${JSON.stringify(only)}`);
+  if (only === 'cuda') {
+    if (!cudaUsable()) throw new Error(`SQLR1_TEST_DEVICES=cuda but CUDA is not usable: ${probeCuda().reason}`);
+    return ['cuda'];
+  }
   return cudaUsable() ? ['cpu', 'cuda'] : ['cpu'];
 }
 
