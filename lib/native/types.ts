@@ -265,6 +265,8 @@ export interface NativeParamStore {
   names(): string[];
   /** The accumulated gradient, or null when none arrived since the last zeroGrad. */
   grad(name: string): Float32Array | null;
+  /** Replaces the accumulated gradient (it then counts as arrived). */
+  setGrad(name: string, data: Float32Array): void;
   getMoment(name: string, which: 'm' | 'v'): Float32Array;
   setMoment(name: string, which: 'm' | 'v', data: Float32Array): void;
   gradNorm(): number;

@@ -112,6 +112,12 @@ export class ParamStore {
     return callNativeSync(() => this.handle().grad(checkName(name, 'ParamStore.grad'))) ?? undefined;
   }
 
+  /** Replaces the accumulated gradient of `name` (a data-parallel step writes back the all-reduced sum). */
+  setGrad(name: string, data: Float32Array | ArrayLike<number>): void {
+    checkName(name, 'ParamStore.setGrad');
+    callNativeSync(() => this.handle().setGrad(name, Float32Array.from(data)));
+  }
+
   /** AdamW's first and second moments of a parameter (for checkpoints). */
   moments(name: string): { m: Float32Array; v: Float32Array } {
     checkName(name, 'ParamStore.moments');

@@ -479,6 +479,7 @@ public:
             InstanceMethod("shape", &ParamStoreWrap::Shape),
             InstanceMethod("names", &ParamStoreWrap::Names),
             InstanceMethod("grad", &ParamStoreWrap::Grad),
+            InstanceMethod("setGrad", &ParamStoreWrap::SetGrad),
             InstanceMethod("getMoment", &ParamStoreWrap::GetMoment),
             InstanceMethod("setMoment", &ParamStoreWrap::SetMoment),
             InstanceMethod("gradNorm", &ParamStoreWrap::GradNorm),
@@ -581,6 +582,20 @@ public:
         });
         if (!has) return env.Null();
         return to_js(env, g);
+    }
+    // setGrad(name, data): replaces the accumulated gradient (a data-parallel run writes back the all-reduced sum).
+    Napi::Value SetGrad(const Napi::CallbackInfo & info) {
+        Napi::Env env = info.Env();
+        param_store & st = get(env);
+        const std::string name = get_name(info);
+        if (info.Length() < 2) bad_arg(env, "setGrad(name, data: Float32Array)");
+        std::vector<float> data = get_f32(env, info[1], "data");
+        param_entry & e = guarded(env, [&]() -> param_entry & { return param_store_get(st, name); });
+        run_sync(env, exec(), [&]() {
+            param_store_write(e.grad, data, "ParamStore.setGrad");
+            e.has_grad = true;
+        });
+        return env.Undefined();
     }
     ggml_tensor * moment_arg(const Napi::CallbackInfo & info, param_store & st) {
         Napi::Env env = info.Env();

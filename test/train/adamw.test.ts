@@ -91,6 +91,25 @@ for (const device of devices) t.test(`gradients accumulate across backward calls
   t.same(Array.from(s.get('p')), [1, 2, 3, 4, 5, 6]);
 });
 
+for (const device of devices) t.test(`setGrad replaces the accumulated gradient, which AdamW then uses (${device})`, async (t) => {
+  const s = store(t, device);
+  s.add('p', [2, 2], [1, -1, 2, -2]);
+  s.add('q', [3]);
+  await setGrads(s, { p: Float32Array.from([9, 9, 9, 9]) });
+  const g = Float32Array.from([0.25, -0.5, 1, 0]);
+  s.setGrad('p', g);
+  t.same(Array.from(s.grad('p')!), Array.from(g), 'the written gradient replaces the accumulated one');
+  s.setGrad('q', [1, 2, 3]);
+  t.same(Array.from(s.grad('q')!), [1, 2, 3], 'a parameter without a backward gets one');
+  t.ok(Math.abs(s.gradNorm() - Math.sqrt(0.0625 + 0.25 + 1 + 14)) <= 1e-6 * 4.04, 'gradNorm sees the written gradients');
+  t.equal(await s.adamwStep({ lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 1 }), 2, 'AdamW steps both');
+  // First AdamW step: w -= lr * g / (|g| + eps): a step of lr against each non-zero gradient's sign.
+  const p = s.get('p');
+  [1 - 0.1, -1 + 0.1, 2 - 0.1, -2].forEach((w, i) => t.ok(Math.abs(p[i]! - w) <= 1e-6, `p[${i}] = ${p[i]} (expected ${w})`));
+  t.throws(() => s.setGrad('p', [1, 2, 3]), { code: 'ERR_INVALID_ARG' }, 'a wrong length is ERR_INVALID_ARG');
+  t.throws(() => s.setGrad('nope', [1]), /nope/, 'an unknown name is an error naming it');
+});
+
 for (const device of devices) t.test(`grad norm and clipping match plain loops (${device})`, async (t) => {
   const s = store(t, device);
   const seed = 777;
