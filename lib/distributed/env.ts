@@ -44,3 +44,21 @@ export function shardRange(total: number, rank: number, worldSize: number): { st
   const per = total / worldSize;
   return { start: rank * per, end: (rank + 1) * per };
 }
+
+/**
+ * Points this process at its GPU before the native addon loads: CUDA_VISIBLE_DEVICES becomes LOCAL_RANK (or the
+ * LOCAL_RANK-th entry of a list the launcher set), so every rank's `device: 'cuda'` is a GPU of its own. Returns
+ * the value set.
+ */
+export function pinLocalDevice(dist: DistEnv, env: NodeJS.ProcessEnv = process.env): string {
+  const listed = env.CUDA_VISIBLE_DEVICES?.split(',').map((x) => x.trim()).filter(Boolean);
+  if (listed && listed.length > 0) {
+    if (listed.length === 1) return listed[0]!;   // the launcher already gave this process one device
+    const mine = listed[dist.localRank];
+    if (mine === undefined) throw new Sqlr1Error('ERR_CONFIG', `LOCAL_RANK ${dist.localRank} has no entry in CUDA_VISIBLE_DEVICES=${env.CUDA_VISIBLE_DEVICES}`);
+    env.CUDA_VISIBLE_DEVICES = mine;
+    return mine;
+  }
+  env.CUDA_VISIBLE_DEVICES = String(dist.localRank);
+  return env.CUDA_VISIBLE_DEVICES;
+}

@@ -2,7 +2,7 @@
  * The ranks of a data-parallel run as one group over TCP: rank 0 listens on MASTER_ADDR:MASTER_PORT, the others
  * connect, and rank 0 hands every rank one shared id (for NCCL, its unique id) before anything else. On top of that
  * connection: collectives for what is small or for runs without NCCL (the CPU), each combined on rank 0 in rank
- * order so that every rank receives the same bytes: all-reduce (mean), broadcast from rank 0, metric reduction
+ * order so that every rank receives the same bytes: all-reduce (sum or mean), broadcast from rank 0, metric reduction
  * and a barrier. Every rank calls the same collectives in the same order; a rank that dies or falls silent ends
  * the others' pending calls with ERR_DISTRIBUTED (a closed connection at once, silence after `timeoutMs`), never a hang.
  */
@@ -21,6 +21,13 @@ export interface GroupOptions {
   timeoutMs?: number;
   /** Rank 0's shared id for the others (default: empty). */
   sharedId?: Uint8Array;
+}
+
+/** How reduceMetrics combines the names listed (the others are averaged). */
+export interface MetricOps {
+  sum?: readonly string[];
+  min?: readonly string[];
+  max?: readonly string[];
 }
 
 function distError(msg: string): Sqlr1Error {
@@ -178,7 +185,7 @@ export class ProcessGroup {
    * Every rank sends `payload`; rank 0 combines them in rank order and every rank receives the same result.
    * `what` names the call in errors.
    */
-  private async exchange(what: string, payload: Buffer, combine: (parts: Buffer[]) => Buffer): Promise<Buffer> {
+  private async exchange(what: string, payload: Buffer, combine: (parts: Buffer[]) => Buffer, timeoutMs = this.timeoutMs): Promise<Buffer> {
     if (this.failure) throw this.failure;
     const seq = ++this.seq;
     const call = `${what} #${seq}`;
@@ -186,7 +193,7 @@ export class ProcessGroup {
       if (this.rank === 0) {
         const parts = [payload];
         for (const p of this.peers) {
-          const f = await p.recv(this.timeoutMs, call);
+          const f = await p.recv(timeoutMs, call);
           if (f.kind !== Kind.Data || f.seq !== seq) throw distError(`${p.name} is out of step: expected ${call}, got call #${f.seq}`);
           parts.push(f.payload);
         }
@@ -196,7 +203,7 @@ export class ProcessGroup {
       }
       const master = this.peers[0]!;
       master.send(Kind.Data, seq, payload);
-      const f = await master.recv(this.timeoutMs, call);
+      const f = await master.recv(timeoutMs, call);
       if (f.kind !== Kind.Data || f.seq !== seq) throw distError(`rank 0 is out of step: expected ${call}, got call #${f.seq}`);
       return f.payload;
     } catch (e) {
@@ -207,19 +214,30 @@ export class ProcessGroup {
 
   /** Replaces `buf` on every rank with the element-wise mean over ranks (summed in float64, in rank order). */
   async allReduceMean(buf: Float32Array): Promise<void> {
+    await this.allReduce(buf, 'mean');
+  }
+
+  /** Replaces `buf` on every rank with the element-wise sum over ranks (in float64, in rank order). */
+  async allReduceSum(buf: Float32Array): Promise<void> {
+    await this.allReduce(buf, 'sum');
+  }
+
+  private async allReduce(buf: Float32Array, op: 'sum' | 'mean'): Promise<void> {
     const n = buf.length;
-    const out = await this.exchange('allReduceMean', Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), (parts) => {
+    const what = op === 'sum' ? 'allReduceSum' : 'allReduceMean';
+    const out = await this.exchange(what, Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), (parts) => {
       const acc = new Float64Array(n);
       for (const [r, p] of parts.entries()) {
-        if (p.byteLength !== n * 4) throw distError(`rank ${r} sent ${p.byteLength / 4} values to allReduceMean, rank 0 has ${n}`);
+        if (p.byteLength !== n * 4) throw distError(`rank ${r} sent ${p.byteLength / 4} values to ${what}, rank 0 has ${n}`);
         const v = new Float32Array(p.buffer.slice(p.byteOffset, p.byteOffset + p.byteLength));
         for (let i = 0; i < n; i++) acc[i] += v[i]!;
       }
       const res = new Float32Array(n);
-      for (let i = 0; i < n; i++) res[i] = acc[i]! / parts.length;
+      const div = op === 'mean' ? parts.length : 1;
+      for (let i = 0; i < n; i++) res[i] = acc[i]! / div;
       return Buffer.from(res.buffer);
     });
-    if (out.byteLength !== n * 4) throw distError(`allReduceMean returned ${out.byteLength / 4} values for ${n}`);
+    if (out.byteLength !== n * 4) throw distError(`${what} returned ${out.byteLength / 4} values for ${n}`);
     buf.set(new Float32Array(out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength)));
   }
 
@@ -230,8 +248,18 @@ export class ProcessGroup {
     buf.set(new Float32Array(out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength)));
   }
 
-  /** Each metric averaged over ranks (those named in `sum` added up); every rank must report the same names. */
-  async reduceMetrics(metrics: Record<string, number>, sum: readonly string[] = []): Promise<Record<string, number>> {
+  /** Every rank's JSON-serializable `value`, in rank order, on every rank (the same array everywhere). */
+  async allGather<T>(value: T): Promise<T[]> {
+    const out = await this.exchange('allGather', Buffer.from(JSON.stringify(value)), (parts) =>
+      Buffer.from(JSON.stringify(parts.map((p) => JSON.parse(p.toString()) as unknown))));
+    return JSON.parse(out.toString()) as T[];
+  }
+
+  /**
+   * Each metric averaged over ranks, or reduced as `ops` says for the names it lists (sum, min or max); every rank
+   * must report the same names.
+   */
+  async reduceMetrics(metrics: Record<string, number>, ops: MetricOps = {}): Promise<Record<string, number>> {
     const out = await this.exchange('reduceMetrics', Buffer.from(JSON.stringify(metrics)), (parts) => {
       const all = parts.map((p) => JSON.parse(p.toString()) as Record<string, number>);
       const keys = Object.keys(all[0]!).sort();
@@ -241,17 +269,21 @@ export class ProcessGroup {
         if (k.join('\n') !== keys.join('\n')) throw distError(`rank ${r} reports metrics [${k.join(', ')}], rank 0 [${keys.join(', ')}]`);
       }
       for (const k of keys) {
-        const total = all.reduce((s, m) => s + m[k]!, 0);
-        res[k] = sum.includes(k) ? total : total / all.length;
+        const values = all.map((m) => m[k]!);
+        const total = values.reduce((a, b) => a + b, 0);
+        res[k] = ops.sum?.includes(k) ? total : ops.min?.includes(k) ? Math.min(...values) : ops.max?.includes(k) ? Math.max(...values) : total / all.length;
       }
       return Buffer.from(JSON.stringify(res));
     });
     return JSON.parse(out.toString()) as Record<string, number>;
   }
 
-  /** Returns once every rank has called it (rank 0 writes checkpoints while the others wait here). */
-  async barrier(): Promise<void> {
-    await this.exchange('barrier', Buffer.alloc(0), () => Buffer.alloc(0));
+  /**
+   * Returns once every rank has called it (rank 0 writes checkpoints while the others wait here). `timeoutMs`
+   * replaces the group's for this call (rank 0's evaluation can outlast it).
+   */
+  async barrier(timeoutMs?: number): Promise<void> {
+    await this.exchange('barrier', Buffer.alloc(0), () => Buffer.alloc(0), timeoutMs);
   }
 
   /** Closes the connections. Call it on every rank at the end; a later call fails with ERR_DISTRIBUTED. */

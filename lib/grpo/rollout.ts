@@ -22,6 +22,8 @@ export interface RolloutOptions {
   topK: number;
   /** Seed of this step's draws (each sequence derives its own stream from it). */
   seed: number;
+  /** The stream of the first sequence (a data-parallel rank's offset in the whole step; default 0). */
+  firstStream?: number;
   lora: LoraAdapter;
   /** Reused between steps (nSeq >= P K, nCtx >= longest prompt + maxCompletionLength). */
   context?: ModelContext;
@@ -50,6 +52,7 @@ export async function sampleRollouts(model: Model, options: RolloutOptions): Pro
     topP: options.topP,
     topK: options.topK,
     seed: options.seed,
+    ...(options.firstStream ? { firstStream: options.firstStream } : {}),
     stop: options.forceFullLength ? [] : ROLLOUT_STOP,
     stopAtEog: !options.forceFullLength,
     lora: options.lora,

@@ -39,6 +39,9 @@ import {
 import { Progress, RunLog, mean, std, type CompletionRecord, type Metrics } from './metrics.js';
 import { derivedSeed, microBatches, sampleRollouts, type Rollout } from './rollout.js';
 import { answerTokens, supervisedStep } from './sft.js';
+import type { ProcessGroup } from '../distributed/group.js';
+import { allReduceGradients, broadcastParams } from '../distributed/params.js';
+import { combineRankMetrics, samplingTotals, stepMetrics, type RankStepTotals } from './step-metrics.js';
 
 /** One training or eval question: any object with these fields (a SpiderExample has `query` for the gold SQL). */
 export interface GrpoExample {
@@ -90,6 +93,13 @@ export type GrpoTrainerOptions = Partial<Omit<GrpoConfig, 'model' | 'lora'>> & {
   negateAdvantages?: boolean;
   /** Write report.html at the end (default true). */
   report?: boolean;
+  /**
+   * This process's place in a data-parallel run (`ProcessGroup.connect(distEnvFrom())`; `sqlr1 train` does it
+   * when WORLD_SIZE > 1). Each rank samples `promptsPerStep` questions of its own per step (the step's batch is
+   * promptsPerStep x world size), gradients are summed over ranks before AdamW, and rank 0 alone writes the run
+   * directory while the others wait.
+   */
+  processGroup?: ProcessGroup;
 };
 
 export interface TrainResult {
@@ -113,7 +123,7 @@ export interface TrainResult {
 interface StepTimes { rollout: number; reward: number; reference: number; policy: number; optimizer: number }
 
 const TRAINER_KEYS = new Set(['model', 'trainDataset', 'evalDataset', 'rewardFunctions', 'callbacks', 'resumeFrom', 'prompts', 'progress', 'log',
-  'forceFullLength', 'negateAdvantages', 'report']);
+  'forceFullLength', 'negateAdvantages', 'report', 'processGroup']);
 
 interface Example { question: string; dbPath: string; goldSql: string; hardness?: string }
 
@@ -179,6 +189,10 @@ export class GrpoTrainer {
     const resumed = options.resumeFrom !== undefined ? readTrainerState(options.resumeFrom) : undefined;
     if (options.model === undefined || options.model === null) throw new Sqlr1Error('ERR_INVALID_ARG', 'GrpoTrainer.create: expected model, a GGUF path or a loaded Model');
     const log = options.log ?? ((m: string) => { if (process.env.SQLR1_QUIET !== '1') process.stderr.write(m + '\n'); });
+    const group = options.processGroup;
+    if (group && group.worldSize > 1 && config.sftSteps > 0) {
+      throw new Sqlr1Error('ERR_CONFIG', `sft_steps (${config.sftSteps}) runs in one process: run the warm-up alone and pass its adapter as lora.path to the data-parallel run`);
+    }
 
     const ownsModel = typeof options.model === 'string';
     const model = typeof options.model === 'string' ? await loadModel(options.model, { device: config.device, log }) : options.model;
@@ -191,6 +205,8 @@ export class GrpoTrainer {
       else lora = createLora(model, { rank: config.lora.rank, alpha: config.lora.alpha, targets: config.lora.targets, seed: config.seed });
       const maxTokens = Math.max(config.microBatchTokens, config.maxPromptLength + config.maxCompletionLength);
       trainer = await LoraTrainer.create(model, lora, { maxTokens });
+      // Every rank starts from rank 0's adapter (a resumed run's ranks read the same checkpoint).
+      if (group && group.worldSize > 1) await broadcastParams(loraParams(lora), group);
       const optimizer = new AdamW(loraParams(lora), { lr: config.learningRate, weightDecay: config.weightDecay });
       if (resumed) await optimizer.load(join(options.resumeFrom!, OPTIMIZER_FILE));
       const reward = createReward({
@@ -211,7 +227,31 @@ export class GrpoTrainer {
   get totalSteps(): number {
     const c = this.config;
     if (c.maxSteps > 0) return c.maxSteps;
-    return Math.ceil((c.numTrainEpochs * this.train_.length) / c.promptsPerStep);
+    return Math.ceil((c.numTrainEpochs * this.train_.length) / (c.promptsPerStep * this.worldSize));
+  }
+
+  /** Ranks of the data-parallel run (1 without a process group). */
+  get worldSize(): number {
+    return this.options.processGroup?.worldSize ?? 1;
+  }
+
+  /** Rank 0 (or the only process) writes the run directory and shows progress. */
+  private get lead(): boolean {
+    return (this.options.processGroup?.rank ?? 0) === 0;
+  }
+
+  /** Whether any rank's signal fired (ranks stop at the same step). */
+  private async anyAborted(signal: AbortSignal | undefined): Promise<boolean> {
+    const g = this.options.processGroup;
+    if (!g || g.worldSize === 1) return signal?.aborted ?? false;
+    const all = await g.allGather(signal?.aborted ?? false);
+    return all.some(Boolean);
+  }
+
+  /** The other ranks wait here while rank 0 writes or evaluates (up to 6 hours, not the group's own limit). */
+  private async waitForLead(): Promise<void> {
+    const g = this.options.processGroup;
+    if (g && g.worldSize > 1) await g.barrier(6 * 3600_000);
   }
 
   get step(): number {
@@ -298,12 +338,16 @@ export class GrpoTrainer {
     const c = this.config;
     const signal = options.signal;
     const dir = c.outputDir;
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, 'config.yaml'), configToYaml(c));
-    const runLog = new RunLog(dir, this.options.resumeFrom !== undefined
-      ? { metricLines: this.state.metricHistoryLength, completionLines: this.state.completionHistoryLength } : undefined);
+    const lead = this.lead;
+    let runLog: RunLog | undefined;
+    if (lead) {
+      mkdirSync(dir, { recursive: true });
+      writeFileSync(join(dir, 'config.yaml'), configToYaml(c));
+      runLog = new RunLog(dir, this.options.resumeFrom !== undefined
+        ? { metricLines: this.state.metricHistoryLength, completionLines: this.state.completionHistoryLength } : undefined);
+    }
     const total = this.totalSteps;
-    const progress = this.options.progress === false ? undefined : new Progress(total, this.state.step);
+    const progress = this.options.progress === false || !lead ? undefined : new Progress(total, this.state.step);
     const cb = this.options.callbacks ?? {};
 
     if (this.state.sftStepsDone < c.sftSteps) {
@@ -316,53 +360,51 @@ export class GrpoTrainer {
     let lastSaved = -1;
     try {
       while (this.state.step < total) {
-        if (signal?.aborted) { aborted = true; break; }
+        if (await this.anyAborted(signal)) { aborted = true; break; }
         const m = await this.trainStep();
         const step = this.state.step;
         const logged = step % c.loggingSteps === 0 || step === total;
         if (logged) {
-          runLog.metrics(step, this.state.epoch, m.metrics);
-          runLog.completions(m.completions);
+          runLog?.metrics(step, this.state.epoch, m.metrics);
+          runLog?.completions(m.completions);
           this.lastMetrics = { step, epoch: this.state.epoch, ...m.metrics };
           await cb.onLog?.(this.lastMetrics);
         }
         if (this.eval_.length > 0 && (step % c.evalSteps === 0 || step === total)) {
-          const ev = await this.evaluate();
-          this.lastEval = ev;
-          runLog.metrics(step, this.state.epoch, ev);
-          await cb.onEval?.({ step, ...ev });
-          const acc = ev['eval/execution_accuracy'];
-          if (acc !== undefined && (this.state.bestMetric === null || acc > this.state.bestMetric)) {
-            this.state.bestMetric = acc;
-            this.state.bestStep = step;
-            await writeAtomicDir(join(dir, 'best'), async (tmp) => this.lora.save(join(tmp, ADAPTER_FILE)));
+          // Rank 0 evaluates (every rank holds the same adapter); the others wait.
+          if (lead) {
+            const ev = await this.evaluate();
+            this.lastEval = ev;
+            runLog?.metrics(step, this.state.epoch, ev);
+            await cb.onEval?.({ step, ...ev });
+            const acc = ev['eval/execution_accuracy'];
+            if (acc !== undefined && (this.state.bestMetric === null || acc > this.state.bestMetric)) {
+              this.state.bestMetric = acc;
+              this.state.bestStep = step;
+              await writeAtomicDir(join(dir, 'best'), async (tmp) => this.lora.save(join(tmp, ADAPTER_FILE)));
+            }
           }
+          await this.waitForLead();
         }
         progress?.update({ step, reward: m.metrics['reward'] ?? 0, accuracy: m.metrics['frac_correct'] ?? 0, stepTime: m.metrics['step_time'] ?? 0,
           ...(this.lastEval?.['eval/execution_accuracy'] !== undefined ? { evalAccuracy: this.lastEval['eval/execution_accuracy'] } : {}) }, logged);
-        if (step % c.saveSteps === 0 || step === total || signal?.aborted) {
-          this.state.metricHistoryLength = runLog.metricLines;
-          this.state.completionHistoryLength = runLog.completionLines;
-          await this.saveCheckpoint(checkpointDir(dir, step));
+        const stopping = await this.anyAborted(signal);
+        if (step % c.saveSteps === 0 || step === total || stopping) {
+          await this.checkpoint(runLog, checkpointDir(dir, step), cb);
           lastSaved = step;
-          await cb.onCheckpoint?.(checkpointDir(dir, step));
         }
-        if (signal?.aborted) { aborted = true; break; }
+        if (stopping) { aborted = true; break; }
       }
-      if (aborted && lastSaved !== this.state.step) {
-        this.state.metricHistoryLength = runLog.metricLines;
-        this.state.completionHistoryLength = runLog.completionLines;
-        await this.saveCheckpoint(checkpointDir(dir, this.state.step));
-        await cb.onCheckpoint?.(checkpointDir(dir, this.state.step));
-      }
+      if (aborted && lastSaved !== this.state.step) await this.checkpoint(runLog, checkpointDir(dir, this.state.step), cb);
       let adapterPath = join(checkpointDir(dir, this.state.step), ADAPTER_FILE);
       if (!aborted) {
-        await writeAtomicDir(join(dir, 'final'), async (tmp) => this.lora.save(join(tmp, ADAPTER_FILE)));
+        if (lead) await writeAtomicDir(join(dir, 'final'), async (tmp) => this.lora.save(join(tmp, ADAPTER_FILE)));
+        await this.waitForLead();
         adapterPath = join(dir, 'final', ADAPTER_FILE);
       }
       progress?.stop();
       let reportPath: string | undefined;
-      if (this.options.report !== false) {
+      if (this.options.report !== false && lead) {
         try {
           const reportModule = '../report/index.js';
           reportPath = await ((await import(reportModule)) as { writeReport(d: string): Promise<string> }).writeReport(dir);
@@ -380,6 +422,17 @@ export class GrpoTrainer {
       await this.context?.dispose();
       this.context = undefined;
     }
+  }
+
+  /** Rank 0 writes checkpoint-N with the run log's line counts (for resume); the others wait. */
+  private async checkpoint(runLog: RunLog | undefined, dir: string, cb: GrpoCallbacks): Promise<void> {
+    if (this.lead) {
+      this.state.metricHistoryLength = runLog?.metricLines ?? 0;
+      this.state.completionHistoryLength = runLog?.completionLines ?? 0;
+      await this.saveCheckpoint(dir);
+      await cb.onCheckpoint?.(dir);
+    }
+    await this.waitForLead();
   }
 
   /** Writes checkpoint-N (adapter, optimizer, trainer_state.json) atomically. */
@@ -411,9 +464,11 @@ export class GrpoTrainer {
     const K = c.numGenerations;
     const step = this.state.step;
     const times: StepTimes = { rollout: 0, reward: 0, reference: 0, policy: 0, optimizer: 0 };
+    const group = this.options.processGroup && this.options.processGroup.worldSize > 1 ? this.options.processGroup : undefined;
+    const rank = group?.rank ?? 0;
 
-    // 1. Questions from the stream.
-    const picked = Array.from({ length: P }, (_, j) => this.exampleAt(this.state.dataCursor + j));
+    // 1. Questions from the stream (rank r takes the step's r-th share of promptsPerStep).
+    const picked = Array.from({ length: P }, (_, j) => this.exampleAt(this.state.dataCursor + rank * P + j));
     const examples = picked.map((p) => p.example);
     const prompts = picked.map((p) => this.promptOf(p.example, p.index));
 
@@ -422,7 +477,7 @@ export class GrpoTrainer {
     this.lora.setEnabled(true);
     const { rollouts, seconds } = await sampleRollouts(this.model, {
       prompts, numGenerations: K, maxCompletionLength: c.maxCompletionLength, temperature: c.temperature, topP: c.topP, topK: c.topK,
-      seed: derivedSeed(this.state.rng.samplingSeed, step, 1), lora: this.lora, ...(this.context ? { context: this.context } : {}),
+      seed: derivedSeed(this.state.rng.samplingSeed, step, 1), firstStream: rank * P * K, lora: this.lora, ...(this.context ? { context: this.context } : {}),
       ...(this.options.forceFullLength ? { forceFullLength: true } : {}),
     });
     times.rollout = seconds;
@@ -469,18 +524,23 @@ export class GrpoTrainer {
     const sign = this.options.negateAdvantages ? -1 : 1;
     const include = rollouts.map((_, i) => kept[i]! && adv.valid[i] === 1);
     const incIdx = rollouts.map((_, i) => i).filter((i) => include[i]);
-    const normSeqs = incIdx.length;
-    const normTokens = incIdx.reduce((a, i) => a + rollouts[i]!.completion.tokens.length, 0);
     // Sequences with a zero advantage and no KL term have a zero gradient: they count in the normalizers only.
     const active = incIdx.filter((i) => c.beta > 0 || adv.advantages[i] !== 0);
+    const incTokens = incIdx.reduce((a, i) => a + rollouts[i]!.completion.tokens.length, 0);
+    const mbs = microBatches(lengths, active, c.microBatchTokens);
+    // The normalizers count the whole step, every rank's sequences (the gradients are then summed over ranks).
+    const counts = { sequences: incIdx.length, tokens: incTokens, microBatches: mbs.length };
+    const { sequences: normSeqs, tokens: normTokens, microBatches: normMbs } = group
+      ? (await group.allGather(counts)).reduce((a, b) => ({ sequences: a.sequences + b.sequences, tokens: a.tokens + b.tokens, microBatches: a.microBatches + b.microBatches }))
+      : counts;
 
     // 5. Updates.
     let lossSum = 0;
     let gradNorm = 0;
     const tok = { kl: 0, clipLow: 0, clipHigh: 0, clipRegion: 0, n: 0 };
     const lr = learningRateAt(step, { learningRate: c.learningRate, warmupSteps: c.warmupSteps, lrSchedulerType: c.lrSchedulerType, totalSteps: this.totalSteps });
-    const mbs = microBatches(lengths, active, c.microBatchTokens);
     let optSeconds = 0;
+    let allReduceSeconds = 0;
     for (let it = 0; it < c.numIterations; it++) {
       t0 = performance.now();
       for (const mb of mbs) {
@@ -510,7 +570,7 @@ export class GrpoTrainer {
           advantages: Tensor.constant(Float32Array.from(mb, (i) => sign * adv.advantages[i]!), [n]),
           mask: Tensor.constant(packed.mask, [n, C]), epsLow: c.epsilon, epsHigh: c.epsilonHigh ?? c.epsilon, beta: c.beta,
           lossType: c.lossType, klEstimator: c.klEstimator, maxLen: c.maxCompletionLength,
-          normalizer: { sequences: Math.max(normSeqs, n), tokens: normTokens, microBatches: mbs.length },
+          normalizer: { sequences: Math.max(normSeqs, n), tokens: normTokens, microBatches: normMbs },
           ...(isWeights ? { isWeights } : {}),
         });
         const outputs = [loss.clipLow, loss.clipHigh, loss.clipRegion, ...(loss.kl ? [loss.kl] : [])];
@@ -529,8 +589,9 @@ export class GrpoTrainer {
       policySeconds += (performance.now() - t0) / 1000;
       t0 = performance.now();
       const store = loraParams(this.lora);
+      if (group) allReduceSeconds += await allReduceGradients(store, group);
       gradNorm = store.gradNorm();
-      if (mbs.length > 0 && lr > 0) {
+      if (normMbs > 0 && lr > 0) {
         store.clipGradNorm(c.maxGradNorm);
         await this.optimizer.step({ lr });
       }
@@ -542,36 +603,34 @@ export class GrpoTrainer {
 
     // 6. Bookkeeping and metrics.
     this.state.step = step + 1;
-    this.state.dataCursor += P;
+    this.state.dataCursor += P * this.worldSize;
     this.state.epoch = this.state.dataCursor / this.train_.length;
     const promptTokens = rollouts.reduce((a, r) => a + r.promptTokens.length, 0);
     const completionLens = rollouts.map((r) => r.completion.tokens.length);
     const stepTokens = promptTokens + completionLens.reduce((a, b) => a + b, 0);
     this.numTokens += stepTokens;
-    const stepTime = (performance.now() - tStep) / 1000;
-    const metrics: Metrics = { ...this.rewardMetrics(batch, totals) };
-    metrics['frac_reward_zero_std'] = adv.fracZeroStd;
-    metrics['completions/mean_length'] = mean(completionLens);
-    metrics['completions/min_length'] = Math.min(...completionLens);
-    metrics['completions/max_length'] = Math.max(...completionLens);
-    metrics['completions/clipped_ratio'] = rollouts.filter((r) => r.truncated).length / N;
-    if (c.beta > 0 && tok.n > 0) metrics['kl'] = tok.kl / tok.n;
-    metrics['clip_ratio/low_mean'] = tok.n ? tok.clipLow / tok.n : 0;
-    metrics['clip_ratio/high_mean'] = tok.n ? tok.clipHigh / tok.n : 0;
-    metrics['clip_ratio/region_mean'] = tok.n ? tok.clipRegion / tok.n : 0;
-    metrics['loss'] = lossSum / c.numIterations;
-    metrics['grad_norm'] = gradNorm;
-    metrics['learning_rate'] = lr;
-    metrics['num_tokens'] = this.numTokens;
-    metrics['step_time'] = stepTime;
-    Object.assign(metrics, samplingMetrics(rollouts, oldLp, include));
-    metrics['time/rollout'] = times.rollout;
-    metrics['time/reward'] = times.reward;
-    metrics['time/reference'] = times.reference;
-    metrics['time/policy'] = times.policy;
-    metrics['time/optimizer'] = times.optimizer;
-    metrics['tokens_per_second'] = stepTokens / stepTime;
-    metrics['frac_active'] = active.length / N;
+    const own: Metrics = { ...this.rewardMetrics(batch, totals) };
+    own['frac_reward_zero_std'] = adv.fracZeroStd;
+    own['completions/mean_length'] = mean(completionLens);
+    own['completions/min_length'] = Math.min(...completionLens);
+    own['completions/max_length'] = Math.max(...completionLens);
+    own['completions/clipped_ratio'] = rollouts.filter((r) => r.truncated).length / N;
+    own['grad_norm'] = gradNorm;
+    own['learning_rate'] = lr;
+    own['time/rollout'] = times.rollout;
+    own['time/reward'] = times.reward;
+    own['time/reference'] = times.reference;
+    own['time/policy'] = times.policy;
+    own['time/optimizer'] = times.optimizer;
+    if (group) own['time/all_reduce'] = allReduceSeconds;
+    own['frac_active'] = active.length / N;
+    const valid = totals.filter((x): x is number => x !== null);
+    const rankTotals: RankStepTotals = {
+      metrics: own, tok, loss: lossSum / c.numIterations, stepTokens, numTokens: this.numTokens,
+      rewards: { sum: valid.reduce((a, b) => a + b, 0), sq: valid.reduce((a, b) => a + b * b, 0), n: valid.length },
+      stepTime: (performance.now() - tStep) / 1000, sampling: samplingTotals(rollouts, oldLp, include), kl: c.beta > 0,
+    };
+    const metrics = group ? combineRankMetrics(await group.allGather(rankTotals)) : stepMetrics(rankTotals);
 
     const completions: CompletionRecord[] = rollouts.slice(0, 64).map((r, i) => ({
       step: this.state.step, prompt: examples[r.promptIndex]!.question, completion: r.completion.text,
@@ -611,32 +670,6 @@ export class GrpoTrainer {
  * The train/sample mismatch: per token, |training graph log-prob - sampler log-prob| (mean and max) and the
  * importance ratio exp(train - sampler) (min, mean, max), over the included sequences' tokens.
  */
-function samplingMetrics(rollouts: readonly Rollout[], trainLp: readonly (Float32Array | undefined)[], include: readonly boolean[]): Metrics {
-  let n = 0, sumDiff = 0, maxDiff = 0, sumRatio = 0, minRatio = Infinity, maxRatio = 0;
-  rollouts.forEach((r, i) => {
-    const lp = trainLp[i];
-    if (!include[i] || !lp) return;
-    const s = r.completion.logprobs;
-    for (let k = 0; k < lp.length; k++) {
-      const d = lp[k]! - s[k]!;
-      const ratio = Math.exp(d);
-      sumDiff += Math.abs(d);
-      maxDiff = Math.max(maxDiff, Math.abs(d));
-      sumRatio += ratio;
-      minRatio = Math.min(minRatio, ratio);
-      maxRatio = Math.max(maxRatio, ratio);
-      n++;
-    }
-  });
-  if (n === 0) return {};
-  return {
-    'sampling/sampling_logp_difference/mean': sumDiff / n,
-    'sampling/sampling_logp_difference/max': maxDiff,
-    'sampling/importance_sampling_ratio/min': minRatio,
-    'sampling/importance_sampling_ratio/mean': sumRatio / n,
-    'sampling/importance_sampling_ratio/max': maxRatio,
-  };
-}
 
 /** The run directory's final adapter path (for callers that only know the config). */
 export function finalAdapterPath(runDir: string): string | undefined {

@@ -18,6 +18,11 @@ export interface SamplingOptions {
   topP?: number;
   /** Base seed; each sequence draws from its own stream derived from it. Default 0. */
   seed?: number;
+  /**
+   * Sequence i draws from stream `firstStream + i` of the base seed (default 0): a data-parallel rank passes the
+   * index of its first sequence in the whole step, so its draws equal those of one process sampling every prompt.
+   */
+  firstStream?: number;
 }
 
 export interface GenerateOptions extends SamplingOptions {
@@ -69,6 +74,7 @@ export async function generate(model: Model, options: GenerateOptions): Promise<
   const topK = options.topK ?? 0;
   const topP = options.topP ?? 1;
   const seed = options.seed ?? 0;
+  const firstStream = options.firstStream ?? 0;
   const stop = options.stop ?? [];
   const stopAtEog = options.stopAtEog ?? true;
   const stepsPerCall = options.stepsPerCall ?? 16;
@@ -78,6 +84,7 @@ export async function generate(model: Model, options: GenerateOptions): Promise<
   if (!(temperature >= 0) || !Number.isFinite(temperature)) throw new Sqlr1Error('ERR_INVALID_ARG', `temperature must be a finite number >= 0, got ${String(temperature)}`);
   if (!Number.isInteger(stepsPerCall) || stepsPerCall < 1) throw new Sqlr1Error('ERR_INVALID_ARG', `stepsPerCall must be a positive integer, got ${String(stepsPerCall)}`);
   if (!Number.isInteger(seed) || seed < 0) throw new Sqlr1Error('ERR_INVALID_ARG', `seed must be a non-negative integer, got ${String(seed)}`);
+  if (!Number.isSafeInteger(firstStream) || firstStream < 0) throw new Sqlr1Error('ERR_INVALID_ARG', `firstStream must be a non-negative integer, got ${String(firstStream)}`);
   const vocab = model.info.nVocab;
   let longest = 0;
   options.prompts.forEach((p, i) => {
@@ -114,7 +121,7 @@ export async function generate(model: Model, options: GenerateOptions): Promise<
       text: '',
       finishReason: 'length' as FinishReason,
       decoder: new StreamDecoder(model.tokenizer),
-      seed: seedFor(seed, i),
+      seed: seedFor(seed, firstStream + i),
       next: options.prompts[Math.floor(i / K)]!.at(-1)!,
       live: true,
     }));

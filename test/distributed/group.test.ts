@@ -4,30 +4,9 @@
  * that dies, one that falls silent) that end the others' calls with ERR_DISTRIBUTED instead of a hang.
  */
 import t from 'tap';
-import { createServer } from 'node:net';
-import { distEnvFrom, shardRange, type DistEnv } from '../../lib/distributed/env.js';
+import { distEnvFrom, shardRange } from '../../lib/distributed/env.js';
 import { ProcessGroup } from '../../lib/distributed/group.js';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function groupOf(n: number, options: { timeoutMs?: number } = {}): Promise<ProcessGroup[]> {
-  const port = await freePort();
-  const env = (rank: number): DistEnv => ({ rank, worldSize: n, localRank: rank, masterAddr: '127.0.0.1', masterPort: port });
-  const id = Uint8Array.from({ length: 128 }, (_, i) => (i * 37) & 0xff);
-  // The others may start first: they retry until rank 0 listens.
-  const others = Array.from({ length: n - 1 }, (_, i) => ProcessGroup.connect(env(i + 1), options));
-  await new Promise((r) => setTimeout(r, 50));
-  const first = ProcessGroup.connect(env(0), { ...options, sharedId: id });
-  return Promise.all([first, ...others]);
-}
+import { freePort, groupOf } from '../helpers/distributed.js';
 
 t.test('torchrun variables', async (t) => {
   t.equal(distEnvFrom({}), null, 'no WORLD_SIZE: one process');
@@ -70,8 +49,18 @@ t.test('three ranks: shared id, all-reduce, broadcast, metrics, barrier', async 
   await Promise.all(g.map((x, r) => x.broadcast(w[r]!)));
   for (const b of w) t.same([...b], [0.5, 0.5, 0.5, 0.5, 0.5]);
 
-  const m = await Promise.all(g.map((x) => x.reduceMetrics({ reward: x.rank, num_tokens: 10 * (x.rank + 1) }, ['num_tokens'])));
-  for (const r of m) t.same(r, { reward: 1, num_tokens: 60 }, 'means, and sums where asked');
+  const sums = g.map((x) => Float32Array.from({ length: n }, (_, i) => Math.cos(i * (x.rank + 2)) * 1e2 - x.rank));
+  const wantSum = new Float32Array(n);
+  for (let i = 0; i < n; i++) wantSum[i] = sums[0]![i]! + sums[1]![i]! + sums[2]![i]!;  // float64 sum, rounded once
+  await Promise.all(g.map((x, r) => x.allReduceSum(sums[r]!)));
+  for (const [r, b] of sums.entries()) t.same(Buffer.from(b.buffer), Buffer.from(wantSum.buffer), `rank ${r}: the same bytes as the float64 sum`);
+
+  const m = await Promise.all(g.map((x) => x.reduceMetrics({ reward: x.rank, num_tokens: 10 * (x.rank + 1), min_len: 5 - x.rank, max_len: 5 + x.rank },
+    { sum: ['num_tokens'], min: ['min_len'], max: ['max_len'] })));
+  for (const r of m) t.same(r, { reward: 1, num_tokens: 60, min_len: 3, max_len: 7 }, 'means, and sums, minima and maxima where asked');
+
+  const gathered = await Promise.all(g.map((x) => x.allGather({ rank: x.rank, tokens: [x.rank, 2 * x.rank] })));
+  for (const r of gathered) t.same(r, [0, 1, 2].map((k) => ({ rank: k, tokens: [k, 2 * k] })), 'allGather: every rank\'s value, in rank order');
 
   // Rank 0 "writes a checkpoint" while the others wait at the barrier.
   const order: string[] = [];
@@ -103,6 +92,15 @@ t.test('a rank that falls silent times out on the others, with the rank named', 
   t.teardown(() => g.forEach((x) => x.close()));
   await t.rejects(g[0]!.allReduceMean(new Float32Array(2)), { code: 'ERR_DISTRIBUTED', message: /timed out after 500 ms waiting for rank 1 in allReduceMean #1/ });
   await t.rejects(g[1]!.barrier(), { code: 'ERR_DISTRIBUTED' }, 'rank 0 closed the group, so rank 1 fails too');
+});
+
+t.test('a barrier given its own timeout outlasts the group\'s (rank 0 evaluating while the others wait)', async (t) => {
+  const g = await groupOf(2, { timeoutMs: 300 });
+  t.teardown(() => g.forEach((x) => x.close()));
+  const t0 = Date.now();
+  await Promise.all([(async () => { await new Promise((r) => setTimeout(r, 900)); await g[0]!.barrier(5000); })(), g[1]!.barrier(5000)]);
+  t.ok(Date.now() - t0 >= 850, 'rank 1 waited for rank 0, three times the group timeout');
+  await t.rejects(g[1]!.barrier(200), { code: 'ERR_DISTRIBUTED', message: /timed out after 200 ms/ }, 'a short one still times out');
 });
 
 t.test('nobody listening: the joining rank gives up after its timeout', async (t) => {

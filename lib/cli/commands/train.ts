@@ -1,7 +1,9 @@
 /**
  * `sqlr1 train --config configs/grpo_config.yaml [--model F.gguf] [--spider DIR] [--max-samples N] [--resume DIR]
- * [--set key=value ...]`: GRPO on Spider's training split, evaluated on dev. The config is validated before the
- * model loads; Ctrl-C finishes the step in progress, saves a checkpoint and exits 0 (a second Ctrl-C exits at once).
+ * [--set key=value ...] [--nproc-per-node N]`: GRPO on Spider's training split, evaluated on dev. The config is
+ * validated before the model loads; Ctrl-C finishes the step in progress, saves a checkpoint and exits 0 (a second
+ * Ctrl-C exits at once). With WORLD_SIZE > 1 (torchrun's variables) the process is one rank of a data-parallel
+ * run; `--nproc-per-node N` starts N such ranks on this machine.
  */
 import type { Command } from 'commander';
 import { dirname, resolve } from 'node:path';
@@ -9,6 +11,9 @@ import { Sqlr1Error } from '../../errors.js';
 import { loadConfig, parseOverride } from '../../grpo/config.js';
 import { GrpoTrainer } from '../../grpo/trainer.js';
 import { SpiderDataset } from '../../spider/dataset.js';
+import { distEnvFrom, pinLocalDevice } from '../../distributed/env.js';
+import { ProcessGroup } from '../../distributed/group.js';
+import { launchLocal } from '../../distributed/launch.js';
 import { parseIntArg, printJson } from '../util.js';
 
 interface TrainCliOptions {
@@ -19,6 +24,7 @@ interface TrainCliOptions {
   resume?: string;
   set: string[];
   json?: boolean;
+  nprocPerNode?: number;
 }
 
 export function register(program: Command): void {
@@ -33,7 +39,23 @@ export function register(program: Command): void {
     .option('--set <key=value>', 'override a config key (repeatable), e.g. --set max_steps=20 --set lora.rank=8',
       (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--json', 'print the result as JSON')
+    .option('--nproc-per-node <n>', 'start N ranks of a data-parallel run on this machine (one GPU each; prompts_per_step is per rank)',
+      parseIntArg('--nproc-per-node', 1))
     .action(async (o: TrainCliOptions) => {
+      if (o.nprocPerNode !== undefined && o.nprocPerNode > 1) {
+        if (distEnvFrom() !== null) throw new Sqlr1Error('ERR_CONFIG', '--nproc-per-node starts its own ranks: it cannot run inside a launcher that set WORLD_SIZE');
+        // Each rank runs this same command without --nproc-per-node.
+        const args = process.argv.slice(2);
+        const rankArgs: string[] = [];
+        for (let i = 0; i < args.length; i++) {
+          if (args[i] === '--nproc-per-node') i++;
+          else if (!args[i]!.startsWith('--nproc-per-node=')) rankArgs.push(args[i]!);
+        }
+        process.exitCode = await launchLocal({ nproc: o.nprocPerNode, argv: [...process.execArgv, process.argv[1]!, ...rankArgs] });
+        return;
+      }
+      const dist = distEnvFrom();
+      if (dist) pinLocalDevice(dist);
       const overrides: Record<string, unknown> = {};
       for (const s of o.set) {
         const [k, v] = parseOverride(s);
@@ -50,9 +72,16 @@ export function register(program: Command): void {
       const trainDataset = await SpiderDataset.load({ root, split: 'train', ...(o.maxSamples ? { maxSamples: o.maxSamples } : {}), onWarning: warn });
       const evalDataset = await SpiderDataset.load({ root, split: 'dev', ...(config.evalSamples > 0 ? { maxSamples: config.evalSamples } : {}), onWarning: warn });
       const { model, lora, ...rest } = config;
-      const trainer = await GrpoTrainer.create({
-        ...rest, model: model!, lora, trainDataset, evalDataset, ...(o.resume ? { resumeFrom: o.resume } : {}),
-      });
+      const processGroup = dist ? await ProcessGroup.connect(dist) : undefined;
+      let trainer: GrpoTrainer;
+      try {
+        trainer = await GrpoTrainer.create({
+          ...rest, model: model!, lora, trainDataset, evalDataset, ...(o.resume ? { resumeFrom: o.resume } : {}), ...(processGroup ? { processGroup } : {}),
+        });
+      } catch (e) {
+        processGroup?.close();
+        throw e;
+      }
       const controller = new AbortController();
       let interrupts = 0;
       const onSigint = () => {
@@ -65,6 +94,7 @@ export function register(program: Command): void {
       process.on('SIGINT', onSigint);
       try {
         const result = await trainer.train({ signal: controller.signal });
+        if (dist && dist.rank !== 0) return;   // rank 0 speaks for the run
         if (o.json) printJson(result);
         else {
           process.stderr.write(`${result.aborted ? 'stopped' : 'done'} at step ${result.step} (epoch ${result.epoch.toFixed(2)}); adapter ${result.adapterPath}` +
@@ -74,6 +104,7 @@ export function register(program: Command): void {
       } finally {
         process.off('SIGINT', onSigint);
         await trainer.dispose();
+        processGroup?.close();
       }
     });
 }

@@ -1,0 +1,25 @@
+/** Process groups over loopback for tests: every rank in this process, rank 0 started last. */
+import { createServer } from 'node:net';
+import type { DistEnv } from '../../lib/distributed/env.js';
+import { ProcessGroup } from '../../lib/distributed/group.js';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export async function groupOf(n: number, options: { timeoutMs?: number } = {}): Promise<ProcessGroup[]> {
+  const port = await freePort();
+  const env = (rank: number): DistEnv => ({ rank, worldSize: n, localRank: rank, masterAddr: '127.0.0.1', masterPort: port });
+  const id = Uint8Array.from({ length: 128 }, (_, i) => (i * 37) & 0xff);
+  // The others may start first: they retry until rank 0 listens.
+  const others = Array.from({ length: n - 1 }, (_, i) => ProcessGroup.connect(env(i + 1), options));
+  await new Promise((r) => setTimeout(r, 50));
+  const first = ProcessGroup.connect(env(0), { ...options, sharedId: id });
+  return Promise.all([first, ...others]);
+}
