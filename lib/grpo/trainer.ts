@@ -298,6 +298,7 @@ export class GrpoTrainer {
    * fresh. Runs as part of `train` when the state says it has not been done.
    */
   async warmup(options: { steps?: number; lr?: number; batchSize?: number; onStep?: (step: number, loss: number) => void; signal?: AbortSignal } = {}): Promise<{ loss: number; steps: number }> {
+    if (this.worldSize > 1) throw new Sqlr1Error('ERR_CONFIG', 'the supervised warm-up runs in one process: run it alone and pass its adapter as lora.path to the data-parallel run');
     const steps = options.steps ?? this.config.sftSteps;
     const lr = options.lr ?? this.config.sftLearningRate;
     // A warm-up batch holds as many sequences as a GRPO step trains on (prompts x generations).
