@@ -1,8 +1,8 @@
 /**
  * Data-parallel GrpoTrainer on the CPU (every rank in this process, over loopback): 2 ranks x 2 prompts per step
  * train as 1 process x 4 prompts (same draws, gradients summed over ranks against the whole step's normalizers),
- * the ranks hold identical adapters, rank 0 alone writes the run directory, the warm-up is refused, and a rank that
- * goes away ends the others' step with ERR_DISTRIBUTED.
+ * the ranks hold identical adapters, rank 0 alone writes the run directory and its checkpoints resume every rank
+ * exactly, the warm-up is refused, and a rank that goes away ends the others' step with ERR_DISTRIBUTED.
  */
 import t from 'tap';
 import { existsSync, readFileSync } from 'node:fs';
@@ -87,6 +87,18 @@ t.test('data-parallel GRPO', async (t) => {
     t.ok(existsSync(join(out, 'checkpoint-1', 'adapter.gguf')) && existsSync(join(out, 'checkpoint-2', 'adapter.gguf')), 'checkpoints by rank 0');
     t.ok(existsSync(join(out, 'final', 'adapter.gguf')));
     t.equal(results[1]!.adapterPath, join(out, 'final', 'adapter.gguf'), 'rank 1 points at the adapter rank 0 wrote');
+
+    // Every rank resumes from rank 0's checkpoint-1 and repeats the straight run's second step exactly.
+    const again = join(dir, 'dp-resumed');
+    const g2 = await groupOf(2, { timeoutMs: 60_000 });
+    t.teardown(() => g2.forEach((g) => g.close()));
+    const resumed = await Promise.all(g2.map((g) => GrpoTrainer.create({ ...base, outputDir: again, promptsPerStep: 2, saveSteps: 1, processGroup: g,
+      resumeFrom: join(out, 'checkpoint-1') })));
+    const r2 = await Promise.all(resumed.map((tr) => tr.train()));
+    await Promise.all(resumed.map((tr) => tr.dispose()));
+    t.same(r2.map((r) => r.step), [2, 2], 'the resumed ranks run step 2 only');
+    t.ok(readFileSync(join(again, 'final', 'adapter.gguf')).equals(readFileSync(join(out, 'final', 'adapter.gguf'))),
+      'the resumed run\'s final adapter is byte-identical to the straight run\'s');
   });
 
   await t.test('the warm-up is refused in a data-parallel run', async (t) => {
