@@ -23,13 +23,6 @@ export interface GroupOptions {
   sharedId?: Uint8Array;
 }
 
-/** How reduceMetrics combines the names listed (the others are averaged). */
-export interface MetricOps {
-  sum?: readonly string[];
-  min?: readonly string[];
-  max?: readonly string[];
-}
-
 function distError(msg: string): Sqlr1Error {
   return new Sqlr1Error('ERR_DISTRIBUTED', msg);
 }
@@ -255,11 +248,8 @@ export class ProcessGroup {
     return JSON.parse(out.toString()) as T[];
   }
 
-  /**
-   * Each metric averaged over ranks, or reduced as `ops` says for the names it lists (sum, min or max); every rank
-   * must report the same names.
-   */
-  async reduceMetrics(metrics: Record<string, number>, ops: MetricOps = {}): Promise<Record<string, number>> {
+  /** Each metric averaged over ranks (those named in `sum` added up); every rank must report the same names. */
+  async reduceMetrics(metrics: Record<string, number>, sum: readonly string[] = []): Promise<Record<string, number>> {
     const out = await this.exchange('reduceMetrics', Buffer.from(JSON.stringify(metrics)), (parts) => {
       const all = parts.map((p) => JSON.parse(p.toString()) as Record<string, number>);
       const keys = Object.keys(all[0]!).sort();
@@ -269,9 +259,8 @@ export class ProcessGroup {
         if (k.join('\n') !== keys.join('\n')) throw distError(`rank ${r} reports metrics [${k.join(', ')}], rank 0 [${keys.join(', ')}]`);
       }
       for (const k of keys) {
-        const values = all.map((m) => m[k]!);
-        const total = values.reduce((a, b) => a + b, 0);
-        res[k] = ops.sum?.includes(k) ? total : ops.min?.includes(k) ? Math.min(...values) : ops.max?.includes(k) ? Math.max(...values) : total / all.length;
+        const total = all.reduce((s, m) => s + m[k]!, 0);
+        res[k] = sum.includes(k) ? total : total / all.length;
       }
       return Buffer.from(JSON.stringify(res));
     });

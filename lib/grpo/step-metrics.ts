@@ -93,7 +93,6 @@ export function combineRankMetrics(all: readonly RankStepTotals[]): Metrics {
     else if (k.startsWith('time/')) out[k] = Math.max(...vs);   // the slowest rank sets the step's pace
     else out[k] = vs.reduce((a, b) => a + b, 0) / vs.length;
   }
-  for (const k of Object.keys(out)) if (k.startsWith('sampling/') || k === 'kl') delete out[k];
   const sum = (f: (r: RankStepTotals) => number) => all.reduce((a, r) => a + f(r), 0);
   const totals = {
     tok: { kl: sum((r) => r.tok.kl), clipLow: sum((r) => r.tok.clipLow), clipHigh: sum((r) => r.tok.clipHigh), clipRegion: sum((r) => r.tok.clipRegion), n: sum((r) => r.tok.n) },

@@ -230,28 +230,31 @@ export class GrpoTrainer {
     return Math.ceil((c.numTrainEpochs * this.train_.length) / (c.promptsPerStep * this.worldSize));
   }
 
+  /** The data-parallel group, when this process is one of several ranks (a group of one is a single process). */
+  private get group(): ProcessGroup | undefined {
+    const g = this.options.processGroup;
+    return g && g.worldSize > 1 ? g : undefined;
+  }
+
   /** Ranks of the data-parallel run (1 without a process group). */
   get worldSize(): number {
-    return this.options.processGroup?.worldSize ?? 1;
+    return this.group?.worldSize ?? 1;
   }
 
   /** Rank 0 (or the only process) writes the run directory and shows progress. */
   private get lead(): boolean {
-    return (this.options.processGroup?.rank ?? 0) === 0;
+    return (this.group?.rank ?? 0) === 0;
   }
 
   /** Whether any rank's signal fired (ranks stop at the same step). */
   private async anyAborted(signal: AbortSignal | undefined): Promise<boolean> {
-    const g = this.options.processGroup;
-    if (!g || g.worldSize === 1) return signal?.aborted ?? false;
-    const all = await g.allGather(signal?.aborted ?? false);
-    return all.some(Boolean);
+    const aborted = signal?.aborted ?? false;
+    return this.group ? (await this.group.allGather(aborted)).some(Boolean) : aborted;
   }
 
   /** The other ranks wait here while rank 0 writes or evaluates (up to 6 hours, not the group's own limit). */
   private async waitForLead(): Promise<void> {
-    const g = this.options.processGroup;
-    if (g && g.worldSize > 1) await g.barrier(6 * 3600_000);
+    await this.group?.barrier(6 * 3600_000);
   }
 
   get step(): number {
@@ -465,7 +468,7 @@ export class GrpoTrainer {
     const K = c.numGenerations;
     const step = this.state.step;
     const times: StepTimes = { rollout: 0, reward: 0, reference: 0, policy: 0, optimizer: 0 };
-    const group = this.options.processGroup && this.options.processGroup.worldSize > 1 ? this.options.processGroup : undefined;
+    const group = this.group;
     const rank = group?.rank ?? 0;
 
     // 1. Questions from the stream (rank r takes the step's r-th share of promptsPerStep).

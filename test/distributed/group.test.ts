@@ -55,9 +55,8 @@ t.test('three ranks: shared id, all-reduce, broadcast, metrics, barrier', async 
   await Promise.all(g.map((x, r) => x.allReduceSum(sums[r]!)));
   for (const [r, b] of sums.entries()) t.same(Buffer.from(b.buffer), Buffer.from(wantSum.buffer), `rank ${r}: the same bytes as the float64 sum`);
 
-  const m = await Promise.all(g.map((x) => x.reduceMetrics({ reward: x.rank, num_tokens: 10 * (x.rank + 1), min_len: 5 - x.rank, max_len: 5 + x.rank },
-    { sum: ['num_tokens'], min: ['min_len'], max: ['max_len'] })));
-  for (const r of m) t.same(r, { reward: 1, num_tokens: 60, min_len: 3, max_len: 7 }, 'means, and sums, minima and maxima where asked');
+  const m = await Promise.all(g.map((x) => x.reduceMetrics({ reward: x.rank, num_tokens: 10 * (x.rank + 1) }, ['num_tokens'])));
+  for (const r of m) t.same(r, { reward: 1, num_tokens: 60 }, 'means, and sums where asked');
 
   const gathered = await Promise.all(g.map((x) => x.allGather({ rank: x.rank, tokens: [x.rank, 2 * x.rank] })));
   for (const r of gathered) t.same(r, [0, 1, 2].map((k) => ({ rank: k, tokens: [k, 2 * k] })), 'allGather: every rank\'s value, in rank order');
