@@ -7,25 +7,15 @@
 import t from 'tap';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadModel, type Model } from '../../lib/model/index.js';
 import { GrpoTrainer, type GrpoTrainerOptions } from '../../lib/grpo/trainer.js';
-import { toyDataset } from '../../lib/demo/demo.js';
 import type { Metrics } from '../../lib/grpo/metrics.js';
 import { groupOf } from '../helpers/distributed.js';
-import { tempDir, tinyModel } from '../helpers/native.js';
+import { tinyTrainerSetup } from '../helpers/trainer.js';
 
 t.test('data-parallel GRPO', async (t) => {
-  const dir = tempDir(t);
-  const model: Model = await loadModel(await tinyModel(dir, 'f32'), { device: 'cpu', log: () => undefined });
-  t.teardown(() => model.dispose());
-  const data = toyDataset(dir);
-  const base: GrpoTrainerOptions = {
-    model, trainDataset: data, outputDir: join(dir, 'run'), maxSteps: 2, numGenerations: 3, maxCompletionLength: 8,
-    temperature: 1, beta: 0.05, learningRate: 1e-2, lrSchedulerType: 'constant', lora: { rank: 4, alpha: 8 }, seed: 5, progress: false,
-    report: false, log: () => undefined, maxPromptLength: 1024,
-    // Every sample gets its own reward, so every group has a spread and every sequence a non-zero advantage.
-    rewardFunctions: [{ name: 'length', fn: (ctx) => ctx.completion.length / 10 }],
-  };
+  const setup = await tinyTrainerSetup(t);
+  const { dir } = setup;
+  const base: GrpoTrainerOptions = { ...setup.base, maxSteps: 2 };
   const tensors = (tr: GrpoTrainer) => tr.lora.tensorNames().map((n) => tr.lora.getTensor(n));
 
   // dapo normalizes by the whole step's tokens, grpo by its sequences (dr_grpo shares grpo's sequence count).

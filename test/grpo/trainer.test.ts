@@ -5,11 +5,11 @@
  */
 import t from 'tap';
 import { join } from 'node:path';
-import { loadModel, type Model } from '../../lib/model/index.js';
 import { GrpoTrainer, type GrpoTrainerOptions } from '../../lib/grpo/trainer.js';
 import { toyDataset } from '../../lib/demo/demo.js';
 import { isSqlr1Error } from '../../lib/errors.js';
-import { tempDir, tinyModel } from '../helpers/native.js';
+import { tempDir } from '../helpers/native.js';
+import { tinyTrainerSetup } from '../helpers/trainer.js';
 
 async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
   try {
@@ -32,17 +32,7 @@ t.test('a bad config fails with ERR_CONFIG before the model loads', async (t) =>
 });
 
 t.test('one step', async (t) => {
-  const dir = tempDir(t);
-  const model: Model = await loadModel(await tinyModel(dir, 'f32'), { device: 'cpu', log: () => undefined });
-  t.teardown(() => model.dispose());
-  const data = toyDataset(dir);
-  const base: GrpoTrainerOptions = {
-    model, trainDataset: data, outputDir: join(dir, 'run'), maxSteps: 1, promptsPerStep: 4, numGenerations: 3, maxCompletionLength: 8,
-    temperature: 1, beta: 0.05, learningRate: 1e-2, lrSchedulerType: 'constant', lora: { rank: 4, alpha: 8 }, seed: 5, progress: false,
-    report: false, log: () => undefined, maxPromptLength: 1024,
-    // Every sample gets its own reward, so every group has a spread and every sequence a non-zero advantage.
-    rewardFunctions: [{ name: 'length', fn: (ctx) => ctx.completion.length / 10 }],
-  };
+  const { data, base } = await tinyTrainerSetup(t);
   const adapterAfterStep = async (opts: Partial<GrpoTrainerOptions>) => {
     const tr = await GrpoTrainer.create({ ...base, ...opts });
     const { metrics } = await tr.trainStep();

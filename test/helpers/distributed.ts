@@ -1,17 +1,9 @@
 /** Process groups over loopback for tests: every rank in this process, rank 0 started last. */
-import { createServer } from 'node:net';
 import type { DistEnv } from '../../lib/distributed/env.js';
 import { ProcessGroup } from '../../lib/distributed/group.js';
+import { freePort } from '../../lib/distributed/launch.js';
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 export async function groupOf(n: number, options: { timeoutMs?: number } = {}): Promise<ProcessGroup[]> {
   const port = await freePort();
