@@ -28,6 +28,7 @@ export type ErrorCode =
   | 'ERR_ABORTED'
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_DISTRIBUTED'
+  | 'ERR_NCCL'
   | 'ERR_INTERNAL';
 
 export class Sqlr1Error extends Error {

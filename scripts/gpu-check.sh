@@ -36,6 +36,13 @@ fi
 t1=$(date +%s)
 set +e
 export SQLR1_REQUIRE_CUDA=1
+# NCCL for the one-rank test (test/distributed/nccl-cuda.test.ts, which fails without it): the first libnccl.so.2
+# on this machine unless one is named.
+if [ -z "${SQLR1_NCCL_LIBRARY:-}" ]; then
+  SQLR1_NCCL_LIBRARY=$(find /usr /opt /root /home /lib /lib64 -name 'libnccl.so.2*' -not -type d 2>/dev/null | sort | head -1)
+  export SQLR1_NCCL_LIBRARY
+fi
+echo "NCCL library: ${SQLR1_NCCL_LIBRARY:-none found}"
 # Only the CUDA cases of each file (testDevices() in test/helpers/native.ts): CI runs the CPU ones.
 export SQLR1_TEST_DEVICES=cuda
 # Every test file that asks for the CUDA device (through the helpers or by name).

@@ -1,10 +1,11 @@
 /**
- * The ranks of a data-parallel run as one group over TCP: rank 0 listens on MASTER_ADDR:MASTER_PORT, the others
- * connect, and rank 0 hands every rank one shared id (for NCCL, its unique id) before anything else. On top of that
- * connection: collectives for what is small or for runs without NCCL (the CPU), each combined on rank 0 in rank
- * order so that every rank receives the same bytes: all-reduce (sum or mean), broadcast from rank 0, metric reduction
- * and a barrier. Every rank calls the same collectives in the same order; a rank that dies or falls silent ends
- * the others' pending calls with ERR_DISTRIBUTED (a closed connection at once, silence after `timeoutMs`), never a hang.
+ * The ranks of a data-parallel run as one group over TCP: rank 0 listens on MASTER_ADDR:MASTER_PORT and the others
+ * connect. On that connection: collectives, each combined on rank 0 in rank order so that every rank receives the
+ * same bytes: all-reduce (sum or mean), broadcast from rank 0, all-gather, metric reduction and a barrier. The
+ * float buffers' all-reduce and broadcast (gradients, the initial adapter) can move to a faster transport instead
+ * (`useTransport`: NCCL between GPUs, lib/distributed/nccl.ts); what is small stays on TCP. Every rank calls the
+ * same collectives in the same order; a rank that dies or falls silent ends the others' pending calls with
+ * ERR_DISTRIBUTED (a closed connection at once, silence after `timeoutMs`), never a hang.
  */
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import { Sqlr1Error } from '../errors.js';
@@ -19,8 +20,17 @@ interface Frame { kind: Kind; seq: number; payload: Buffer }
 export interface GroupOptions {
   /** Longest wait for a peer in any call, connecting included (default 300000 ms). */
   timeoutMs?: number;
-  /** Rank 0's shared id for the others (default: empty). */
-  sharedId?: Uint8Array;
+}
+
+/** Moves float buffers between the ranks (every rank calls the same operations in the same order). */
+export interface TensorTransport {
+  /** 'nccl', say: the group's `backend`. */
+  readonly name: string;
+  /** `buf` becomes the element-wise sum over ranks. */
+  allReduceSum(buf: Float32Array): Promise<void>;
+  /** `buf` becomes rank 0's. */
+  broadcast(buf: Float32Array): Promise<void>;
+  close(): void;
 }
 
 function distError(msg: string): Sqlr1Error {
@@ -88,12 +98,11 @@ class Peer {
 export class ProcessGroup {
   private seq = 0;
   private failure: Error | undefined;
+  private transport: TensorTransport | undefined;
 
   private constructor(
     readonly rank: number,
     readonly worldSize: number,
-    /** Rank 0's id, the same bytes on every rank. */
-    readonly sharedId: Uint8Array,
     private readonly peers: Peer[],   // rank 0: one per other rank (index rank - 1); others: [rank 0]
     private readonly server: Server | undefined,
     private readonly timeoutMs: number,
@@ -114,6 +123,7 @@ export class ProcessGroup {
       });
       let joined = 0;
       const allJoined = new Promise<void>((resolve, reject) => {
+        if (env.worldSize === 1) { resolve(); return; }
         const timer = setTimeout(() => reject(distError(`timed out after ${timeoutMs} ms: ${joined} of ${env.worldSize - 1} ranks joined at ${where}`)), timeoutMs);
         server.on('connection', (socket) => {
           const peer = new Peer(socket, 'a rank that was joining', onFail);
@@ -136,9 +146,8 @@ export class ProcessGroup {
         server.close();
         throw e;
       }
-      const id = options.sharedId ?? new Uint8Array(0);
-      group = new ProcessGroup(0, env.worldSize, id, peers, server, timeoutMs);
-      for (const p of peers) p.send(Kind.Welcome, 0, id);
+      group = new ProcessGroup(0, env.worldSize, peers, server, timeoutMs);
+      for (const p of peers) p.send(Kind.Welcome, 0, Buffer.alloc(0));
       return group;
     }
     const deadline = Date.now() + timeoutMs;
@@ -162,7 +171,7 @@ export class ProcessGroup {
     master.send(Kind.Hello, 0, hello);
     const welcome = await master.recv(Math.max(1, deadline - Date.now()), 'joining');
     if (welcome.kind !== Kind.Welcome) throw distError(`rank 0 answered the join with frame kind ${welcome.kind}`);
-    group = new ProcessGroup(env.rank, env.worldSize, new Uint8Array(welcome.payload), [master], undefined, timeoutMs);
+    group = new ProcessGroup(env.rank, env.worldSize, [master], undefined, timeoutMs);
     return group;
   }
 
@@ -172,6 +181,38 @@ export class ProcessGroup {
     this.failure = e;
     for (const p of this.peers) p?.fail(e);
     this.server?.close();
+    this.transport?.close();
+  }
+
+  /**
+   * Moves the float buffers' all-reduce and broadcast to `transport` from now on (every rank calls it at the same
+   * point). A transport's failure fails the group, as a lost connection does.
+   */
+  useTransport(transport: TensorTransport): void {
+    if (this.failure) throw this.failure;
+    this.transport?.close();
+    this.transport = transport;
+  }
+
+  /** What moves the float buffers: 'tcp', or the transport's name. */
+  get backend(): string {
+    return this.transport?.name ?? 'tcp';
+  }
+
+  /** The longest wait for a peer in any call, ms. */
+  get timeout(): number {
+    return this.timeoutMs;
+  }
+
+  /** Runs `op` on the transport; its failure fails the group. */
+  private async onTransport(op: (t: TensorTransport) => Promise<void>): Promise<void> {
+    if (this.failure) throw this.failure;
+    try {
+      await op(this.transport!);
+    } catch (e) {
+      this.fail(e as Error);
+      throw e;
+    }
   }
 
   /**
@@ -205,17 +246,25 @@ export class ProcessGroup {
     }
   }
 
-  /** Replaces `buf` on every rank with the element-wise mean over ranks (summed in float64, in rank order). */
+  /**
+   * Replaces `buf` on every rank with the element-wise mean over ranks (over TCP: summed in float64, in rank order;
+   * over a transport: its float32 sum, divided).
+   */
   async allReduceMean(buf: Float32Array): Promise<void> {
     await this.allReduce(buf, 'mean');
   }
 
-  /** Replaces `buf` on every rank with the element-wise sum over ranks (in float64, in rank order). */
+  /** Replaces `buf` on every rank with the element-wise sum over ranks (over TCP: in float64, in rank order). */
   async allReduceSum(buf: Float32Array): Promise<void> {
     await this.allReduce(buf, 'sum');
   }
 
   private async allReduce(buf: Float32Array, op: 'sum' | 'mean'): Promise<void> {
+    if (this.transport) {
+      await this.onTransport((t) => t.allReduceSum(buf));
+      if (op === 'mean') for (let i = 0; i < buf.length; i++) buf[i] = buf[i]! / this.worldSize;
+      return;
+    }
     const n = buf.length;
     const what = op === 'sum' ? 'allReduceSum' : 'allReduceMean';
     const out = await this.exchange(what, Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), (parts) => {
@@ -236,6 +285,7 @@ export class ProcessGroup {
 
   /** Copies rank 0's `buf` into every rank's (rank 0 broadcasts the initial adapter). */
   async broadcast(buf: Float32Array): Promise<void> {
+    if (this.transport) return this.onTransport((t) => t.broadcast(buf));
     const out = await this.exchange('broadcast', Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength), (parts) => parts[0]!);
     if (out.byteLength !== buf.byteLength) throw distError(`broadcast: rank 0 sent ${out.byteLength / 4} values, this rank holds ${buf.length}`);
     buf.set(new Float32Array(out.buffer.slice(out.byteOffset, out.byteOffset + out.byteLength)));

@@ -93,6 +93,12 @@ export interface GrpoConfig {
   lora: GrpoLoraConfig;
   /** 'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'. Default 'auto'. */
   device: 'auto' | 'cpu' | 'cuda';
+  /**
+   * What moves gradients between the ranks of a data-parallel run (TRL's ddp_backend): 'nccl' (GPU to GPU),
+   * 'tcp' (through the host, any device) or 'auto': NCCL when the run is on CUDA, else TCP. Default 'auto'; unused
+   * in one process.
+   */
+  ddpBackend: 'auto' | 'nccl' | 'tcp';
   /** Supervised warm-up steps on gold answers before GRPO (SQL-R1's cold start); 0 skips it. Default 0. */
   sftSteps: number;
   /** Learning rate of the warm-up. Default 1e-4: a common LoRA fine-tuning rate, larger than RL's. */
@@ -149,6 +155,7 @@ export const GRPO_DEFAULTS: GrpoConfig = Object.freeze({
   klEstimator: 'k3',
   lora: Object.freeze({ rank: 16, alpha: 32, targets: Object.freeze([...LORA_TARGETS]) as LoraTarget[], path: null }) as GrpoLoraConfig,
   device: 'auto',
+  ddpBackend: 'auto',
   sftSteps: 0,
   sftLearningRate: 1e-4,
   evalSamples: 200,
@@ -221,6 +228,7 @@ const TOP: Record<Exclude<keyof GrpoConfig, 'lora'>, Field> = {
   microBatchTokens: { schema: int(1), expect: 'an integer >= 1' },
   klEstimator: { schema: z.enum(['k1', 'k3']), expect: "one of 'k1', 'k3'" },
   device: { schema: z.enum(['auto', 'cpu', 'cuda']), expect: "one of 'auto', 'cpu', 'cuda'" },
+  ddpBackend: { schema: z.enum(['auto', 'nccl', 'tcp']), expect: "one of 'auto', 'nccl', 'tcp'" },
   sftSteps: { schema: int(0), expect: 'an integer >= 0' },
   sftLearningRate: { schema: num().gt(0), expect: 'a number > 0' },
   evalSamples: { schema: int(0), expect: 'an integer >= 0 (0: the whole eval set)' },
@@ -493,6 +501,7 @@ const DOCS: Record<string, string> = {
   kl_estimator: 'k3 | k1',
   lora: 'the trained adapter',
   device: 'auto | cpu | cuda',
+  ddp_backend: 'gradients between ranks: auto | nccl | tcp',
   sft_steps: 'supervised warm-up steps (0: none)',
   sft_learning_rate: 'warm-up learning rate',
   eval_samples: 'questions per evaluation (0: all)',

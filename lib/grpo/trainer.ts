@@ -41,6 +41,7 @@ import { derivedSeed, microBatches, sampleRollouts, type Rollout } from './rollo
 import { answerTokens, supervisedStep } from './sft.js';
 import type { ProcessGroup } from '../distributed/group.js';
 import { allReduceGradients, broadcastParams } from '../distributed/params.js';
+import { chooseTransport } from '../distributed/nccl.js';
 import { combineRankMetrics, samplingTotals, stepMetrics, type RankStepTotals } from './step-metrics.js';
 
 /** One training or eval question: any object with these fields (a SpiderExample has `query` for the gold SQL). */
@@ -206,7 +207,11 @@ export class GrpoTrainer {
       const maxTokens = Math.max(config.microBatchTokens, config.maxPromptLength + config.maxCompletionLength);
       trainer = await LoraTrainer.create(model, lora, { maxTokens });
       // Every rank starts from rank 0's adapter (a resumed run's ranks read the same checkpoint).
-      if (group && group.worldSize > 1) await broadcastParams(loraParams(lora), group);
+      if (group && group.worldSize > 1) {
+        const backend = await chooseTransport(group, model.device, config.ddpBackend);
+        if (group.rank === 0) log(`data-parallel: ${group.worldSize} ranks, gradients over ${backend}`);
+        await broadcastParams(loraParams(lora), group);
+      }
       const optimizer = new AdamW(loraParams(lora), { lr: config.learningRate, weightDecay: config.weightDecay });
       if (resumed) await optimizer.load(join(options.resumeFrom!, OPTIMIZER_FILE));
       const reward = createReward({

@@ -157,6 +157,25 @@ export interface NativeBinding {
   }): { tokens: Int32Array; logprobs: Float32Array };
   /** Test-only: the project's CUDA kernels on host arrays (native/src/test_hooks.h), made when asked for. */
   testHooks(): NativeTestHooks;
+  /** NCCL, opened at run time (native/src/nccl.h); every call fails with ERR_NCCL where it cannot be used. */
+  nccl: NativeNccl;
+}
+
+export interface NativeNccl {
+  /** Opens the library (default: libnccl.so.2 on the loader's path) once per process. */
+  load(library?: string): { path: string; version: number; versionString: string };
+  /** A new 128-byte id for init (rank 0's, handed to the others). */
+  uniqueId(library?: string): Uint8Array;
+  /** Joins the communicator on CUDA device `device`; settles once every rank has joined. */
+  init(options: { id: Uint8Array; nranks: number; rank: number; device: number; library?: string }): Promise<NativeNcclCommunicator>;
+}
+
+export interface NativeNcclCommunicator {
+  /** `buf` becomes the sum over ranks (float32, staged through device memory). */
+  allReduceSum(buf: Float32Array, timeoutMs: number): Promise<void>;
+  /** `buf` becomes rank `root`'s. */
+  broadcast(buf: Float32Array, root: number, timeoutMs: number): Promise<void>;
+  close(): void;
 }
 
 /** The test-only kernel entry points (CUDA builds; each fails with ERR_NO_CUDA elsewhere). */

@@ -12,6 +12,7 @@
 #include "test_hooks.h"
 #include "train.h"
 #include "train_napi.h"
+#include "nccl_napi.h"
 
 #include <napi.h>
 #ifdef SQLR1_WITH_CUDA
@@ -653,6 +654,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     exports.Set("testHooks", Napi::Function::New(env, test_hooks));
     tensor_graph_register(env, exports);
     train_register(env, exports);
+    nccl_register(env, exports);
     return exports;
 }
 

@@ -8,10 +8,9 @@ export { freePort };
 export async function groupOf(n: number, options: { timeoutMs?: number } = {}): Promise<ProcessGroup[]> {
   const port = await freePort();
   const env = (rank: number): DistEnv => ({ rank, worldSize: n, localRank: rank, masterAddr: '127.0.0.1', masterPort: port });
-  const id = Uint8Array.from({ length: 128 }, (_, i) => (i * 37) & 0xff);
   // The others may start first: they retry until rank 0 listens.
   const others = Array.from({ length: n - 1 }, (_, i) => ProcessGroup.connect(env(i + 1), options));
   await new Promise((r) => setTimeout(r, 50));
-  const first = ProcessGroup.connect(env(0), { ...options, sharedId: id });
+  const first = ProcessGroup.connect(env(0), options);
   return Promise.all([first, ...others]);
 }
