@@ -18,6 +18,7 @@ export { GRPO_DEFAULTS, CONFIG_KEYS, ConfigError, resolveConfig, loadConfig, con
 export { computeAdvantages, ADVANTAGE_STD_EPS, type AdvantageResult, type ScaleRewards } from './grpo/advantages.js';
 export { learningRateAt, type LrSchedulerType, type ScheduleOptions } from './grpo/schedule.js';
 export { GrpoTrainer, readTrainerState, listCheckpoints, formatAnswer, answerTokens, type GrpoTrainerOptions, type GrpoExample, type GrpoDataset, type GrpoCallbacks, type PromptSource, type TrainResult, type TrainerState, type Metrics, type CompletionRecord } from './grpo/index.js';
-export { ProcessGroup, type GroupOptions } from './distributed/group.js';
+export { ProcessGroup, type GroupOptions, type TensorTransport } from './distributed/group.js';
+export { connectNccl, chooseTransport, type NcclOptions } from './distributed/nccl.js';
 export { distEnvFrom, shardRange, pinLocalDevice, type DistEnv } from './distributed/env.js';
 export { runDemo, DEMO_CONFIG, type DemoOptions, type DemoReport } from './demo/demo.js';
