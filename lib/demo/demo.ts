@@ -4,11 +4,11 @@
  * does), runs a supervised warm-up on the gold answers until greedy accuracy reaches DEMO_WARMUP.targetAccuracy,
  * measures again, then trains with GRPO and measures a third time; after the warm-up and after GRPO it also
  * measures the mean sampled execution reward. The run directory (config.yaml, metrics.jsonl, completions.jsonl,
- * warmup/ and final/ adapters, checkpoints, report.html) is left in the working folder. The pass rule: greedy
+ * warmup/ and final/ adapters, checkpoints, report.html, demo.json: the report) is left in the working folder. The pass rule: greedy
  * accuracy after GRPO above the accuracy after the warm-up (`improved`; the CLI exits 1 otherwise).
  */
 import Database from 'better-sqlite3';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadModel, makeModel, type LoraAdapter, type Model } from '../model/index.js';
@@ -66,6 +66,9 @@ export const DEMO_CONFIG = {
  * at the first step whose greedy accuracy reaches 0.25, so that GRPO starts from a partly right model.
  */
 export const DEMO_WARMUP = { maxSteps: 40, lr: 3e-3, targetAccuracy: 0.25, evalBelowLoss: 2 } as const;
+
+/** The demo's report (DemoReport as JSON) in its run directory. */
+export const DEMO_REPORT_FILE = 'demo.json';
 
 /** Samples per question for the mean sampled execution reward (at the training temperature, fixed seed). */
 export const DEMO_REWARD_SAMPLES = 8;
@@ -229,6 +232,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
       ...(result.reportPath ? { reportPath: result.reportPath } : {}),
       seconds: { total: (performance.now() - t0) / 1000, warmup: warmupS, grpo: grpoS },
     };
+    writeFileSync(join(runDir, DEMO_REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
     log(`execution accuracy (greedy, ${data.length} questions): before ${before.toFixed(3)} -> after warm-up ${afterWarmup.toFixed(3)} -> after GRPO ${afterGrpo.toFixed(3)}`);
     log(`pass rule: GRPO must raise greedy execution accuracy above the warm-up's (${afterGrpo.toFixed(3)} > ${afterWarmup.toFixed(3)}): ` +
       `${report.improved ? 'passed' : 'FAILED'}; ${report.seconds.total.toFixed(0)} s in all`);
