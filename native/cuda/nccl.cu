@@ -69,7 +69,15 @@ private:
         cuda_check(cudaMemcpyAsync(buf_, data, n * sizeof(float), cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync");
         const result_t r = op(buf_);
         if (r != success && r != in_progress) abort_with(what, a_.get_error_string(r));
+        wait_for(what, timeout_ms);
+        // Only now: a copy back to pageable memory would block this thread until the collective ends, past any
+        // timeout.
         cuda_check(cudaMemcpyAsync(data, buf_, n * sizeof(float), cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync");
+        cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    }
+
+    // Polls the stream until its work is done, NCCL reports an error, or the timeout passes.
+    void wait_for(const char * what, int timeout_ms) {
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
         for (;;) {
             const cudaError_t q = cudaStreamQuery(stream_);
