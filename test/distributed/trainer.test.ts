@@ -100,6 +100,18 @@ t.test('data-parallel GRPO', async (t) => {
     await t.rejects(ranks[1]!.warmup({ steps: 1 }), { code: 'ERR_CONFIG', message: /warm-up runs in one process/ }, 'warmup() called directly');
   });
 
+  await t.test("ddp_backend: TCP on the CPU; 'nccl' asked for on the CPU is refused on every rank", async (t) => {
+    const groups = await groupOf(2, { timeoutMs: 5_000 });
+    t.teardown(() => groups.forEach((g) => g.close()));
+    const refused = await Promise.allSettled(groups.map((g) => GrpoTrainer.create({ ...base, promptsPerStep: 2, ddpBackend: 'nccl', processGroup: g })));
+    for (const r of refused) t.match(r, { status: 'rejected', reason: { code: 'ERR_CONFIG', message: /ddp_backend 'nccl'.*on the CPU/ } });
+    const again = await groupOf(2, { timeoutMs: 5_000 });
+    t.teardown(() => again.forEach((g) => g.close()));
+    const ranks = await Promise.all(again.map((g) => GrpoTrainer.create({ ...base, promptsPerStep: 2, processGroup: g })));
+    t.teardown(() => Promise.all(ranks.map((tr) => tr.dispose())));
+    t.same(again.map((g) => g.backend), ['tcp', 'tcp'], "'auto' on the CPU moves the gradients over TCP");
+  });
+
   await t.test('a rank that goes away ends the other\'s step with ERR_DISTRIBUTED', async (t) => {
     const groups = await groupOf(2, { timeoutMs: 60_000 });
     t.teardown(() => groups.forEach((g) => g.close()));
