@@ -4,8 +4,9 @@
  * does), runs a supervised warm-up on the gold answers until greedy accuracy reaches DEMO_WARMUP.targetAccuracy,
  * measures again, then trains with GRPO and measures a third time; after the warm-up and after GRPO it also
  * measures the mean sampled execution reward. The run directory (config.yaml, metrics.jsonl, completions.jsonl,
- * warmup/ and final/ adapters, checkpoints, report.html, demo.json: the report) is left in the working folder. The pass rule: greedy
- * accuracy after GRPO above the accuracy after the warm-up (`improved`; the CLI exits 1 otherwise).
+ * warmup/ and final/ adapters, checkpoints, report.html, and demo.json: the report) is left in the working folder.
+ * The pass rule: greedy accuracy after GRPO above the accuracy after the warm-up (`improved`; the CLI exits 1
+ * otherwise).
  */
 import Database from 'better-sqlite3';
 import { existsSync, rmSync, writeFileSync } from 'node:fs';
