@@ -57,12 +57,12 @@ export async function connectNccl(group: ProcessGroup, options: NcclOptions = {}
       timer = setTimeout(() => reject(new Sqlr1Error('ERR_DISTRIBUTED', `NCCL: not every rank joined the communicator within ${timeoutMs} ms`)), timeoutMs);
     }),
   ]).finally(() => clearTimeout(timer));
-  return new NcclTransport(comm, timeoutMs, ranks[0]!.version!);
+  return new NcclTransport(comm, timeoutMs);
 }
 
 class NcclTransport implements TensorTransport {
   readonly name = 'nccl';
-  constructor(private readonly comm: NativeNcclCommunicator, private readonly timeoutMs: number, readonly version: string) {}
+  constructor(private readonly comm: NativeNcclCommunicator, private readonly timeoutMs: number) {}
 
   allReduceSum(buf: Float32Array): Promise<void> {
     return callNative(() => this.comm.allReduceSum(buf, this.timeoutMs));

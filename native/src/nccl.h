@@ -20,8 +20,9 @@ enum : int { success = 0, in_progress = 7 };
 enum : int { float32 = 7 };   // ncclFloat32
 enum : int { sum = 0 };       // ncclSum
 
-// The oldest NCCL accepted: ncclCommGetAsyncError and ncclCommAbort, which the timeout relies on, are older;
-// 2.18 is the first release built for CUDA 12 and later.
+// The oldest NCCL accepted. The functions used, ncclCommGetAsyncError and ncclCommAbort included (the timeout
+// relies on them), exist since 2.4; the floor only keeps out releases far older than those built for the CUDA 13
+// this addon links against.
 constexpr int min_version = 21800;
 
 struct api {

@@ -82,14 +82,17 @@ private:
 
 Napi::FunctionReference NcclCommWrap::ctor;
 
+// The optional library path of load and uniqueId ("" when left out: libnccl.so.2).
+std::string library_arg(const Napi::CallbackInfo & info) {
+    if (info.Length() == 0 || info[0].IsUndefined()) return "";
+    if (!info[0].IsString()) bad_arg(info.Env(), "the NCCL library path must be a string");
+    return info[0].As<Napi::String>().Utf8Value();
+}
+
 // load(path?: string) -> { path, version, versionString }
 Napi::Value Load(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
-    std::string path;
-    if (info.Length() > 0 && !info[0].IsUndefined()) {
-        if (!info[0].IsString()) bad_arg(env, "the NCCL library path must be a string");
-        path = info[0].As<Napi::String>().Utf8Value();
-    }
+    const std::string path = library_arg(info);
     return guarded(env, [&] {
         const nccl::api & a = nccl::load(path);
         Napi::Object o = Napi::Object::New(env);
@@ -103,8 +106,7 @@ Napi::Value Load(const Napi::CallbackInfo & info) {
 // uniqueId(path?: string) -> Uint8Array (128 bytes)
 Napi::Value UniqueId(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
-    std::string path;
-    if (info.Length() > 0 && info[0].IsString()) path = info[0].As<Napi::String>().Utf8Value();
+    const std::string path = library_arg(info);
     return guarded(env, [&] {
         const nccl::unique_id id = nccl::make_unique_id(nccl::load(path));
         Napi::Uint8Array out = Napi::Uint8Array::New(env, sizeof(id.internal));
