@@ -36,14 +36,20 @@
  * (`npx tap test/reference/llama-forward.test.ts`).
  * The F16 products' rounding depends on the CPU's SIMD path: on the GPU machine's host the F16 models differed
  * more (max 1.5e-2, NMSE 5.4e-6) than on the 2-core CI machine (6.1e-3, 8.7e-7); the F16 bounds cover both.
- * CUDA (H200, measured 2026-12-03): both sides run the same ggml-cuda graph, so without an adapter and with one
- * on o/gate/up/down the logits were bit-identical for F32, F16, BF16, Q8_0 and Q4_0; with an adapter on all
- * seven layers the bias order (above) leaves up to 3.3e-3 (F32), 1.4e-2 (F16), 8.6e-3 (BF16), 5.7e-2 (Q8_0) and
- * 7.2e-2 (Q4_0). Q4_K and Q6_K were not reached in that run: their CUDA bounds stay the provisional ones.
- * Open in that run: on the 256-wide shape (head size 64, where CUDA runs flash attention on the GPU; at the tiny
- * shape's 16 it runs on the CPU) greedy decoding on CUDA parted from llama.cpp's at step 1 where llama.cpp's top-2
- * margin was 0.10 to 0.23, not a near-tie, although the prompt logits were bit-identical: the one-token decode
- * differs there. model.test.ts now checks the project's own CUDA decode against its full forward at head size 64.
+ * CUDA, prompt logits (H200 2026-12-03 and H100 2026-12-07, the same figures on both): both sides run the same
+ * ggml-cuda graph, so without an adapter and with one on o/gate/up/down the logits were bit-identical for every
+ * type; with an adapter on all seven layers the bias order (above) leaves up to 3.3e-3 (F32), 1.4e-2 (F16),
+ * 8.6e-3 (BF16), 5.7e-2 (Q8_0), 7.2e-2 (Q4_0), 5.5e-2 (Q4_K) and 3.3e-2 (Q6_K; these two measured on the H100).
+ * CUDA, greedy decode (H100 2026-12-07): the same tokens as llama.cpp's except at near-ties (Q4_K with the
+ * seven-layer adapter parted at step 0, margin 3.3e-2; Q6_K base at step 4, margin 1.7e-3), but the one-token
+ * steps' log-probs are not bit-identical although the prompt's are: up to 1.3e-3 (F32), 3.5e-3 (F16), 3.4e-3
+ * (BF16), 3.4e-2 (Q8_0), 8.6e-2 (Q4_0), 4.2e-2 (Q4_K), 3.1e-2 (Q6_K) over the three variants. The growth with
+ * coarser weights is that of rounding amplified by the products' re-quantization of activations (a wiring error
+ * moves log-probs by O(1)); which one-token kernel rounds differently has not been isolated. CUDA decode has its
+ * own bounds (`decode` below), 2-3x those values. With ggml's CUDA graphs on, the decode parted from llama.cpp's
+ * at step 1 where the margin was 0.10 to 0.23 (as in the 2026-12-03 run), and the project's own one-token decode
+ * at head size 64 was off its full forward by NMSE 0.73 (model.test.ts): the addon switches the graphs off
+ * (native/src/model.cpp), and with them off both checks pass.
  */
 import t, { type Test } from 'tap';
 import { join } from 'node:path';
@@ -56,9 +62,10 @@ t.setTimeout(3_600_000);
 
 type Device = 'cpu' | 'cuda';
 /** Bounds on max |log-softmax difference| and on the logits' NMSE, without and with an adapter. */
-interface Bound { base: { maxAbs: number; nmse: number }; lora: { maxAbs: number; nmse: number } }
-const bound = (baseMax: number, baseNmse: number, loraMax: number, loraNmse: number): Bound =>
-  ({ base: { maxAbs: baseMax, nmse: baseNmse }, lora: { maxAbs: loraMax, nmse: loraNmse } });
+/** `decode`: the bound on the greedy decode's log-probs where it differs from the prompt's (CUDA). */
+interface Bound { base: { maxAbs: number; nmse: number }; lora: { maxAbs: number; nmse: number }; decode?: number }
+const bound = (baseMax: number, baseNmse: number, loraMax: number, loraNmse: number, decode?: number): Bound =>
+  ({ base: { maxAbs: baseMax, nmse: baseNmse }, lora: { maxAbs: loraMax, nmse: loraNmse }, ...(decode !== undefined ? { decode } : {}) });
 
 // CPU: measured worst values (both shapes, both adapters) in the comments; bounds about 2-5x above them.
 const TOLERANCES: Record<Device, Record<string, Bound>> = {
@@ -71,16 +78,17 @@ const TOLERANCES: Record<Device, Record<string, Bound>> = {
     q4_K: bound(1e-5, 1e-10, 2e-1, 1e-3),  // 0 / 0; adapters 8.6e-2 / 1.2e-4
     q6_K: bound(1e-5, 1e-10, 2e-1, 1e-3),  // 0 / 0; adapters 9.3e-2 / 2.0e-4
   },
-  // Measured on an H200 (header): 0 without an adapter (bounds far below any wiring error's O(1)); adapters on all
-  // seven layers as listed, bounds about 3x above. Q4_K and Q6_K: provisional, not yet measured there.
+  // Measured on an H200 and an H100 (header): 0 without an adapter (bounds far below any wiring error's O(1));
+  // adapters on all seven layers as listed, bounds about 3x above; decode log-probs: the worst of the three
+  // variants, bound 2-3x above.
   cuda: {
-    f32: bound(1e-4, 1e-9, 1e-2, 5e-7),    // 0 / 0; adapters 3.3e-3 / 1.2e-7
-    f16: bound(1e-4, 1e-9, 5e-2, 5e-6),    // 0 / 0; adapters 1.4e-2 / 1.5e-6
-    bf16: bound(1e-4, 1e-9, 3e-2, 5e-7),   // 0 / 0; adapters 8.6e-3 / 8.4e-8
-    q8_0: bound(1e-4, 1e-9, 2e-1, 2e-4),   // 0 / 0; adapters 5.7e-2 / 3.4e-5
-    q4_0: bound(1e-4, 1e-9, 2e-1, 5e-4),   // 0 / 0; adapters 7.2e-2 / 1.2e-4
-    q4_K: bound(2e-1, 1e-3, 2e-1, 1e-3),
-    q6_K: bound(2e-1, 1e-3, 2e-1, 1e-3),
+    f32: bound(1e-4, 1e-9, 1e-2, 5e-7, 3e-3),    // 0 / 0; adapters 3.3e-3 / 1.2e-7; decode 1.3e-3
+    f16: bound(1e-4, 1e-9, 5e-2, 5e-6, 1e-2),    // 0 / 0; adapters 1.4e-2 / 1.5e-6; decode 3.5e-3
+    bf16: bound(1e-4, 1e-9, 3e-2, 5e-7, 1e-2),   // 0 / 0; adapters 8.6e-3 / 8.4e-8; decode 3.4e-3
+    q8_0: bound(1e-4, 1e-9, 2e-1, 2e-4, 1e-1),   // 0 / 0; adapters 5.7e-2 / 3.4e-5; decode 3.4e-2
+    q4_0: bound(1e-4, 1e-9, 2e-1, 5e-4, 2e-1),   // 0 / 0; adapters 7.2e-2 / 1.2e-4; decode 8.6e-2
+    q4_K: bound(1e-4, 1e-9, 2e-1, 1e-5, 1e-1),   // 0 / 0; adapters 5.5e-2 / 3.2e-6; decode 4.2e-2
+    q6_K: bound(1e-4, 1e-9, 1e-1, 5e-6, 1e-1),   // 0 / 0; adapters 3.3e-2 / 1.7e-6; decode 3.1e-2
   },
 };
 
@@ -177,11 +185,12 @@ async function check(t: Test, model: Model, device: Device, bin: string, dir: st
         worst = Math.max(worst, Math.abs(got.logprobs[i]! - ref.logprob[i]!));
         i++;
       }
-      t.ok(worst <= tol, `${what}: greedy log-probs agree over ${i} equal tokens (max |d| ${worst.toExponential(2)} <= ${tol})`);
+      const decodeTol = bounds.decode ?? tol;
+      t.ok(worst <= decodeTol, `${what}: greedy log-probs agree over ${i} equal tokens (max |d| ${worst.toExponential(2)} <= ${decodeTol})`);
       if (i < N_GEN) {
-        t.ok(ref.margin[i]! <= 2 * tol,
+        t.ok(ref.margin[i]! <= 2 * decodeTol,
           `${what}: greedy tokens part at step ${i} (ours ${got.tokens[i]}, llama.cpp ${ref.greedy[i]}) only where llama.cpp's top-2 margin ` +
-          `${ref.margin[i]!.toExponential(2)} is a near-tie (<= ${2 * tol})`);
+          `${ref.margin[i]!.toExponential(2)} is a near-tie (<= ${2 * decodeTol})`);
       } else {
         t.pass(`${what}: ${N_GEN} greedy tokens equal`);
       }

@@ -9,9 +9,11 @@
  * 2e-3 per value). A gradient entry is a sum over tokens of products of rounded activations, rounded weights and
  * rounded upstream gradients, through two layers forward and backward: the errors of its terms add up to a few
  * per cent of the entry where the terms agree in sign, and to a few per cent of the tensor's scale where they
- * cancel (small entries). Hence, provisionally, rel 5e-2 and scaleRel 2e-2, plus the F32 finite differences' own
- * abs 3e-3. A wrong kernel is off by O(1) relative on the largest entry of a tensor (which every check includes).
- * The test prints the worst |error| / bound and the worst relative error of large entries for each device.
+ * cancel (small entries). With rel 5e-2 and scaleRel 2e-2, plus the F32 finite differences' own abs 3e-3, the
+ * worst |error| / bound measured 0.228 on the CPU and 0.190 on CUDA (H100, 2026-12-07; 84 entries): the bound
+ * below halves rel and scaleRel, which leaves the worst measured entry at most at 0.46 of it, a margin of 2 for
+ * other seeds and GPUs. A wrong kernel is off by O(1) relative on the largest entry of a tensor (which every
+ * check includes). The test prints the worst |error| / bound and the worst relative error of large entries.
  */
 import t from 'tap';
 import { createLora, loadModel } from '../../lib/model/index.js';
@@ -19,7 +21,7 @@ import { LoraTrainer, loraParams } from '../../lib/train/index.js';
 import { tempDir, testDevices, tinyModel } from '../helpers/native.js';
 import { adapterWithB, dot, fdCheck, SEQUENCES, STARTS, TEMP, weights, type FdBound } from './fixtures/model-fd.js';
 
-const BF16_FD_BOUND: FdBound = { rel: 5e-2, abs: 3e-3, scaleRel: 2e-2 };
+const BF16_FD_BOUND: FdBound = { rel: 2.5e-2, abs: 3e-3, scaleRel: 1e-2 };
 
 for (const device of testDevices()) {
   // q4_0: the production base type (on CUDA its blocks are dequantized straight into BF16).
