@@ -2,7 +2,7 @@
 # The CUDA platform package on a CUDA machine without network, in two steps (one call each; the build folder
 # prebuild/cuda and /tmp survive between calls while the machine stays warm):
 #
-#   bash scripts/gpu-packages.sh build [ARCHS]  CUDA prebuild (npm run prebuild:cuda --arch ARCHS, default 90) into
+#   bash scripts/gpu-packages.sh build [ARCHS]  CUDA prebuild (npm run prebuild:cuda --arch ARCHS; default: the prebuild's 80,86,89,90) into
 #                                               npm/linux-x64-cuda13; stops after SQLR1_BUILD_LIMIT s (default
 #                                               540) with exit 75: run the same command again to resume
 #   bash scripts/gpu-packages.sh test           packs it, installs all three tarballs into a fresh folder offline
@@ -17,7 +17,7 @@ step=${1:?usage: gpu-packages.sh build [ARCHS] | test}
 if [ "$step" = build ]; then
   nvidia-smi -L | tee "$OUT/gpu.txt"
   set +e
-  node scripts/prebuild.mjs --cuda --arch "${2:-90}" --time-limit "${SQLR1_BUILD_LIMIT:-540}" > "$OUT/prebuild-cuda.log" 2>&1
+  node scripts/prebuild.mjs --cuda ${2:+--arch "$2"} --time-limit "${SQLR1_BUILD_LIMIT:-540}" > "$OUT/prebuild-cuda.log" 2>&1
   rc=$?
   set -e
   tail -40 "$OUT/prebuild-cuda.log"

@@ -6,8 +6,8 @@
 //        [--time-limit S]                           stop the compile after S seconds; run the same command
 //                                                   again to resume (the build folder keeps what was compiled)
 //
-// --arch takes compute capabilities, e.g. 90,89,86,80 (default 90): machine code for each, plus PTX for the
-// highest so that newer GPUs run the binary through the driver's JIT. The script writes
+// --arch takes compute capabilities (default 80,86,89,90: A100, RTX 30xx, RTX 40xx and L4, H100 and H200): machine
+// code for each, plus PTX for the highest so that newer GPUs run the binary through the driver's JIT. The script writes
 // npm/<name>/lib/build-info.json (glibc required, architectures, flags) and prints the glibc version the binary
 // requires (from objdump -T), failing when it is newer than this machine's. For CUDA it also reports compile
 // time per architecture (nvcc --time, CPU seconds summed over jobs) and device-code size per architecture
@@ -101,8 +101,11 @@ function deviceCodeSizes(file) {
   return sizes;
 }
 
-/** nvcc --time rows summed per architecture: CPU seconds in cicc (per compute_XX) and ptxas (per sm_XX). */
-function compileTimes(csv) {
+/**
+ * nvcc --time rows summed per architecture: CPU seconds in cicc (per compute_XX) and ptxas (per sm_XX), for the
+ * architectures built (CMake's compiler probe compiles once for its own default and is left out).
+ */
+function compileTimes(csv, built) {
   if (!existsSync(csv)) return {};
   const per = {};
   for (const line of readFileSync(csv, 'utf8').split('\n')) {
@@ -112,6 +115,7 @@ function compileTimes(csv) {
     const [, phase, , , arch, , metric] = cols;
     if (!/^(cicc|ptxas)$/.test(phase) || !/^(compute|sm)_\d+/.test(arch)) continue;
     const key = arch.replace(/^(compute|sm)_/, 'sm_');
+    if (!built.has(key)) continue;
     per[key] = (per[key] ?? 0) + Number(metric) / 1000;
   }
   return Object.fromEntries(Object.entries(per).map(([k, v]) => [k, Math.round(v)]));
@@ -125,7 +129,7 @@ const stateFile = join(buildDir, 'sqlr1-prebuild-state.json');
 let archs;
 const timeCsv = join(buildDir, 'nvcc-time.csv');
 if (cuda) {
-  archs = cudaArchitectures(opt('--arch', process.env.SQLR1_CUDA_ARCH_LIST ?? '90'));
+  archs = cudaArchitectures(opt('--arch', process.env.SQLR1_CUDA_ARCH_LIST ?? '80,86,89,90'));
   buildArgs.push('--cuda', `--CDCMAKE_CUDA_FLAGS=--time=${timeCsv}`);
   env.SQLR1_CUDA_ARCH = archs;
 }
@@ -181,7 +185,7 @@ const info = {
 if (cuda) {
   info.cudaArchitectures = archs;
   info.deviceCodeBytes = deviceCodeSizes(dest);
-  info.compileCpuSecondsPerArch = compileTimes(timeCsv);
+  info.compileCpuSecondsPerArch = compileTimes(timeCsv, new Set(archs.split(';').map((a) => `sm_${a.split('-')[0]}`)));
 }
 writeFileSync(join(pkgDir, 'lib', 'build-info.json'), JSON.stringify(info, null, 2) + '\n');
 

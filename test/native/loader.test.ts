@@ -93,12 +93,12 @@ t.test("device 'cuda' without a usable CUDA binary: ERR_NO_CUDA listing each pla
 });
 
 t.test('which GPUs run which CUDA architectures', async (t) => {
-  const pkg = '90-real,90-virtual';                       // the CUDA package's default: sm_90 code + PTX 9.0
+  const pkg = '90-real,90-virtual';                       // an sm_90-only build: sm_90 code + PTX 9.0
   t.equal(cudaArchitecturesRun(pkg, '9.0'), true, 'H100/H200: machine code');
   t.equal(cudaArchitecturesRun(pkg, '10.0'), true, 'B200: PTX compiled by the driver');
   t.equal(cudaArchitecturesRun(pkg, '12.0'), true, 'RTX 50xx: PTX');
   for (const cc of ['8.0', '8.6', '8.9', '7.5']) t.equal(cudaArchitecturesRun(pkg, cc), false, `${cc}: nothing it can run`);
-  const wide = '80-real,86-real,89-real,90-real,90-virtual';
+  const wide = '80-real,86-real,89-real,90-real,90-virtual';   // the CUDA package's default
   for (const cc of ['8.0', '8.6', '8.7', '8.9', '9.0', '10.0']) t.equal(cudaArchitecturesRun(wide, cc), true, `${cc} with ${wide}`);
   t.equal(cudaArchitecturesRun(wide, '7.5'), false);
   t.equal(cudaArchitecturesRun('86-real', '8.0'), false, 'machine code does not run on a lower minor version');
