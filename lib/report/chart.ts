@@ -24,6 +24,8 @@ export interface ChartSpec {
   smooth?: boolean;
   /** A one-line note under the title. */
   note?: string;
+  /** What the panel says when no series has data (default: not logged by the run so far). */
+  empty?: string;
 }
 
 export interface ChartOptions {
@@ -75,7 +77,7 @@ export function renderChart(spec: ChartSpec, rows: readonly MetricRow[], options
   const head = `<h3>${escapeHtml(spec.title)}</h3>${spec.note ? `<p class="note">${escapeHtml(spec.note)}</p>` : ''}`;
   const all = data.flatMap((d) => d.pts);
   if (all.length === 0) {
-    return { html: `<figure class="chart empty" id="${escapeHtml(spec.id)}">${head}<p class="nodata">no data yet (not logged by this run so far)</p></figure>`, points };
+    return { html: `<figure class="chart empty" id="${escapeHtml(spec.id)}">${head}<p class="nodata">${escapeHtml(spec.empty ?? 'no data yet (not logged by this run so far)')}</p></figure>`, points };
   }
   const steps = all.map((p) => p[0]);
   const values = all.map((p) => p[1]).concat(spec.yInclude ?? []);

@@ -3,6 +3,7 @@
  * that forbids loading anything), readable from phone width up. All text from the run is escaped.
  */
 import { basename, dirname, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
 import { renderChart, type ChartOptions, type ChartSpec } from './chart.js';
 import { escapeHtml, formatNumber } from './escape.js';
 import type { CompletionRow, MetricRow, RunData } from './run-dir.js';
@@ -18,8 +19,25 @@ export interface ReportOptions extends ChartOptions {
 
 const LEVELS = ['easy', 'medium', 'hard', 'extra'] as const;
 
+/** What chartSpecs reads from the run's config.yaml. */
+export interface RunSettings {
+  /** The KL coefficient: at 0 the trainer makes no reference pass and logs no KL. */
+  beta?: number;
+}
+
+/** The keys of config.yaml the charts need (undefined where absent or unreadable: the charts then say less). */
+export function runSettings(configText: string | null): RunSettings {
+  if (configText === null) return {};
+  try {
+    const beta = (parseYaml(configText) as { beta?: unknown } | null)?.beta;
+    return typeof beta === 'number' ? { beta } : {};
+  } catch {
+    return {};
+  }
+}
+
 /** The charts of a run: fixed panels for the contract's metric names, one panel per reward component. */
-export function chartSpecs(rows: readonly MetricRow[]): ChartSpec[] {
+export function chartSpecs(rows: readonly MetricRow[], settings: RunSettings = {}): ChartSpec[] {
   const keys = new Set(rows.flatMap((r) => Object.keys(r)));
   const components = [...keys].map((k) => /^rewards\/(.+)\/mean$/.exec(k)?.[1]).filter((c): c is string => c !== undefined).sort();
   const specs: ChartSpec[] = [
@@ -33,7 +51,10 @@ export function chartSpecs(rows: readonly MetricRow[]): ChartSpec[] {
       id: 'chart-eval', title: 'Eval execution accuracy', yInclude: [0, 1], smooth: false,
       series: [{ key: 'eval/execution_accuracy', label: 'all' }, ...LEVELS.map((l) => ({ key: `eval/execution_accuracy/${l}`, label: l }))],
     },
-    { id: 'chart-kl', title: 'KL to the reference', series: [{ key: 'kl', label: 'kl' }] },
+    {
+      id: 'chart-kl', title: 'KL to the reference', series: [{ key: 'kl', label: 'kl' }],
+      ...(settings.beta === 0 ? { empty: 'no KL: beta is 0 in this run, so it has no reference pass' } : {}),
+    },
     { id: 'chart-loss', title: 'Loss', series: [{ key: 'loss', label: 'loss' }] },
     { id: 'chart-grad-norm', title: 'Gradient norm', series: [{ key: 'grad_norm', label: 'grad_norm (before clipping)' }] },
     {
@@ -152,7 +173,7 @@ export function renderReport(run: RunData, options: ReportOptions = {}): { html:
   const title = options.title ?? `sqlr1 report: ${basename(dirname(resolve(run.dir)))}/${basename(resolve(run.dir))}`;
   const steps = run.metrics.map((r) => r.step);
   const xDomain: [number, number] | undefined = steps.length > 0 ? [Math.min(...steps), Math.max(...steps)] : undefined;
-  const charts = chartSpecs(run.metrics).map((spec) => ({ spec, out: renderChart(spec, run.metrics, { ...options, ...(xDomain ? { xDomain } : {}) }) }));
+  const charts = chartSpecs(run.metrics, runSettings(run.configText)).map((spec) => ({ spec, out: renderChart(spec, run.metrics, { ...options, ...(xDomain ? { xDomain } : {}) }) }));
   const skipped = run.skippedLines.metrics + run.skippedLines.completions;
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

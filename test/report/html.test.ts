@@ -85,8 +85,16 @@ tap.test('a run without eval, completions or config, or with nothing at all, sti
   t.match(html, /no eval yet/);
   t.match(html, /no completions logged yet/);
   t.match(html, /no config.yaml/);
+  t.match(html, /<figure class="chart empty" id="chart-kl">[\s\S]*?no data yet/, 'without a config the KL panel cannot say why');
   t.match(html, /3 unreadable log lines skipped/);
   t.same(rawPaths(html).map((p) => [p.key, p.vertices]), [['reward', 2]]);
+
+  // beta 0: the trainer makes no reference pass, and the KL panel says so instead of "no data yet".
+  writeFileSync(join(run, 'config.yaml'), 'beta: 0\nnum_generations: 4\n');
+  const noKl = readFileSync(await writeReport(run), 'utf8');
+  t.match(noKl, /<figure class="chart empty" id="chart-kl">[\s\S]*?no KL: beta is 0 in this run, so it has no reference pass/);
+  writeFileSync(join(run, 'config.yaml'), 'beta: [unclosed\n');
+  t.match(readFileSync(await writeReport(run), 'utf8'), /<figure class="chart empty" id="chart-kl">[\s\S]*?no data yet/, 'an unreadable config changes nothing');
 
   const empty = join(dir, 'empty');
   mkdirSync(empty);
