@@ -54,13 +54,15 @@ if (runAsPreHook()) process.exit(0);
 
 if (process.platform !== 'linux' || process.arch !== 'x64') fail(`the platform packages are for linux-x64; this is ${process.platform}-${process.arch}`);
 
-/** Compute capabilities to CMAKE_CUDA_ARCHITECTURES: SASS for each, PTX for the highest. */
-function cudaArchitectures(list) {
+/** The --arch list as compute capabilities, checked, unique and ascending ("90,80" -> ["80", "90"]). */
+function computeCapabilities(list) {
   const caps = [...new Set(String(list).split(/[,;\s]+/).filter(Boolean))];
   for (const c of caps) if (!/^\d{2,3}$/.test(c)) fail(`--arch takes compute capabilities such as 90,89,86,80; got ${JSON.stringify(c)}`);
-  caps.sort((a, b) => Number(a) - Number(b));
-  return [...caps.map((c) => `${c}-real`), `${caps[caps.length - 1]}-virtual`].join(';');
+  return caps.sort((a, b) => Number(a) - Number(b));
 }
+
+/** Compute capabilities to CMAKE_CUDA_ARCHITECTURES: SASS for each, PTX for the highest. */
+const cudaArchitectures = (caps) => [...caps.map((c) => `${c}-real`), `${caps[caps.length - 1]}-virtual`].join(';');
 
 /** Highest GLIBC_x.y symbol version the binary needs (objdump -T). */
 function requiredGlibc(file) {
@@ -126,10 +128,11 @@ const buildArgs = [join(root, 'scripts', 'build-native.mjs'), '--out', buildDir]
 // batched bench there); they are separate targets and leave the addon as it is.
 const env = { ...process.env, SQLR1_PORTABLE: '1', SQLR1_LLAMA_TOOLS: process.env.SQLR1_LLAMA_TOOLS === '1' ? '1' : '0' };
 const stateFile = join(buildDir, 'sqlr1-prebuild-state.json');
-let archs;
+let archs, caps;
 const timeCsv = join(buildDir, 'nvcc-time.csv');
 if (cuda) {
-  archs = cudaArchitectures(opt('--arch', process.env.SQLR1_CUDA_ARCH_LIST ?? '80,86,89,90'));
+  caps = computeCapabilities(opt('--arch', process.env.SQLR1_CUDA_ARCH_LIST ?? '80,86,89,90'));
+  archs = cudaArchitectures(caps);
   buildArgs.push('--cuda', `--CDCMAKE_CUDA_FLAGS=--time=${timeCsv}`);
   env.SQLR1_CUDA_ARCH = archs;
 }
@@ -185,7 +188,7 @@ const info = {
 if (cuda) {
   info.cudaArchitectures = archs;
   info.deviceCodeBytes = deviceCodeSizes(dest);
-  info.compileCpuSecondsPerArch = compileTimes(timeCsv, new Set(archs.split(';').map((a) => `sm_${a.split('-')[0]}`)));
+  info.compileCpuSecondsPerArch = compileTimes(timeCsv, new Set(caps.map((c) => `sm_${c}`)));
 }
 writeFileSync(join(pkgDir, 'lib', 'build-info.json'), JSON.stringify(info, null, 2) + '\n');
 

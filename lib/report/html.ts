@@ -26,7 +26,7 @@ export interface RunSettings {
 }
 
 /** The keys of config.yaml the charts need (undefined where absent or unreadable: the charts then say less). */
-export function runSettings(configText: string | null): RunSettings {
+function runSettings(configText: string | null): RunSettings {
   if (configText === null) return {};
   try {
     const beta = (parseYaml(configText) as { beta?: unknown } | null)?.beta;

@@ -9,7 +9,7 @@ import { renderReport, type ReportOptions } from './html.js';
 import { readRun } from './run-dir.js';
 
 export { readRun, type RunData, type MetricRow, type CompletionRow } from './run-dir.js';
-export { renderReport, chartSpecs, type ReportOptions } from './html.js';
+export { renderReport, chartSpecs, type ReportOptions, type RunSettings } from './html.js';
 export { renderChart, emaSmooth, seriesPoints, type ChartSpec, type SeriesSpec } from './chart.js';
 export { escapeHtml } from './escape.js';
 

@@ -68,10 +68,9 @@ std::shared_ptr<backend_set> backend_set_init(const std::string & device, int n_
 #ifdef SQLR1_WITH_CUDA
         if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "device 'cuda' requested but no CUDA device is visible");
         // ggml's CUDA graphs stay off for this addon (ggml reads the switch once, at its first graph): with them, a
-        // one-token decode at head size 64 was wrong from its first captured launch (H100: logits at NMSE 0.2 to 1
+        // reused decode graph replayed stale work (H100: one-token decode at head size 64 gave logits at NMSE 0.73
         // from the full forward; greedy tokens parted from llama.cpp's). Overwrite 0: a user's own setting stays.
-        // SQLR1_CUDA_GRAPHS=1 leaves them on, for scripts/cuda-graphs-probe.mjs only.
-        if (!getenv("SQLR1_CUDA_GRAPHS")) setenv("GGML_CUDA_DISABLE_GRAPHS", "1", 0);
+        setenv("GGML_CUDA_DISABLE_GRAPHS", "1", 0);
         bs->primary = ggml_backend_cuda_init(0);
         if (!bs->primary) fail("ERR_NO_CUDA", "could not initialize CUDA device 0: %s", log_last_error().c_str());
         bs->device = "cuda";
