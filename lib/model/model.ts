@@ -28,6 +28,12 @@ export interface ContextOptions {
   nCtx?: number;
   /** Most tokens per forward pass; longer prompts run in chunks (default 512). */
   nBatch?: number;
+  /**
+   * Apply an adapter's targets that share an input (q/k/v, gate/up) as one stacked product pair, refreshed from
+   * the adapter at the start of every call (default true: at decode, fewer and larger kernels). False runs one
+   * product pair per target, the same function; for comparisons.
+   */
+  packAdapter?: boolean;
 }
 
 /** Loads a GGUF model of the Qwen2 family (`qwen2` or `llama` architecture). */
@@ -75,7 +81,9 @@ export class Model {
     for (const [k, v] of Object.entries({ nSeq, nCtx, nBatch })) {
       if (!Number.isInteger(v) || v < 1) throw new Sqlr1Error('ERR_INVALID_ARG', `${k} must be a positive integer, got ${String(v)}`);
     }
-    const native = callNativeSync(() => new this.binding.Context(this.native, { nSeq, nCtx, nBatch }));
+    const packAdapter = options.packAdapter ?? true;
+    if (typeof packAdapter !== 'boolean') throw new Sqlr1Error('ERR_INVALID_ARG', `packAdapter must be a boolean, got ${String(packAdapter)}`);
+    const native = callNativeSync(() => new this.binding.Context(this.native, { nSeq, nCtx, nBatch, packAdapter }));
     return new ModelContext(native, this, nSeq, nCtx);
   }
 

@@ -133,7 +133,7 @@ export interface NativeOpRequest {
 
 export interface NativeBinding {
   Model: abstract new () => NativeModel;
-  Context: new (model: NativeModel, options: { nSeq: number; nCtx: number; nBatch: number }) => NativeContext;
+  Context: new (model: NativeModel, options: { nSeq: number; nCtx: number; nBatch: number; packAdapter?: boolean }) => NativeContext;
   LoraAdapter: abstract new () => NativeLoraAdapter;
   ParamStore: new (options: { device: 'cpu' | 'cuda'; threads?: number }) => NativeParamStore;
   runGraph(req: NativeGraphRequest): Promise<NativeGraphResult>;

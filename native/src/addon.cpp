@@ -294,7 +294,7 @@ public:
         });
     }
 
-    // new Context(model, { nSeq, nCtx, nBatch })
+    // new Context(model, { nSeq, nCtx, nBatch, packAdapter })
     ContextWrap(const Napi::CallbackInfo & info) : Napi::ObjectWrap<ContextWrap>(info) {
         Napi::Env env = info.Env();
         if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(ModelWrap::ctor.Value()))
@@ -304,7 +304,8 @@ public:
         const int64_t n_seq = (int64_t) get_number(o, "nSeq", 1);
         const int64_t n_ctx = (int64_t) get_number(o, "nCtx", 2048);
         const int64_t n_batch = (int64_t) get_number(o, "nBatch", 512);
-        c = run_sync(env, *m->backends->exec, [&]() { return std::shared_ptr<context>(context_init(m, n_seq, n_ctx, n_batch)); });
+        const bool pack = o.Get("packAdapter").IsUndefined() ? true : o.Get("packAdapter").ToBoolean();
+        c = run_sync(env, *m->backends->exec, [&]() { return std::shared_ptr<context>(context_init(m, n_seq, n_ctx, n_batch, pack)); });
     }
 
     context & get(Napi::Env env) {
@@ -471,7 +472,7 @@ public:
             ad = LoraWrap::Unwrap(info[0].As<Napi::Object>())->get(env);
             if (ad->m != cx.m) bad_arg(env, "the adapter was made for another model");
         }
-        run_sync(env, exec(), [&]() { cx.lora = ad; });  // passes queued before keep the adapter they were given
+        run_sync(env, exec(), [&]() { cx.set_lora(ad); });  // passes queued before keep the adapter they were given
         return env.Undefined();
     }
     // Queued calls keep the context alive until they have run; later calls get ERR_DISPOSED.

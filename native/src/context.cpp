@@ -36,13 +36,14 @@ void context::graph_prepare(const forward_params & p) {
     }
 }
 
-std::unique_ptr<context> context_init(std::shared_ptr<model> m, int64_t n_seq, int64_t n_ctx, int64_t n_batch) {
+std::unique_ptr<context> context_init(std::shared_ptr<model> m, int64_t n_seq, int64_t n_ctx, int64_t n_batch, bool pack_adapter) {
     if (n_seq < 1 || n_seq > 4096) fail("ERR_INVALID_ARG", "nSeq must be in [1, 4096], got %lld", (long long) n_seq);
     if (n_ctx < 1 || n_ctx > (1 << 20)) fail("ERR_INVALID_ARG", "nCtx must be in [1, 1048576], got %lld", (long long) n_ctx);
     if (n_batch < 1 || n_batch > 65536) fail("ERR_INVALID_ARG", "nBatch must be in [1, 65536], got %lld", (long long) n_batch);
     auto c = std::make_unique<context>();
     c->m = m;
     c->n_batch = n_batch;
+    c->pack_adapter = pack_adapter;
     kv_cache_init(c->kv, *m, n_seq, n_ctx);
     std::vector<ggml_backend_t> backends = { m->backends->primary };
     if (m->backends->primary != m->backends->cpu) backends.push_back(m->backends->cpu);
@@ -86,9 +87,33 @@ void context::validate(const eval_request & req) const {
     }
 }
 
+void context::set_lora(std::shared_ptr<lora_adapter> a) {
+    lora = std::move(a);
+    if (pack && pack->lora != lora) {
+        graph_drop();
+        pack.reset();
+    }
+}
+
+void context::adapter_prepare() {
+    if (!pack_adapter || !lora || !lora->enabled) return;
+    if (!pack || pack->lora != lora) {
+        graph_drop();  // a graph built on the old pack must not be reused (a new pack may get its address)
+        pack.reset();
+        pack = lora_pack_init(lora);
+    }
+    lora_pack_refresh(*pack);
+}
+
 eval_result context::eval(const eval_request & req) {
     validate(req);
+    adapter_prepare();
     eval_result res;
+    eval_chunks(req, res);
+    return res;
+}
+
+void context::eval_chunks(const eval_request & req, eval_result & res) {
     if (!req.targets.empty()) res.target_logprobs.assign(req.targets.size(), NAN);
     // Long prompts run in chunks of at most n_batch tokens; only the last chunk makes outputs unless all are wanted.
     const int64_t ns = (int64_t) req.streams.size();
@@ -97,7 +122,6 @@ eval_result context::eval(const eval_request & req) {
         const int64_t nt = std::min(chunk, req.nt - t0);
         run_chunk(req, t0, nt, t0 + nt == req.nt, res);
     }
-    return res;
 }
 
 void context::run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool last, eval_result & res) {
@@ -116,6 +140,7 @@ void context::run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool l
     forward_params p;
     p.s0 = s_min; p.ns = ns; p.nt = nt; p.n_kv = n_kv;
     p.lora = lora && lora->enabled ? lora.get() : nullptr;
+    p.pack = p.lora && pack && pack->lora.get() == p.lora ? pack.get() : nullptr;
     const bool teacher = !req.targets.empty();
     if (teacher) {
         p.logprobs = true;
@@ -254,6 +279,7 @@ decode_result context::decode(const decode_request & req) {
     if (req.tokens.size() != n || req.seeds.size() != n || req.budget.size() != n)
         fail("ERR_INVALID_ARG", "decode: streams, tokens, seeds and budget must have one entry per sequence");
     if (req.n_steps < 1) fail("ERR_INVALID_ARG", "decode: steps must be >= 1, got %d", req.n_steps);
+    adapter_prepare();  // once: the adapter cannot change within the call
     decode_result res;
     std::vector<int32_t> next = req.tokens, budget = req.budget;
     eval_request er;
@@ -271,7 +297,9 @@ decode_result context::decode(const decode_request & req) {
             er.seeds.push_back(req.seeds[i]);
         }
         if (live.empty()) break;
-        const eval_result r = eval(er);
+        validate(er);
+        eval_result r;
+        eval_chunks(er, r);
         res.tokens.resize(res.tokens.size() + n, -1);
         res.logprobs.resize(res.logprobs.size() + n, 0.0f);
         for (size_t j = 0; j < live.size(); j++) {

@@ -54,6 +54,10 @@ struct context {
     std::vector<uint8_t> meta;        // graph metadata; reused so tensor addresses repeat between steps
     int64_t n_batch = 512;            // most tokens per forward pass
     std::shared_ptr<lora_adapter> lora;  // applied to every pass while set and enabled
+    // The adapter packed per group of targets (lora_pack.h), refreshed at the start of every eval and decode call;
+    // false: each target's own product pair (for comparisons).
+    bool pack_adapter = true;
+    std::unique_ptr<lora_pack> pack;
     // The last graph and its allocation, reused while the batch shape is unchanged (every decode step between
     // two 256-cell growths of the attended KV range): only the inputs are set again.
     ggml_context * gctx = nullptr;
@@ -66,15 +70,18 @@ struct context {
     decode_result decode(const decode_request & req);
     void seq_copy(int32_t src, const std::vector<int32_t> & dsts);
     void seq_clear(int32_t s) { kv.len.at(s) = 0; }
+    void set_lora(std::shared_ptr<lora_adapter> a);
     void validate(const eval_request & req) const;
 
 private:
+    void adapter_prepare();
+    void eval_chunks(const eval_request & req, eval_result & res);
     void graph_prepare(const forward_params & p);
     void graph_drop();
     void run_chunk(const eval_request & req, int64_t t0, int64_t nt, bool last, eval_result & res);
 };
 
-std::unique_ptr<context> context_init(std::shared_ptr<model> m, int64_t n_seq, int64_t n_ctx, int64_t n_batch);
+std::unique_ptr<context> context_init(std::shared_ptr<model> m, int64_t n_seq, int64_t n_ctx, int64_t n_batch, bool pack_adapter = true);
 
 size_t graph_max_nodes(const model & m);
 

@@ -40,6 +40,30 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
     return y;
 }
 
+std::array<ggml_tensor *, 3> qwen2_linear_group(ggml_context * ctx, const model & m, int64_t il, int group, ggml_tensor * x,
+                                                const lora_adapter * lora, const lora_pack * pack) {
+    const lora_group * g = pack ? &pack->layers[il][group] : nullptr;
+    ggml_tensor * d = nullptr;  // the group's stacked s B_i A_i x + b_i [rows, T]
+    if (g && g->n > 0) {
+        d = ggml_mul_mat(ctx, g->b, ggml_mul_mat(ctx, g->a, x));
+        if (g->bias) d = ggml_add(ctx, d, g->bias);
+    }
+    std::array<ggml_tensor *, 3> y = {};
+    for (int i = 0; i < 3; i++) {
+        const int t = LORA_GROUP_TARGETS[group][i];
+        if (t < 0) break;
+        ggml_tensor * w = lora_target_weight(m, il, t), * b = lora_target_bias(m, il, t);
+        const int j = g ? g->index_of(t) : -1;
+        if (j >= 0) {
+            y[i] = ggml_add(ctx, ggml_mul_mat(ctx, w, x), ggml_view_2d(ctx, d, g->rows[j], d->ne[1], d->nb[1], d->nb[0] * g->row0[j]));
+        } else {
+            const lora_pair * lp = lora ? &lora->layers[il][t] : nullptr;
+            y[i] = qwen2_linear(ctx, w, b, x, lp, lora ? lora->scale() : 0.0f);
+        }
+    }
+    return y;
+}
+
 ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed, bool rows_in_type) {
     if (!transposed && w->type == type) return w;
     ggml_tensor * wc;
@@ -85,18 +109,16 @@ forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const m
     ggml_tensor * x = ggml_get_rows(ctx, m.tok_embd, in.tokens);  // [E, T]
     const float kq_scale = 1.0f / std::sqrt((float) hd);
 
-    const float ls = p.lora ? p.lora->scale() : 0.0f;
     for (int64_t il = 0; il < hp.n_layer; il++) {
         const layer_weights & L = m.layers[il];
-        const lora_pair * lp = p.lora ? p.lora->layers[il].data() : nullptr;
-        auto lin = [&](ggml_tensor * w, ggml_tensor * b, ggml_tensor * in, int target) {
-            return qwen2_linear(ctx, w, b, in, lp ? &lp[target] : nullptr, ls);
-        };
+        // Each group of targets that share an input: every target's y = W x (+ b) (+ s B A x).
+        auto group = [&](int gi, ggml_tensor * in) { return qwen2_linear_group(ctx, m, il, gi, in, p.lora, p.pack); };
         ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
 
-        ggml_tensor * q = ggml_reshape_3d(ctx, lin(L.wq, L.bq, cur, LORA_Q), hd, hp.n_head, n_tokens);
-        ggml_tensor * k = ggml_reshape_3d(ctx, lin(L.wk, L.bk, cur, LORA_K), hd, hp.n_head_kv, n_tokens);
-        ggml_tensor * v = lin(L.wv, L.bv, cur, LORA_V);  // [KV, T]
+        const auto qkv = group(LORA_GROUP_QKV, cur);
+        ggml_tensor * q = ggml_reshape_3d(ctx, qkv[0], hd, hp.n_head, n_tokens);
+        ggml_tensor * k = ggml_reshape_3d(ctx, qkv[1], hd, hp.n_head_kv, n_tokens);
+        ggml_tensor * v = qkv[2];  // [KV, T]
         q = ggml_rope_ext(ctx, q, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
         k = ggml_rope_ext(ctx, k, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
 
@@ -120,11 +142,12 @@ forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const m
         ggml_flash_attn_ext_set_prec(attn, GGML_PREC_F32);
         attn = ggml_reshape_2d(ctx, attn, hp.n_embd_q(), n_tokens);
 
-        x = ggml_add(ctx, x, lin(L.wo, nullptr, attn, LORA_O));
+        x = ggml_add(ctx, x, group(LORA_GROUP_O, attn)[0]);
 
         cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
-        ggml_tensor * h = ggml_swiglu_split(ctx, lin(L.ffn_gate, nullptr, cur, LORA_GATE), lin(L.ffn_up, nullptr, cur, LORA_UP));
-        x = ggml_add(ctx, x, lin(L.ffn_down, nullptr, h, LORA_DOWN));
+        const auto gate_up = group(LORA_GROUP_GATE_UP, cur);
+        ggml_tensor * h = ggml_swiglu_split(ctx, gate_up[0], gate_up[1]);
+        x = ggml_add(ctx, x, group(LORA_GROUP_DOWN, h)[0]);
     }
 
     if (p.logprobs) {

@@ -2,7 +2,7 @@
 // per-sequence KV cache, SwiGLU, QKV bias, tied or separate output.
 #pragma once
 
-#include "lora.h"
+#include "lora_pack.h"
 
 namespace sqlr1 {
 
@@ -37,6 +37,7 @@ struct forward_params {
     int64_t n_out = 1;                 // rows of logits; 0 = no output projection
     bool all_outputs = false;
     const lora_adapter * lora = nullptr;  // applied when set (null: the base model, e.g. the reference policy)
+    const lora_pack * pack = nullptr;     // the adapter packed per group (lora_pack.h), when the caller has one
     // Teacher-forced log-probs: for every token, log softmax(logits / T)[target], computed on the device in
     // chunks of lp_chunk tokens so that no [tokens x vocab] buffer outlives its chunk.
     bool logprobs = false;
@@ -44,7 +45,7 @@ struct forward_params {
     int64_t lp_chunk = 512;
     bool operator==(const forward_params & o) const {
         return s0 == o.s0 && ns == o.ns && nt == o.nt && n_kv == o.n_kv && n_out == o.n_out && all_outputs == o.all_outputs &&
-               lora == o.lora && logprobs == o.logprobs && inv_temp == o.inv_temp && lp_chunk == o.lp_chunk;
+               lora == o.lora && pack == o.pack && logprobs == o.logprobs && inv_temp == o.inv_temp && lp_chunk == o.lp_chunk;
     }
 };
 
@@ -57,6 +58,12 @@ struct forward_result {
 
 // y = W x (+ b) (+ scale * B (A x) when `p` has tensors): every linear layer of the graph.
 ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, const lora_pair * p, float scale);
+
+// The targets of one group (lora_pack.h) on their shared input x, in the group's order (unused entries null):
+// y_i = W_i x (+ b_i) (+ s B_i A_i x). Targets in `pack` take their adapter and bias terms from its stacked
+// product; the others go through qwen2_linear with `lora`'s pair, if any.
+std::array<ggml_tensor *, 3> qwen2_linear_group(ggml_context * ctx, const model & m, int64_t il, int group, ggml_tensor * x,
+                                                const lora_adapter * lora, const lora_pack * pack);
 
 // A frozen weight W [in, out] of any supported type as `type` for a matrix product: W itself when it already
 // has that type, else dequantized (get_rows over `iota`, an I32 [>= out] tensor holding 0, 1, 2, ...) and

@@ -1,10 +1,17 @@
 /**
  * LoRA adapters: the linear-layer formula against a plain loop, a new adapter leaves the model unchanged,
- * switching it off gives the base model exactly, and files round-trip bit-exactly in llama.cpp's format.
+ * switching it off gives the base model exactly, files round-trip bit-exactly in llama.cpp's format, and the
+ * packed adapter (stacked products per group of targets) equals one product pair per target.
  *
  * Tolerances: the op test uses the same per-type bounds as ops.test.ts (1e-6 for an F32 base: CUDA runs F32
  * products on tensor cores at TF32-like precision; a quantized base contributes its 5e-4). Model-level checks are exact: adding B (A x) with B = 0
- * adds zeros, and a disabled adapter builds the base graph itself.
+ * adds zeros, and a disabled adapter builds the base graph itself. Packed against per-target: the two forms
+ * differ only in float32 rounding (the bias joins the adapter term first; the block products add zeros; s = 3
+ * scales B before the product instead of after), relative differences of ~1e-7 per value that
+ * the random model's layers amplify: NMSE up to 1.5e-9 measured on the CPU, bound 1e-8. CUDA's F32 products run
+ * at TF32-like precision on the matrix units (inputs rounded to 2^-11), and the forms round different values
+ * (s B against B): ~5e-4 relative on an adapter term about as large as the logits here gives NMSE ~2.5e-7;
+ * measured 4.3e-7 to 7.3e-7 (H100), bound 4e-6. Sampled log-probs: 1e-5 on the CPU, 1e-3 on CUDA.
  */
 import t from 'tap';
 import { join } from 'node:path';
@@ -115,5 +122,71 @@ for (const device of devices) {
     await t.rejects(loadLora(model, badShape), { code: 'ERR_ADAPTER_INVALID' });
     t.throws(() => createLora(model, { rank: 0 }), { code: 'ERR_INVALID_ARG' });
     t.throws(() => createLora(model, { targets: ['nope' as 'q'] }), { code: 'ERR_INVALID_ARG' });
+  });
+
+  t.test(`packed and per-target adapters agree on ${device}`, async (t) => {
+    const dir = tempDir(t);
+    // F32 weights: with a quantized base, CUDA quantizes activations too, and a rounding-level difference in the
+    // adapter's term can flip an activation's quantum (the CUDA-vs-CPU gap of a Q8_0 model is NMSE ~2e-4).
+    const model = await loadModel(await tinyModel(dir, 'f32'), { device });
+    t.teardown(() => model.dispose());
+    const tol = device === 'cpu' ? 1e-8 : 4e-6;
+    const prompt = Int32Array.from(tokens);
+    // Prefill all but the last token with every logit, then three one-token steps (the decode graph).
+    async function run(lora: ReturnType<typeof createLora>, packAdapter: boolean, ctx = model.createContext({ nSeq: 1, nCtx: 64, packAdapter })) {
+      await ctx.seqClear(0);
+      ctx.setLora(lora);
+      const out = [(await ctx.eval({ streams: Int32Array.of(0), tokens: prompt.subarray(0, 7), nt: 7, allLogits: true })).logits!];
+      for (let i = 7; i < prompt.length; i++) out.push((await ctx.eval({ streams: Int32Array.of(0), tokens: prompt.subarray(i, i + 1), nt: 1, allLogits: true })).logits!);
+      return { ctx, out };
+    }
+    const compare = (what: string, a: Float32Array[], b: Float32Array[]) => {
+      const e = Math.max(...a.map((x, i) => nmse(x, b[i]!)));
+      t.ok(e <= tol, `${what}: nmse ${e.toExponential(2)} <= ${tol}`);
+    };
+    const randomize = (lora: ReturnType<typeof createLora>, seed: number) => {
+      for (const name of lora.tensorNames()) if (name.endsWith('lora_b')) lora.setTensor(name, randomArray(lora.getTensor(name).length, seed + name.length, 0.05));
+    };
+    for (const targets of [['q', 'k', 'v', 'o', 'gate', 'up', 'down'], ['q', 'v', 'up', 'down'], ['k', 'o', 'gate']] as const) {
+      const lora = createLora(model, { rank: 4, alpha: 12, seed: 5, targets: [...targets] });
+      randomize(lora, 1);
+      const packed = await run(lora, true);
+      const single = await run(lora, false);
+      compare(`targets ${targets.join(',')}`, packed.out, single.out);
+      // The pack follows the adapter: new values between calls reach the next pass of the same context.
+      randomize(lora, 2);
+      const again = await run(lora, true, packed.ctx);
+      compare(`targets ${targets.join(',')} after the adapter changed`, again.out, (await run(lora, false, single.ctx)).out);
+      t.ok(nmse(again.out[0]!, packed.out[0]!) > 1e-6, 'and the change shows');
+      await packed.ctx.dispose();
+      await single.ctx.dispose();
+    }
+
+    // Another adapter on the same context, and sampling over several native steps.
+    const a = createLora(model, { rank: 8, alpha: 16, seed: 6 });
+    const b = createLora(model, { rank: 2, alpha: 2, seed: 7, targets: ['v', 'gate'] });
+    randomize(a, 3);
+    randomize(b, 4);
+    const ctx = model.createContext({ nSeq: 2, nCtx: 64 });
+    t.teardown(() => ctx.dispose());
+    await run(a, true, ctx);
+    const swapped = await run(b, true, ctx);
+    const ref = await run(b, false);
+    compare('a second adapter on the same context', swapped.out, ref.out);
+    await ref.ctx.dispose();
+    const sample = async (packAdapter: boolean) => {
+      const c = model.createContext({ nSeq: 2, nCtx: 64, packAdapter });
+      c.setLora(a);
+      await c.eval({ streams: Int32Array.of(0, 1), tokens: Int32Array.from([...tokens, ...tokens]), nt: tokens.length });
+      const r = await c.decode({ streams: Int32Array.of(0, 1), tokens: Int32Array.of(30, 31), seeds: BigUint64Array.of(11n, 12n), budget: Int32Array.of(8, 8),
+        eog: new Int32Array(0), steps: 8, temperature: 0.7, topK: 0, topP: 1 });
+      await c.dispose();
+      return r;
+    };
+    const [sp, ss] = [await sample(true), await sample(false)];
+    t.same(Array.from(sp.tokens), Array.from(ss.tokens), 'seeded sampling draws the same tokens');
+    const dlp = Math.max(...Array.from(sp.logprobs, (x, i) => Math.abs(x - ss.logprobs[i]!)));
+    const lpTol = device === 'cpu' ? 1e-5 : 1e-3;
+    t.ok(dlp <= lpTol, `and their log-probs agree within ${dlp.toExponential(2)} <= ${lpTol}`);
   });
 }

@@ -36,14 +36,16 @@ function randomPrompt(n: number, vocab: number, seed: number): number[] {
  */
 /**
  * One batched generation from a shared prompt, timed after a short warm-up. With `loraRank`, an adapter of that
- * rank (alpha 2r) on all seven linear layers is applied, as in GRPO rollouts.
+ * rank (alpha 2r) on all seven linear layers is applied, as in GRPO rollouts; `packAdapter` false applies it
+ * one product pair per target (ContextOptions.packAdapter), for comparison.
  */
-export async function benchGenerate(model: Model, batch: number, promptTokens: number, newTokens: number, seed = 1, loraRank?: number): Promise<GenerateBenchRow> {
-  const ctx = model.createContext({ nSeq: batch, nCtx: promptTokens + newTokens, nBatch: Math.max(512, promptTokens) });
+export async function benchGenerate(model: Model, batch: number, promptTokens: number, newTokens: number, seed = 1, loraRank?: number,
+  packAdapter = true): Promise<GenerateBenchRow> {
+  const ctx = model.createContext({ nSeq: batch, nCtx: promptTokens + newTokens, nBatch: Math.max(512, promptTokens), packAdapter });
   const lora = loraRank ? createLora(model, { rank: loraRank, alpha: 2 * loraRank }) : null;
   try {
     const prompt = randomPrompt(promptTokens, model.info.nVocab, seed);
-    // Warm-up: compiles kernels, sizes the compute buffers and captures CUDA graphs.
+    // Warm-up: loads the kernels and sizes the compute buffers.
     await generate(model, { prompts: [prompt], samplesPerPrompt: batch, maxNewTokens: 4, stopAtEog: false, temperature: 0.7, context: ctx, lora });
     const t0 = performance.now();
     const { stats } = await generate(model, { prompts: [prompt], samplesPerPrompt: batch, maxNewTokens: newTokens, stopAtEog: false,
@@ -288,10 +290,11 @@ export function register(program: Command): void {
     .option('--new-tokens <n>', 'tokens generated per sequence', parseIntArg('--new-tokens', 1), 256)
     .option('--batch <list>', 'comma-separated batch sizes', parseIntList('--batch'), [1, 8, 32])
     .option('--lora-rank <r>', 'apply a LoRA adapter of this rank (alpha 2r) on all seven linear layers, as GRPO rollouts do', parseIntArg('--lora-rank', 1))
-    .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; promptTokens: number; newTokens: number; batch: number[]; loraRank?: number; json?: boolean }) => {
+    .option('--no-pack-adapter', 'with --lora-rank: one adapter product pair per target instead of one per group of targets (for comparison)')
+    .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; promptTokens: number; newTokens: number; batch: number[]; loraRank?: number; packAdapter: boolean; json?: boolean }) => {
       const report = await withModel(o.model, o.device, async (model) => {
         const rows: GenerateBenchRow[] = [];
-        for (const b of o.batch) rows.push(await benchGenerate(model, b, o.promptTokens, o.newTokens, 1, o.loraRank));
+        for (const b of o.batch) rows.push(await benchGenerate(model, b, o.promptTokens, o.newTokens, 1, o.loraRank, o.packAdapter));
         return rows;
       });
       if (o.json) {
@@ -300,7 +303,7 @@ export function register(program: Command): void {
       }
       const { rows } = report;
       process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}` +
-        `${o.loraRank ? `, LoRA r=${o.loraRank} on all seven linear layers` : ''}\n`);
+        `${o.loraRank ? `, LoRA r=${o.loraRank} on all seven linear layers${o.packAdapter ? '' : ', one product pair per target'}` : ''}\n`);
       process.stdout.write('| B | prompt | new | prefill s | decode s | total s | decode tok/s | GPU MiB in use |\n|---|---|---|---|---|---|---|---|\n');
       for (const r of rows) {
         process.stdout.write(`| ${r.batch} | ${r.promptTokens} | ${r.newTokens} | ${r.prefillS.toFixed(3)} | ${r.decodeS.toFixed(3)} | ${r.totalS.toFixed(3)} | ` +
