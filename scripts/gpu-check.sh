@@ -17,8 +17,9 @@ t0=$(date +%s)
   node scripts/build-native.mjs > "$OUT/build-cpu.log" 2>&1 &&
   node scripts/build-reference.mjs --if-missing > "$OUT/build-reference.log" 2>&1 &&
   wait $cuda_pid &&
-  # llama.cpp's forward and batched bench over the CUDA build's own libllama and ggml-cuda.
-  cmake --build "$SQLR1_CUDA_BUILD" --target llama-reference llama-batched-bench -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &&
+  # llama.cpp's forward and (for the benchmarks) batched bench over the CUDA build's own libllama and ggml-cuda.
+  cmake --build "$SQLR1_CUDA_BUILD" --target llama-reference $([ "${SQLR1_SKIP_BENCH:-0}" = 1 ] || echo llama-batched-bench) \
+    -j "$(nproc)" > "$OUT/build-llama.log" 2>&1 &&
   mkdir -p test/reference/build-cuda && cp "$SQLR1_CUDA_BUILD/bin/llama-reference" test/reference/build-cuda/
 } || { tail -50 "$OUT/build-cuda.log" "$OUT/build-cpu.log" "$OUT/build-reference.log" "$OUT/build-llama.log"; exit 1; }
 # The loader finds the CUDA binary as the installed platform package. A local CUDA build would be loaded first
