@@ -1,23 +1,26 @@
-// Whether ggml's CUDA graphs give the right decode, step by step: decodes a prompt one token per call on the
-// demo shape (head size 64, F32 weights) and prints each call's NMSE against the full forward's logits at that
-// position. ggml runs a graph's first call directly and captures the second. The addon switches the graphs off
+// Whether ggml's CUDA graphs give the right decode, step by step: decodes a prompt one token per call and prints
+// each call's NMSE against the full forward's logits at that position; by default on the demo shape (head size
+// 64, F32 weights), or on any model file (e.g. `sqlr1 make-model --shape qwen2.5-1.5b`, head size 128). ggml
+// runs a graph's first call directly and captures the second. The addon switches the graphs off
 // (native/src/model.cpp, backend_set_init); to see them, build with that setenv line removed.
 //
-//   node scripts/cuda-graphs-probe.mjs [--device cuda|cpu]
+//   node scripts/cuda-graphs-probe.mjs [--device cuda|cpu] [--model F.gguf]
 //   GGML_CUDA_DISABLE_FUSION=1 node scripts/cuda-graphs-probe.mjs     (the same with ggml's operator fusion off)
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { loadModel, makeModel } from '../dist/index.js';
 
-const argv = process.argv.slice(2);
-const device = argv.includes('--device') ? argv[argv.indexOf('--device') + 1] : 'cuda';
+const { values: args } = parseArgs({ options: { device: { type: 'string', default: 'cuda' }, model: { type: 'string' } } });
+const device = args.device;
 const prompt = [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 4340, 1657, 8256, 30];
 
-const path = join(tmpdir(), 'sqlr1-graphs-probe-demo-f32.gguf');
-if (!existsSync(path)) await makeModel({ shape: 'demo', type: 'f32', out: path, seed: 7 });
+const path = args.model ?? join(tmpdir(), 'sqlr1-graphs-probe-demo-f32.gguf');
+if (!args.model && !existsSync(path)) await makeModel({ shape: 'demo', type: 'f32', out: path, seed: 7 });
 const model = await loadModel(path, { device });
 const V = model.info.nVocab;
+const headDim = model.info.headDim;
 
 /** Logits of every position, evaluating `nt` tokens a call in one fresh context. */
 async function logitsRows(nt) {
@@ -43,5 +46,5 @@ const errs = steps.map((row, i) => {
   for (let j = 0; j < V; j++) { num += (row[j] - ref[j]) ** 2; den += ref[j] ** 2; }
   return num / den;
 });
-console.log(`one-token decode vs full forward, NMSE per call (device ${device}${process.env.GGML_CUDA_DISABLE_FUSION ? ', fusion off' : ''}):`);
+console.log(`one-token decode vs full forward, NMSE per call (device ${device}, head size ${headDim}${process.env.GGML_CUDA_DISABLE_FUSION ? ', fusion off' : ''}):`);
 console.log(errs.map((e) => e.toExponential(1)).join(' '));
