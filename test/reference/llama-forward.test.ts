@@ -41,10 +41,11 @@
  * CUDA, prompt logits (H100 2026-12-07, the packed adapter): both sides run the same ggml-cuda graph without an
  * adapter, so the logits are bit-identical for every type. The packed adapter's products have other shapes than
  * llama.cpp's per-target ones (gate and up's A products as one), and CUDA's F32 products round by shape: with an
- * adapter on o/gate/up/down, bit-identical for F32, BF16, Q4_0 and Q4_K, NMSE 4.5e-11 (F16), 8.6e-12 (Q8_0) and
- * 5.6e-6 (Q6_K, max 4.3e-2: re-quantization again); on all seven layers up to 3.3e-3 (F32), 1.2e-2 (F16),
- * 1.8e-2 (BF16), 5.3e-2 (Q8_0), 7.6e-2 (Q4_0), 3.7e-2 (Q4_K) and 3.8e-2 (Q6_K). (Per-target, before the packing,
- * H200 2026-12-03 and H100: bit-identical on o/gate/up/down; on all seven 8.6e-3 for BF16, the rest as above.)
+ * adapter on o/gate/up/down, bit-identical for BF16, Q4_0 and Q4_K, up to 2.7e-3 (F32, NMSE 4.6e-8), 2.0e-3
+ * (F16), 1.0e-4 (Q8_0) and 4.3e-2 (Q6_K, NMSE 5.6e-6: re-quantization again); on all seven layers up to 3.3e-3
+ * (F32), 1.2e-2 (F16), 1.8e-2 (BF16), 5.3e-2 (Q8_0), 7.6e-2 (Q4_0), 3.7e-2 (Q4_K) and 3.8e-2 (Q6_K). (One pair
+ * per target, before the packing, H200 2026-12-03 and H100: bit-identical on o/gate/up/down; on all seven 3.3e-3
+ * (F32), 1.4e-2 (F16), 8.6e-3 (BF16), 5.7e-2 (Q8_0), 7.2e-2 (Q4_0), 5.5e-2 (Q4_K), 3.3e-2 (Q6_K).)
  * CUDA, greedy decode (H100 2026-12-07): the same tokens as llama.cpp's except at near-ties (Q4_K with the
  * seven-layer adapter parted at step 0, margin 3.3e-2; Q6_K base at step 4, margin 1.7e-3), but the one-token
  * steps' log-probs are not bit-identical although the prompt's are: up to 1.3e-3 (F32), 3.5e-3 (F16), 3.4e-3
