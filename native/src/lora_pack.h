@@ -31,7 +31,7 @@ struct lora_group {
     int n = 0;                      // adapted targets
     int target[3] = {-1, -1, -1};   // those targets, in stacking order
     int64_t row0[3] = {}, rows[3] = {};  // each target's rows in the product
-    // The row range of `target` t in the product, or -1 when t is not in this group's pack.
+    // The index (into target, row0, rows) of target t in this group's pack, or -1 when the pack does not hold it.
     int index_of(int t) const {
         for (int i = 0; i < n; i++) if (target[i] == t) return i;
         return -1;
