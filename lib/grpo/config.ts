@@ -87,6 +87,11 @@ export interface GrpoConfig {
   promptsPerStep: number;
   /** Most tokens (prompt + completion, padded) per micro-batch of the policy pass. Default 8192. */
   microBatchTokens: number;
+  /**
+   * The reference and policy passes run each group's prompt once, every completion seeing it and itself (the same
+   * log-probs up to rounding; a group of K then costs its prompt once instead of K times). Default true.
+   */
+  sharePrompts: boolean;
   /** KL estimator: 'k3' (exp(d) - d - 1, d = ref - logp; unbiased and >= 0) or 'k1' (logp - ref). Default 'k3' (TRL GRPO's). */
   klEstimator: KlEstimator;
   /** The LoRA adapter that is trained. */
@@ -152,6 +157,7 @@ export const GRPO_DEFAULTS: GrpoConfig = Object.freeze({
   outputDir: 'runs/grpo',
   promptsPerStep: 8,
   microBatchTokens: 8192,
+  sharePrompts: true,
   klEstimator: 'k3',
   lora: Object.freeze({ rank: 16, alpha: 32, targets: Object.freeze([...LORA_TARGETS]) as LoraTarget[], path: null }) as GrpoLoraConfig,
   device: 'auto',
@@ -226,6 +232,7 @@ const TOP: Record<Exclude<keyof GrpoConfig, 'lora'>, Field> = {
   outputDir: { schema: z.string().min(1), expect: 'a non-empty path' },
   promptsPerStep: { schema: int(1), expect: 'an integer >= 1' },
   microBatchTokens: { schema: int(1), expect: 'an integer >= 1' },
+  sharePrompts: { schema: z.boolean(), expect: 'true or false' },
   klEstimator: { schema: z.enum(['k1', 'k3']), expect: "one of 'k1', 'k3'" },
   device: { schema: z.enum(['auto', 'cpu', 'cuda']), expect: "one of 'auto', 'cpu', 'cuda'" },
   ddpBackend: { schema: z.enum(['auto', 'nccl', 'tcp']), expect: "one of 'auto', 'nccl', 'tcp'" },
@@ -498,6 +505,7 @@ const DOCS: Record<string, string> = {
   output_dir: 'the run directory',
   prompts_per_step: 'questions per optimizer step',
   micro_batch_tokens: 'most tokens per micro-batch',
+  share_prompts: "each group's prompt once in the reference and policy passes",
   kl_estimator: 'k3 | k1',
   lora: 'the trained adapter',
   device: 'auto | cpu | cuda',

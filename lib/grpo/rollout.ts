@@ -70,22 +70,19 @@ export async function sampleRollouts(model: Model, options: RolloutOptions): Pro
 }
 
 /**
- * Splits sequence indices into micro-batches whose padded size (count x longest sequence) stays within
- * `maxTokens`, in order. A sequence longer than `maxTokens` on its own gets a micro-batch of its own.
+ * Splits sequence indices into micro-batches, in order, each as large as fits in `maxTokens` by `tokensOf` (the
+ * trainer's packed size of those sequences, e.g. `packedTokens`). A sequence larger than `maxTokens` on its own
+ * gets a micro-batch of its own.
  */
-export function microBatches(lengths: readonly number[], indices: readonly number[], maxTokens: number): number[][] {
+export function microBatches(indices: readonly number[], maxTokens: number, tokensOf: (batch: readonly number[]) => number): number[][] {
   const out: number[][] = [];
   let cur: number[] = [];
-  let longest = 0;
   for (const i of indices) {
-    const L = Math.max(longest, lengths[i]!);
-    if (cur.length > 0 && (cur.length + 1) * L > maxTokens) {
+    if (cur.length > 0 && tokensOf([...cur, i]) > maxTokens) {
       out.push(cur);
       cur = [];
-      longest = 0;
     }
     cur.push(i);
-    longest = Math.max(longest, lengths[i]!);
   }
   if (cur.length > 0) out.push(cur);
   return out;

@@ -7,7 +7,7 @@
 import { Sqlr1Error } from '../errors.js';
 import type { Model } from '../model/model.js';
 import type { AdamW } from '../train/params.js';
-import type { LoraTrainer } from '../train/lora-trainer.js';
+import { packedTokens, type LoraTrainer } from '../train/lora-trainer.js';
 import { microBatches } from './rollout.js';
 
 /** The answer text the default reward scores as formatted: one ```sql block. */
@@ -49,14 +49,12 @@ export async function supervisedStep(trainer: LoraTrainer, optimizer: AdamW, bat
   const t0 = performance.now();
   const total = batch.reduce((a, ex) => a + ex.answer.length, 0);
   if (total === 0) throw new Sqlr1Error('ERR_INVALID_ARG', 'supervisedStep: the batch has no answer tokens');
-  const lengths = batch.map((ex) => ex.prompt.length + ex.answer.length);
+  const sequences = batch.map((ex) => [...ex.prompt, ...ex.answer]);
+  const input = (mb: readonly number[]) => ({ sequences: mb.map((i) => sequences[i]!), completionStart: mb.map((i) => batch[i]!.prompt.length) });
   let nll = 0;
   optimizer.zeroGrad();
-  for (const mb of microBatches(lengths, batch.map((_, i) => i), options.microBatchTokens)) {
-    const packed = trainer.pack({
-      sequences: mb.map((i) => [...batch[i]!.prompt, ...batch[i]!.answer]),
-      completionStart: mb.map((i) => batch[i]!.prompt.length),
-    });
+  for (const mb of microBatches(batch.map((_, i) => i), options.microBatchTokens, (m) => packedTokens(input(m)))) {
+    const packed = trainer.pack(input(mb));
     const lp = await trainer.logprobs(packed, { keep: true, temperature: options.temperature ?? 1 });
     const grad = new Float32Array(lp.length);
     for (let k = 0; k < lp.length; k++) {

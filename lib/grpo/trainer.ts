@@ -25,7 +25,7 @@ import { createReward, type Reward } from '../rewards/compose.js';
 import type { RewardBatch, RewardComponent } from '../rewards/types.js';
 import { PromptRenderer } from '../spider/prompt.js';
 import { shuffleWithSeed } from '../spider/dataset.js';
-import { LoraTrainer } from '../train/lora-trainer.js';
+import { LoraTrainer, packedTokens } from '../train/lora-trainer.js';
 import { AdamW, loraParams } from '../train/params.js';
 import { Tensor, backward } from '../train/tensor.js';
 import { grpoLoss } from '../train/grpo-loss.js';
@@ -503,15 +503,17 @@ export class GrpoTrainer {
 
     const sequences = rollouts.map((r) => [...r.promptTokens, ...r.completion.tokens]);
     const starts = rollouts.map((r) => r.promptTokens.length);
-    const lengths = sequences.map((s) => s.length);
+    const share = c.sharePrompts;
+    const input = (mb: readonly number[]) => ({ sequences: mb.map((i) => sequences[i]!), completionStart: mb.map((i) => starts[i]!), sharePrompts: share });
+    const tokensOf = (mb: readonly number[]) => packedTokens(input(mb));
     const T = c.temperature > 0 ? c.temperature : 1;
     const kept = rollouts.map((r) => !(c.maskTruncatedCompletions && r.truncated));
     const keptIdx = rollouts.map((_, i) => i).filter((i) => kept[i]);
     const refLp: (Float32Array | undefined)[] = new Array(N);
     const oldLp: (Float32Array | undefined)[] = new Array(N);
     const perSequence = async (idx: number[], into: (Float32Array | undefined)[], adapter: boolean) => {
-      for (const mb of microBatches(lengths, idx, c.microBatchTokens)) {
-        const packed = this.trainer.pack({ sequences: mb.map((i) => sequences[i]!), completionStart: mb.map((i) => starts[i]!) });
+      for (const mb of microBatches(idx, c.microBatchTokens, tokensOf)) {
+        const packed = this.trainer.pack(input(mb));
         const lp = await this.trainer.logprobs(packed, { adapter, temperature: T });
         const C = packed.maxCompletion;
         mb.forEach((i, j) => { into[i] = lp.slice(j * C, j * C + packed.completionLength[j]!); });
@@ -536,7 +538,7 @@ export class GrpoTrainer {
     // Sequences with a zero advantage and no KL term have a zero gradient: they count in the normalizers only.
     const active = incIdx.filter((i) => c.beta > 0 || adv.advantages[i] !== 0);
     const incTokens = incIdx.reduce((a, i) => a + rollouts[i]!.completion.tokens.length, 0);
-    const mbs = microBatches(lengths, active, c.microBatchTokens);
+    const mbs = microBatches(active, c.microBatchTokens, tokensOf);
     // The normalizers count the whole step, every rank's sequences (the gradients are then summed over ranks).
     const counts = { sequences: incIdx.length, tokens: incTokens, microBatches: mbs.length };
     const { sequences: normSeqs, tokens: normTokens, microBatches: normMbs } = group
@@ -553,7 +555,7 @@ export class GrpoTrainer {
     for (let it = 0; it < c.numIterations; it++) {
       t0 = performance.now();
       for (const mb of mbs) {
-        const packed = this.trainer.pack({ sequences: mb.map((i) => sequences[i]!), completionStart: mb.map((i) => starts[i]!) });
+        const packed = this.trainer.pack(input(mb));
         const lp = await this.trainer.logprobs(packed, { keep: true, temperature: T });
         const n = mb.length;
         const C = packed.maxCompletion;

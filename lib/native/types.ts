@@ -184,6 +184,8 @@ export interface NativeTestHooks {
   attentionCuda(req: {
     q: Float32Array; k: Float32Array; v: Float32Array; dout: Float32Array;
     headDim: number; heads: number; kvHeads: number; nt: number; ns: number; scale?: number;
+    /** {from, sharedEnd, ownFrom} per token (NativeTrainerForward.span); default causal. */
+    span?: Int32Array;
   }): { o: Float32Array; lse: Float32Array; dq: Float32Array; dk: Float32Array; dv: Float32Array };
   /** The training graphs' Q4_0 -> BF16 dequantization on host data (CUDA builds; tests): BF16 words. */
   dequantQ4_0Cuda(blocks: Uint8Array, n: number): Uint16Array;
@@ -309,6 +311,13 @@ export interface NativeTrainerForward {
   temperature: number;
   adapter: boolean;
   keep: boolean;
+  /** Each token's position [ns * nt] (default 0..nt-1 in every sequence). */
+  pos?: Int32Array;
+  /**
+   * Which keys each token sees [3 * ns * nt], sequence-local {from, sharedEnd, ownFrom}: token j sees
+   * [from, sharedEnd) and [ownFrom, j] (default causal).
+   */
+  span?: Int32Array;
 }
 
 export interface NativeTrainerMemory {

@@ -12,6 +12,11 @@
  *
  * Log-prob arrays are completion-aligned, [N, C] row-major with C the longest completion: entry (i, j) is the
  * log-prob of completion token j of sequence i; entries past a completion's end are 0 (mask them).
+ *
+ * Sequences that share a prompt (a GRPO group) run it once: `pack` lays each group out as one row, the prompt
+ * then every completion, each completion seeing the prompt and itself (its first input token, the prompt's last,
+ * is repeated per completion so that each predicts its own first token). A group of K completions of C tokens
+ * after a P-token prompt costs P - 1 + K C tokens instead of K (P + C).
  * The backward recomputes one layer at a time from the saved inputs (activation checkpointing), so memory
  * grows with the depth only by one [hidden x tokens] F32 tensor per layer.
  */
@@ -56,12 +61,20 @@ export interface TrainBatchInput {
   sequences: readonly (readonly number[])[];
   /** Index in each sequence where its completion starts (>= 1). */
   completionStart: readonly number[];
+  /**
+   * Run each prompt once for every sequence that shares it (identical tokens before completionStart), default
+   * true. The log-probs equal those of the sequences run one by one up to rounding; false keeps one row per
+   * sequence.
+   */
+  sharePrompts?: boolean;
 }
 
-/** A batch in the trainer's layout (sequences padded at the end to one length). */
+/** A batch in the trainer's layout (rows padded at the end to one length). */
 export interface TrainBatch {
   readonly n: number;
-  /** Padded sequence length. */
+  /** Rows of the layout: n, or one per distinct prompt when prompts are shared. */
+  readonly rows: number;
+  /** Padded row length. */
   readonly length: number;
   /** Longest completion: the C of [N, C] arrays. */
   readonly maxCompletion: number;
@@ -71,6 +84,55 @@ export interface TrainBatch {
   readonly mask: Float32Array;
   /** @internal */ readonly tokens: Int32Array;
   /** @internal */ readonly targets: Int32Array;
+  /** @internal Flat index of the position that predicts each sequence's first completion token. */
+  readonly offsets: readonly number[];
+  /** @internal Positions and spans of a shared-prompt layout (NativeTrainerForward's). */
+  readonly pos?: Int32Array;
+  /** @internal */ readonly span?: Int32Array;
+}
+
+/** Which sequences share a row, and the row length. */
+interface Layout {
+  rows: number[][];
+  length: number;
+  /** Rows hold a prompt and several completions (else one sequence per row, causal). */
+  shared: boolean;
+}
+
+// Prompt keys by sequence array: micro-batching asks for the same sequences' layout many times.
+const promptKeys = new WeakMap<readonly number[], { start: number; key: string }>();
+function promptKey(s: readonly number[], start: number): string {
+  const hit = promptKeys.get(s);
+  if (hit && hit.start === start) return hit.key;
+  const key = s.slice(0, start).join(',');
+  promptKeys.set(s, { start, key });
+  return key;
+}
+
+function layoutOf(sequences: readonly (readonly number[])[], completionStart: readonly number[], sharePrompts: boolean): Layout {
+  const plain = (): Layout => ({ rows: sequences.map((_, i) => [i]), length: Math.max(2, ...sequences.map((s) => s.length)), shared: false });
+  if (!sharePrompts) return plain();
+  const byPrompt = new Map<string, number[]>();
+  sequences.forEach((s, i) => {
+    const key = promptKey(s, completionStart[i]!);
+    const row = byPrompt.get(key);
+    if (row) row.push(i);
+    else byPrompt.set(key, [i]);
+  });
+  const rows = [...byPrompt.values()];
+  if (rows.every((r) => r.length === 1)) return plain();
+  // A row: the prompt but its last token, then per completion that token and the completion but its last.
+  const rowLength = (r: number[]) => completionStart[r[0]!]! - 1 + r.reduce((a, i) => a + sequences[i]!.length - completionStart[i]!, 0);
+  return { rows, length: Math.max(2, ...rows.map(rowLength)), shared: true };
+}
+
+/**
+ * Tokens (rows x padded length) of the batch `pack` makes from these sequences: what a trainer's maxTokens and a
+ * micro-batch budget count.
+ */
+export function packedTokens(input: TrainBatchInput): number {
+  const l = layoutOf(input.sequences, input.completionStart, input.sharePrompts ?? true);
+  return l.rows.length * l.length;
 }
 
 export interface LogprobOptions {
@@ -127,28 +189,58 @@ export class LoraTrainer {
     const N = sequences.length;
     if (N === 0) invalid('pack: at least one sequence is needed');
     if (!Array.isArray(completionStart) || completionStart.length !== N) invalid(`pack: completionStart needs ${N} entries, got ${String(completionStart?.length)}`);
+    if (input.sharePrompts !== undefined && typeof input.sharePrompts !== 'boolean') invalid(`pack: sharePrompts must be a boolean, got ${String(input.sharePrompts)}`);
     const V = this.model.info.nVocab;
-    let L = 2;
     let C = 1;
     const lengths: number[] = [];
     sequences.forEach((s, i) => {
       const c = completionStart[i]!;
       if (!Number.isInteger(c) || c < 1 || c >= s.length) invalid(`pack: completionStart[${i}] must be in [1, ${s.length - 1}] (a completion of >= 1 token after >= 1 prompt token), got ${String(c)}`);
       checkTokenIds(s, V, `pack: sequence ${i}`);
-      L = Math.max(L, s.length);
       C = Math.max(C, s.length - c);
       lengths.push(s.length - c);
     });
-    const tokens = new Int32Array(N * L);
-    const targets = new Int32Array(N * L).fill(-1);
+    const layout = layoutOf(sequences, completionStart, input.sharePrompts ?? true);
+    const R = layout.rows.length, L = layout.length;
+    const tokens = new Int32Array(R * L);
+    const targets = new Int32Array(R * L).fill(-1);
     const mask = new Float32Array(N * C);
-    sequences.forEach((s, i) => {
-      tokens.set(s, i * L);
-      const c = completionStart[i]!;
-      for (let p = c - 1; p < s.length - 1; p++) targets[i * L + p] = s[p + 1]!;
-      mask.fill(1, i * C, i * C + lengths[i]!);
+    const offsets: number[] = new Array(N);
+    sequences.forEach((_, i) => mask.fill(1, i * C, i * C + lengths[i]!));
+    if (!layout.shared) {
+      sequences.forEach((s, i) => {
+        tokens.set(s, i * L);
+        const c = completionStart[i]!;
+        for (let p = c - 1; p < s.length - 1; p++) targets[i * L + p] = s[p + 1]!;
+        offsets[i] = i * L + c - 1;
+      });
+      return { n: N, rows: R, length: L, maxCompletion: C, completionStart: [...completionStart], completionLength: lengths, mask, tokens, targets, offsets };
+    }
+    // Shared prompts: span {from, sharedEnd, ownFrom} per token (the token sees [from, sharedEnd) and [ownFrom, itself]).
+    const pos = new Int32Array(R * L);
+    const span = new Int32Array(3 * R * L);
+    const put = (at: number, token: number, target: number, position: number, sharedEnd: number, ownFrom: number) => {
+      tokens[at] = token;
+      targets[at] = target;
+      pos[at] = position;
+      span[3 * at + 1] = sharedEnd;
+      span[3 * at + 2] = ownFrom;
+    };
+    layout.rows.forEach((row, r) => {
+      const base = r * L;
+      const first = sequences[row[0]!]!;
+      const P = completionStart[row[0]!]!;
+      for (let j = 0; j < P - 1; j++) put(base + j, first[j]!, -1, j, 0, 0);  // the prompt, causal
+      let o = P - 1;
+      for (const i of row) {
+        const s = sequences[i]!;
+        offsets[i] = base + o;
+        for (let m = 0; m < lengths[i]!; m++) put(base + o + m, s[P - 1 + m]!, s[P + m]!, P - 1 + m, P - 1, o);
+        o += lengths[i]!;
+      }
+      for (let j = o; j < L; j++) put(base + j, 0, -1, j, 0, j);  // padding sees only itself
     });
-    return { n: N, length: L, maxCompletion: C, completionStart: [...completionStart], completionLength: lengths, mask, tokens, targets };
+    return { n: N, rows: R, length: L, maxCompletion: C, completionStart: [...completionStart], completionLength: lengths, mask, tokens, targets, offsets, pos, span };
   }
 
   /** Per-token log-probs of each completion, [N, C] (0 past a completion's end). */
@@ -158,14 +250,12 @@ export class LoraTrainer {
     const adapter = options.adapter ?? true;
     const keep = options.keep ?? false;
     if (keep && !adapter) invalid('logprobs: keep (for a backward pass) needs the adapter on');
-    const lp = await callNative(() => this.handle().forward({ tokens: batch.tokens, targets: batch.targets, ns: batch.n, nt: batch.length, temperature, adapter, keep }));
+    const layout = batch.span ? { pos: batch.pos!, span: batch.span } : {};
+    const lp = await callNative(() => this.handle().forward({ tokens: batch.tokens, targets: batch.targets, ns: batch.rows, nt: batch.length, temperature, adapter, keep, ...layout }));
     this.kept = keep ? batch : undefined;
     const C = batch.maxCompletion;
     const out = new Float32Array(batch.n * C);
-    for (let i = 0; i < batch.n; i++) {
-      const from = i * batch.length + batch.completionStart[i]! - 1;
-      out.set(lp.subarray(from, from + batch.completionLength[i]!), i * C);
-    }
+    for (let i = 0; i < batch.n; i++) out.set(lp.subarray(batch.offsets[i]!, batch.offsets[i]! + batch.completionLength[i]!), i * C);
     return out;
   }
 
@@ -181,10 +271,8 @@ export class LoraTrainer {
       invalid(`backward: expected a Float32Array of ${batch.n * batch.maxCompletion} values ([${batch.n}, ${batch.maxCompletion}]), got ${gradLogp instanceof Float32Array ? gradLogp.length : typeof gradLogp}`);
     }
     const C = batch.maxCompletion;
-    const full = new Float32Array(batch.n * batch.length);
-    for (let i = 0; i < batch.n; i++) {
-      full.set(gradLogp.subarray(i * C, i * C + batch.completionLength[i]!), i * batch.length + batch.completionStart[i]! - 1);
-    }
+    const full = new Float32Array(batch.rows * batch.length);
+    for (let i = 0; i < batch.n; i++) full.set(gradLogp.subarray(i * C, i * C + batch.completionLength[i]!), batch.offsets[i]!);
     this.kept = undefined;
     await callNative(() => this.handle().backward(full));
   }

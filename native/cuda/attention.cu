@@ -1,13 +1,16 @@
-// Causal attention for training (see attention.h): three kernels on BF16 matrix units (WMMA, F32 accumulate).
+// Attention for training (see attention.h): three kernels on BF16 matrix units (WMMA, F32 accumulate).
 //
 // A block has 4 warps and owns a tile of 64 rows; each warp owns 16 of them and the products it needs run on
 // 16x16x16 fragments. Scores pass through a per-warp shared-memory tile (F32) where the softmax arithmetic and
-// the causal mask are applied element by element, then go back to the matrix units as BF16. The backward
+// the mask (causal, or each query's span) are applied element by element, then go back to the matrix units as
+// BF16. A pair of tiles where no query sees any key is skipped whole. The backward
 // kernels keep one F32 tile per warp (S, then dP), so that two blocks fit on an SM.
 //  - forward: per query tile, one pass over the key tiles for each row's max and sum of exp (the log-sum-exp
 //    L), a second for O = softmax V with the final normalization (no running rescale of O);
 //  - dQ: per query tile, over key tiles: P = exp(scale S - L), dS = P (dO V^T - D) scale, dQ += dS K;
 //  - dK, dV: per key tile and query head, over the query tiles at or after it: dV += P^T dO, dK += dS^T Q.
+// Every pair of tiles the causal mask would visit is checked against the query tile's spans first, so a prompt
+// shared by several completions costs its own tiles once and each completion only its prompt and itself.
 // Each output element is written by one block: no atomics, the same result on every run.
 #include "attention.h"
 #include "common.h"
@@ -33,6 +36,8 @@ constexpr int WARPS = 4;            // each owns 16 rows
 constexpr int THREADS = WARPS * 32;
 constexpr int LDS = BR + 4;         // stride of a warp's F32 [16][64] tile (WMMA wants a multiple of 4 floats)
 constexpr int LDP = BR + 8;         // stride of a warp's BF16 [16][64] tile (a multiple of 8)
+
+constexpr size_t SPAN_BYTES = 3 * BR * sizeof(int);  // a query tile's spans in shared memory
 
 template <int D> struct cfg {
     static constexpr int LDH = D + 8;         // stride of a BF16 [64][D] tile; the +8 staggers the banks
@@ -110,8 +115,46 @@ __device__ void mm_ab(const bf16 * P, const bf16 * B, frag_c (&acc)[D / 16]) {
     }
 }
 
+// The spans of the query tile at q0 into sp ({from} [64], {shared_end} [64], {own_from} [64]); causal (null
+// span) is {0, 0, 0}: [0, 0) and [0, q].
+__device__ void load_spans(int * sp, const int32_t * __restrict__ span, int64_t tok0, int64_t q0, int64_t nt) {
+    if (threadIdx.x < BR) {
+        const int64_t row = q0 + threadIdx.x;
+        int a = 0, b = 0, c = 0;
+        if (span && row < nt) {
+            const int32_t * e = span + 3 * (tok0 + row);
+            a = e[0];
+            b = e[1];
+            c = e[2];
+        }
+        sp[threadIdx.x] = a;
+        sp[BR + threadIdx.x] = b;
+        sp[2 * BR + threadIdx.x] = c;
+    }
+}
+
+// Whether query q, row r of the tile whose spans are in sp, sees key k.
+__device__ __forceinline__ bool sees(const int * sp, int r, int q, int k) {
+    return k <= q && ((k >= sp[r] && k < sp[BR + r]) || k >= sp[2 * BR + r]);
+}
+
+// Whether any query of the tile at q0 (spans in sp, written by the same threads) sees any key of the tile at k0.
+// Every thread of the block must call it: it is also a barrier.
+__device__ bool tile_pair_live(const int * sp, int64_t q0, int64_t k0, int64_t nt) {
+    bool any = false;
+    if (threadIdx.x < BR) {
+        const int64_t q = q0 + threadIdx.x;
+        if (q < nt) {
+            const int64_t end = min(k0 + BR, q + 1);  // keys after the query are never seen
+            const int64_t a = sp[threadIdx.x], b = sp[BR + threadIdx.x], c = sp[2 * BR + threadIdx.x];
+            any = max(k0, a) < min(end, b) || max(k0, c) < end;
+        }
+    }
+    return __syncthreads_or(any);
+}
+
 // A warp's probability tile P [16][64] = exp(scale S - L) in BF16 from its score tile S (F32), zero where
-// on(r, c) is false (a key after its query, or a row past the sequence); lse(r, c) is L for the entry. Tiles of
+// on(r, c) is false (a key its query does not see, or a row past the sequence); lse(r, c) is L for the entry. Tiles of
 // the forward and of dQ are [queries][keys]; dK/dV's is the transpose.
 template <typename On, typename Lse>
 __device__ __forceinline__ void causal_probs(const float * S, bf16 * P, float scale, int lane, On on, Lse lse) {
@@ -153,10 +196,15 @@ __device__ void store_rows(frag_c (&acc)[D / 16], float * stage, float * __restr
     __syncwarp();
 }
 
+// Shared memory per kernel: the tiles, the warps' F32 and BF16 tiles, (dK/dV: each query row's L and D), the spans.
+template <int D> __host__ __device__ constexpr size_t smem_fwd() { return 3 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2) + SPAN_BYTES; }
+template <int D> __host__ __device__ constexpr size_t smem_dq() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2) + SPAN_BYTES; }
+template <int D> __host__ __device__ constexpr size_t smem_dkv() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + 2 * LDP * 2) + 2 * BR * 4 + SPAN_BYTES; }
+
 template <int D>
 __global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q, const bf16 * __restrict__ k,
                                                     const bf16 * __restrict__ v, float * __restrict__ o, float * __restrict__ lse,
-                                                    int64_t H, int64_t Hk, int64_t nt, float scale) {
+                                                    const int32_t * __restrict__ span, int64_t H, int64_t Hk, int64_t nt, float scale) {
 #if __CUDA_ARCH__ >= 800
     using C = cfg<D>;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -166,12 +214,15 @@ __global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q,
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     float * Sw = reinterpret_cast<float *>(Vs + C::TILE) + warp * 16 * LDS;
     bf16 * Pw = reinterpret_cast<bf16 *>(reinterpret_cast<float *>(Vs + C::TILE) + WARPS * 16 * LDS) + warp * 16 * LDP;
+    int * Sp = reinterpret_cast<int *>(smem + smem_fwd<D>() - SPAN_BYTES);
 
     const int64_t it = blockIdx.x, h = blockIdx.y, tok0 = blockIdx.z * nt, q0 = it * BR;
     const int64_t hk = h / (H / Hk);
     load_tile<D>(Qs, q, H, h, tok0, q0, nt);
+    load_spans(Sp, span, tok0, q0, nt);
     // Lane l covers columns l and l + 32 of each of the warp's 16 rows (conflict-free shared-memory rows).
     const int64_t qbase = q0 + warp * 16;
+    const int wr = warp * 16;  // the warp's first row in the tile
 
     // Pass 1: each row's max and sum of exp, online per lane over the key tiles, then across the lanes.
     float m[16], l[16];
@@ -181,7 +232,7 @@ __global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q,
         l[r] = 0.0f;
     }
     for (int64_t jt = 0; jt <= it; jt++) {
-        __syncthreads();  // the last tile's readers are done
+        if (!tile_pair_live(Sp, q0, jt * BR, nt)) continue;  // also: the last tile's readers are done
         load_tile<D>(Ks, k, Hk, hk, tok0, jt * BR, nt);
         __syncthreads();
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
@@ -189,8 +240,8 @@ __global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q,
         const int64_t kb = jt * BR;
 #pragma unroll
         for (int r = 0; r < 16; r++) {
-            const float s0 = kb + lane <= qbase + r ? Sw[r * LDS + lane] * scale : -INFINITY;
-            const float s1 = kb + lane + 32 <= qbase + r ? Sw[r * LDS + lane + 32] * scale : -INFINITY;
+            const float s0 = sees(Sp, wr + r, (int) qbase + r, (int) kb + lane) ? Sw[r * LDS + lane] * scale : -INFINITY;
+            const float s1 = sees(Sp, wr + r, (int) qbase + r, (int) kb + lane + 32) ? Sw[r * LDS + lane + 32] * scale : -INFINITY;
             const float mn = fmaxf(m[r], fmaxf(s0, s1));
             if (mn != -INFINITY) {
                 l[r] = l[r] * __expf(m[r] - mn) + __expf(s0 - mn) + __expf(s1 - mn);
@@ -216,11 +267,12 @@ __global__ void __launch_bounds__(THREADS) attn_fwd(const bf16 * __restrict__ q,
     frag_c acc[D / 16];
     zero<D>(acc);
     for (int64_t jt = 0; jt <= it; jt++) {
+        if (!tile_pair_live(Sp, q0, jt * BR, nt)) continue;
         next_kv_tile<D>(Ks, Vs, k, v, Hk, hk, tok0, jt, nt);
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
         __syncwarp();
         const int64_t kb = jt * BR;
-        causal_probs(Sw, Pw, scale, lane, [&](int r, int c) { return kb + c <= qbase + r; }, [&](int r, int) { return L[r]; });
+        causal_probs(Sw, Pw, scale, lane, [&](int r, int c) { return sees(Sp, wr + r, (int) (qbase + r), (int) (kb + c)); }, [&](int r, int) { return L[r]; });
         __syncwarp();
         mm_ab<D>(Pw, Vs, acc);
     }
@@ -233,7 +285,8 @@ template <int D>
 __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__ q, const bf16 * __restrict__ k,
                                                        const bf16 * __restrict__ v, const bf16 * __restrict__ dout,
                                                        const float * __restrict__ lse, const float * __restrict__ dsum,
-                                                       float * __restrict__ dq, int64_t H, int64_t Hk, int64_t nt, float scale) {
+                                                       float * __restrict__ dq, const int32_t * __restrict__ span,
+                                                       int64_t H, int64_t Hk, int64_t nt, float scale) {
 #if __CUDA_ARCH__ >= 800
     using C = cfg<D>;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -244,11 +297,14 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     float * Sw = reinterpret_cast<float *>(dOs + C::TILE) + warp * 16 * LDS;       // S, then dP
     bf16 * dSw = reinterpret_cast<bf16 *>(reinterpret_cast<float *>(dOs + C::TILE) + WARPS * 16 * LDS) + warp * 16 * LDP;  // P, then dS
+    int * Sp = reinterpret_cast<int *>(smem + smem_dq<D>() - SPAN_BYTES);
 
     const int64_t it = blockIdx.x, h = blockIdx.y, tok0 = blockIdx.z * nt, q0 = it * BR;
     const int64_t hk = h / (H / Hk);
     load_tile<D>(Qs, q, H, h, tok0, q0, nt);
     load_tile<D>(dOs, dout, H, h, tok0, q0, nt);
+    load_spans(Sp, span, tok0, q0, nt);
+    const int wr = warp * 16;
     // Lane l covers columns l and l + 32 of each of the warp's 16 rows; each lane holds every row's L and D.
     const int64_t qbase = q0 + warp * 16;
     float L[16], Dr[16];
@@ -262,12 +318,13 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dq(const bf16 * __restrict__
     frag_c acc[D / 16];
     zero<D>(acc);
     for (int64_t jt = 0; jt <= it; jt++) {
+        if (!tile_pair_live(Sp, q0, jt * BR, nt)) continue;
         next_kv_tile<D>(Ks, Vs, k, v, Hk, hk, tok0, jt, nt);
         // One F32 tile per warp (so that two blocks fit on an SM): S gives P (kept in BF16), then dP gives dS.
         mm_abt<D>(Qs + warp * 16 * C::LDH, Ks, Sw);
         __syncwarp();
         const int64_t kb = jt * BR;
-        causal_probs(Sw, dSw, scale, lane, [&](int r, int c) { return qbase + r < nt && kb + c <= qbase + r; }, [&](int r, int) { return L[r]; });
+        causal_probs(Sw, dSw, scale, lane, [&](int r, int c) { return qbase + r < nt && sees(Sp, wr + r, (int) (qbase + r), (int) (kb + c)); }, [&](int r, int) { return L[r]; });
         __syncwarp();
         mm_abt<D>(dOs + warp * 16 * C::LDH, Vs, Sw);
         __syncwarp();
@@ -284,7 +341,7 @@ template <int D>
 __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict__ q, const bf16 * __restrict__ k,
                                                         const bf16 * __restrict__ v, const bf16 * __restrict__ dout,
                                                         const float * __restrict__ lse, const float * __restrict__ dsum,
-                                                        float * __restrict__ dk, float * __restrict__ dv,
+                                                        float * __restrict__ dk, float * __restrict__ dv, const int32_t * __restrict__ span,
                                                         int64_t H, int64_t Hk, int64_t nt, float scale) {
 #if __CUDA_ARCH__ >= 800
     using C = cfg<D>;
@@ -301,6 +358,7 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
     bf16 * dSw = b16 + (WARPS + warp) * 16 * LDP;
     float * Ls = reinterpret_cast<float *>(b16 + 2 * WARPS * 16 * LDP);
     float * Ds = Ls + BR;
+    int * Sp = reinterpret_cast<int *>(Ds + BR);  // the current query tile's spans
 
     const int64_t jt = blockIdx.x, h = blockIdx.y, tok0 = blockIdx.z * nt, k0 = jt * BR;
     const int64_t hk = h / (H / Hk), n_qt = (nt + BR - 1) / BR;
@@ -314,7 +372,9 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
     zero<D>(acc_v);
     for (int64_t it = jt; it < n_qt; it++) {
         const int64_t q0 = it * BR;
-        __syncthreads();
+        __syncthreads();  // the last query tile's readers are done
+        load_spans(Sp, span, tok0, q0, nt);
+        if (!tile_pair_live(Sp, q0, k0, nt)) continue;
         load_tile<D>(Qs, q, H, h, tok0, q0, nt);
         load_tile<D>(dOs, dout, H, h, tok0, q0, nt);
         if (threadIdx.x < BR) {
@@ -326,7 +386,7 @@ __global__ void __launch_bounds__(THREADS) attn_bwd_dkv(const bf16 * __restrict_
         // One F32 tile per warp (so that two blocks fit on an SM): S^T gives P^T (BF16), then dP^T gives dS^T.
         mm_abt<D>(Ks + warp * 16 * C::LDH, Qs, Sw);
         __syncwarp();
-        causal_probs(Sw, Pw, scale, lane, [&](int r, int c) { return q0 + c < nt && kbase + r <= q0 + c; }, [&](int, int c) { return Ls[c]; });
+        causal_probs(Sw, Pw, scale, lane, [&](int r, int c) { return q0 + c < nt && sees(Sp, c, (int) (q0 + c), (int) (kbase + r)); }, [&](int, int c) { return Ls[c]; });
         __syncwarp();
         mm_abt<D>(Vs + warp * 16 * C::LDH, dOs, Sw);
         __syncwarp();
@@ -369,9 +429,6 @@ __global__ void group_sum_kernel(const float * __restrict__ src, float * __restr
     dst[i] = acc;
 }
 
-template <int D> constexpr size_t smem_fwd() { return 3 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2); }
-template <int D> constexpr size_t smem_dq() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + LDP * 2); }
-template <int D> constexpr size_t smem_dkv() { return 4 * cfg<D>::TILE * 2 + WARPS * 16 * (LDS * 4 + 2 * LDP * 2) + 2 * BR * 4; }
 
 template <typename K, typename... A>
 void launch(K kernel, size_t smem, const attn_dims & d, cudaStream_t st, const char * what, A... args) {
@@ -390,7 +447,7 @@ void check_dims(const attn_dims & d) {
 template <int D>
 void forward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 * v, float * o, float * lse) {
     cudaStream_t st = project_stream(q);
-    launch(attn_fwd<D>, smem_fwd<D>(), d, st, "attention forward", q, k, v, o, lse);
+    launch(attn_fwd<D>, smem_fwd<D>(), d, st, "attention forward", q, k, v, o, lse, d.span);
     project_launched(st, "attention forward");
 }
 
@@ -401,13 +458,13 @@ void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 
     const int64_t rows = d.H * d.nt * d.ns;
     dsum_kernel<<<(unsigned) ((rows + 7) / 8), 256, 0, st>>>(dout_f32, o, dsum, dout, d.hd, rows);
     cuda_check(cudaGetLastError(), "attention backward (D)");
-    launch(attn_bwd_dq<D>, smem_dq<D>(), d, st, "attention backward (dQ)", q, k, v, dout, lse, dsum, dq);
+    launch(attn_bwd_dq<D>, smem_dq<D>(), d, st, "attention backward (dQ)", q, k, v, dout, lse, dsum, dq, d.span);
     const int64_t group = d.H / d.Hk;
     if (group == 1) {
-        launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, dk, dv);
+        launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, dk, dv, d.span);
     } else {
         const int64_t nh = d.hd * d.H * d.nt * d.ns, n = nh / group;
-        launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, per_head, per_head + nh);
+        launch(attn_bwd_dkv<D>, smem_dkv<D>(), d, st, "attention backward (dK, dV)", q, k, v, dout, lse, dsum, per_head, per_head + nh, d.span);
         const unsigned blocks = (unsigned) ((n + 255) / 256);
         group_sum_kernel<<<blocks, 256, 0, st>>>(per_head, dk, d.hd, d.Hk, group, n);
         group_sum_kernel<<<blocks, 256, 0, st>>>(per_head + nh, dv, d.hd, d.Hk, group, n);
@@ -462,7 +519,9 @@ void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, con
     fail("ERR_UNSUPPORTED_TYPE", "no attention kernel for head size %lld", (long long) d.hd);
 }
 
-attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const float * k, const float * v, const float * dout) {
+attn_host_result attn_cuda_from_host(const attn_dims & d_in, const float * q, const float * k, const float * v, const float * dout,
+                                     const int32_t * span) {
+    attn_dims d = d_in;
     check_dims(d);
     const size_t T = (size_t) (d.ns * d.nt), nq = (size_t) d.hd * d.H * T, nk = (size_t) d.hd * d.Hk * T, nr = (size_t) d.H * T;
     auto to_bf16 = [](const float * x, size_t n) {
@@ -473,9 +532,15 @@ attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const
     const std::vector<bf16> hq = to_bf16(q, nq), hk = to_bf16(k, nk), hv = to_bf16(v, nk);
     // One allocation: the BF16 inputs and dO's BF16 copy, then dO in F32 and the F32 outputs.
     const size_t in_bytes = (2 * nq + 2 * nk) * sizeof(bf16), out_floats = 5 * nq + 2 * nr + 2 * nk;
+    const size_t span_bytes = span ? 3 * T * sizeof(int32_t) : 0;
     char * dev = nullptr;
-    cuda_check(cudaMalloc(&dev, in_bytes + 16 + out_floats * sizeof(float)), "cudaMalloc");
+    cuda_check(cudaMalloc(&dev, in_bytes + 16 + out_floats * sizeof(float) + span_bytes), "cudaMalloc");
     struct guard { char * p; ~guard() { cudaFree(p); } } g{dev};
+    if (span) {
+        int32_t * dspan = (int32_t *) (dev + ((in_bytes + 15) / 16) * 16 + out_floats * sizeof(float));
+        cuda_check(cudaMemcpy(dspan, span, span_bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+        d.span = dspan;
+    }
     bf16 * dq_in = (bf16 *) dev, * dk_in = dq_in + nq, * dv_in = dk_in + nk, * ddo = dv_in + nk;
     float * f = (float *) (dev + ((in_bytes + 15) / 16) * 16);
     float * o = f, * lse = o + nq, * dsum = lse + nr, * gq = dsum + nr, * scratch = gq + nq, * gk = scratch + 2 * nq, * gv = gk + nk;

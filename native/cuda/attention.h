@@ -1,4 +1,5 @@
-// Causal self-attention for training on the GPU's matrix units: a forward that also returns each row's
+// Self-attention for training on the GPU's matrix units (causal, or each query seeing a shared prefix and its own
+// segment): a forward that also returns each row's
 // log-sum-exp, and a backward that recomputes the probabilities tile by tile from it, so the
 // [tokens x tokens x heads] scores never exist in memory (the written-out form in train.cpp keeps them, and
 // spends most of a layer's backward on them and on the permutes around them).
@@ -17,6 +18,11 @@ namespace sqlr1 {
 struct attn_dims {
     int64_t hd = 0, H = 0, Hk = 0, nt = 0, ns = 0;
     float scale = 1.0f;  // applied to Q K^T before the softmax
+    // Which keys each query sees, in device memory: null for causal attention within each sequence; else
+    // [3 * T] int32 {from, shared_end, own_from} per token, sequence-local: token j of a sequence sees the keys
+    // in [from, shared_end) and [own_from, j], never one after itself (a prompt shared by several completions
+    // packed after it, each seeing the prompt and itself: see train_batch::span).
+    const int32_t * span = nullptr;
 };
 
 struct attn_host_result {
@@ -40,7 +46,9 @@ void attn_cuda_backward(const attn_dims & d, const void * q, const void * k, con
 // The same from host F32 arrays (q, k, v rounded to BF16 on upload; dout stays F32 as in training), for the
 // tests against a plain-loop reference.
 // dk and dv come back per KV head.
-attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const float * k, const float * v, const float * dout);
+// `span` is host data here ([3 * T], or null for causal).
+attn_host_result attn_cuda_from_host(const attn_dims & d, const float * q, const float * k, const float * v, const float * dout,
+                                     const int32_t * span = nullptr);
 #endif
 
 } // namespace sqlr1

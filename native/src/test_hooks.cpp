@@ -5,6 +5,7 @@
 #include "model.h"
 #include "napi_helpers.h"
 #include "swiglu.h"
+#include "train.h"
 
 #include <cmath>
 
@@ -13,7 +14,7 @@ namespace sqlr1 {
 namespace {
 
 // The training attention kernels from host arrays (native/cuda/attention.h), for the tests against a
-// plain-loop reference: { q, k, v, dout: Float32Array, headDim, heads, kvHeads, nt, ns, scale } ->
+// plain-loop reference: { q, k, v, dout: Float32Array, headDim, heads, kvHeads, nt, ns, scale, span? } ->
 // { o, lse, dq, dk, dv } (dk, dv per KV head).
 Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
@@ -34,11 +35,16 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     const int64_t T = d.nt * d.ns, nq = d.hd * d.H * T, nk = d.hd * d.Hk * T;
     const std::vector<float> q = get_f32(env, o.Get("q"), "q", nq), k = get_f32(env, o.Get("k"), "k", nk);
     const std::vector<float> v = get_f32(env, o.Get("v"), "v", nk), dout = get_f32(env, o.Get("dout"), "dout", nq);
+    std::vector<int32_t> span;
+    if (!o.Get("span").IsUndefined()) {
+        span = get_i32_array(o, "span");
+        guarded(env, [&]() { span_validate(span, d.ns, d.nt); return 0; });
+    }
     attn_host_result r;
     guarded(env, [&]() {
 #ifdef SQLR1_WITH_CUDA
         if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
-        r = executor_for("cuda")->run_sync([&]() { return attn_cuda_from_host(d, q.data(), k.data(), v.data(), dout.data()); });
+        r = executor_for("cuda")->run_sync([&]() { return attn_cuda_from_host(d, q.data(), k.data(), v.data(), dout.data(), span.empty() ? nullptr : span.data()); });
 #else
         fail("ERR_NO_CUDA", "this binary was built without CUDA");
 #endif

@@ -140,6 +140,19 @@ std::unique_ptr<trainer> trainer_init(std::shared_ptr<model> m, std::shared_ptr<
     return t;
 }
 
+void span_validate(const std::vector<int32_t> & span, int64_t ns, int64_t nt) {
+    const int64_t T = ns * nt;
+    if ((int64_t) span.size() != 3 * T) fail("ERR_INVALID_ARG", "expected %lld span entries (three per token), got %zu", (long long) (3 * T), span.size());
+    for (int64_t i = 0; i < T; i++) {
+        const int64_t j = i % nt;
+        const int32_t * sp = &span[3 * i];
+        // Every token sees itself (own_from <= j): no softmax row is empty.
+        if (!(sp[0] >= 0 && sp[0] <= sp[1] && sp[1] <= nt && sp[2] >= 0 && sp[2] <= j))
+            fail("ERR_INVALID_ARG", "span of token %lld (position %lld of its sequence) must satisfy 0 <= from <= shared_end <= %lld and 0 <= own_from <= %lld, got {%d, %d, %d}",
+                 (long long) i, (long long) j, (long long) nt, (long long) j, sp[0], sp[1], sp[2]);
+    }
+}
+
 void trainer_validate(const trainer & t, const train_batch & b) {
     const hparams & hp = t.m->hp;
     if (b.ns < 1 || b.nt < 2) fail("ERR_INVALID_ARG", "a training batch needs >= 1 sequence of >= 2 tokens, got %lld x %lld", (long long) b.ns, (long long) b.nt);
@@ -151,11 +164,18 @@ void trainer_validate(const trainer & t, const train_batch & b) {
     for (int32_t x : b.tokens) if (x < 0 || x >= hp.n_vocab) fail("ERR_TOKEN_RANGE", "token id %d out of range [0, %lld)", x, (long long) hp.n_vocab);
     for (int32_t x : b.targets) if (x < -1 || x >= hp.n_vocab) fail("ERR_TOKEN_RANGE", "target id %d out of range [0, %lld) (or -1 for none)", x, (long long) hp.n_vocab);
     if (!(b.inv_temp > 0.0f) || !std::isfinite(b.inv_temp)) fail("ERR_INVALID_ARG", "the temperature must be a positive number");
+    const int64_t T = b.ns * b.nt;
+    if (!b.pos.empty()) {
+        if ((int64_t) b.pos.size() != T) fail("ERR_INVALID_ARG", "expected %lld positions (one per token), got %zu", (long long) T, b.pos.size());
+        for (int32_t p : b.pos) if (p < 0) fail("ERR_INVALID_ARG", "positions must be >= 0, got %d", p);
+    }
+    if (!b.span.empty()) span_validate(b.span, b.ns, b.nt);
 }
 
 std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool use_lora, bool keep) {
     trainer_validate(t, batch);
     if (keep && !use_lora) fail("ERR_INVALID_ARG", "keeping activations for a backward pass needs the adapter on");
+    shape_prepare(t, batch);
     const hparams & hp = t.m->hp;
     const int64_t T = batch.ns * batch.nt;
     if (keep) keep_alloc(t, T);
@@ -168,7 +188,7 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
     fused = keep && use_fused_kernels(t);
     if (fused) {
         scratch_alloc(t, T);
-        shape_device_upload(t, batch.ns, batch.nt);
+        shape_device_upload(t);
         run_built(t, batch, true, [&](builder & b) {
             place(b, ggml_get_rows(b.ctx, t.m->tok_embd, b.input_i32(T, batch.tokens)), t.ckpt[0]);
         });
@@ -229,6 +249,7 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
         else if (!std::isfinite(dlogp[i])) fail("ERR_INVALID_ARG", "the gradient at position %lld is not finite (%g)", (long long) i, dlogp[i]);
     }
     t.kept = false;  // consumed, whatever happens below
+    shape_prepare(t, batch);
     // profile >= 1 prints where the backward's time goes (each graph runs synchronously).
     const bool profile = t.profile > 0;
     auto now = []() { return std::chrono::steady_clock::now(); };
@@ -274,7 +295,7 @@ void trainer_backward(trainer & t, const std::vector<float> & dlogp_in) {
     fused = use_fused_kernels(t);
     if (fused) {
         scratch_alloc(t, T);
-        shape_device_upload(t, batch.ns, batch.nt);
+        shape_device_upload(t);
         queued_pass pass(t);
         for (int64_t il = hp.n_layer - 1; il >= 0; il--) {
             layer_backward_fused(t, batch, il, dy, dx_buf, kernel_ms);

@@ -37,6 +37,12 @@ struct train_batch {
     std::vector<int32_t> tokens;      // [ns * nt], sequence-major
     std::vector<int32_t> targets;     // [ns * nt]: the next token at each position, -1 for none
     float inv_temp = 1.0f;            // log-probs of softmax(logits / T)
+    // Optional layout of each sequence (both empty: one causal sequence per row, positions 0..nt-1). With them a
+    // row can hold a prompt once and several completions after it, each seeing the prompt and itself:
+    //  - pos [ns * nt]: each token's position (RoPE);
+    //  - span [3 * ns * nt]: {from, shared_end, own_from} per token, row-local: token j sees the keys in
+    //    [from, shared_end) and [own_from, j] (causal is {0, 0, 0}).
+    std::vector<int32_t> pos, span;
 };
 
 // How a trainer runs its passes (LoraTrainer.create's options; the CLI reads the SQLR1_TRAIN_* variables once).
@@ -102,20 +108,24 @@ struct trainer {
     ggml_tensor * stacked[LORA_N_TARGETS] = {};
     int64_t scratch_capacity = 0;
 
-    // Host copies of the inputs that depend only on the batch shape: positions, the causal mask (F32, F16).
+    // Host copies of the inputs that depend only on the batch's shape and layout: positions, the mask (F32, F16).
+    // Made for the batch a pass runs (shape_prepare); `version` changes whenever they do.
     struct shape_inputs {
         int64_t ns = 0, nt = 0;
+        std::vector<int32_t> given_pos, span;  // the batch's layout (train_batch::pos, span)
         std::vector<int32_t> pos;
-        std::vector<float> mask;
-        std::vector<ggml_fp16_t> mask16;  // per sequence: [nt, nt, 1, ns]
+        std::vector<float> mask;           // [nt, nt, 1, mask_rows], made when first needed (shape_mask)
+        std::vector<ggml_fp16_t> mask16;   // per sequence: [nt, nt, 1, ns], likewise (shape_mask16)
+        int64_t mask_rows = 1;             // 1 (causal, shared by every sequence) or ns (spans)
+        uint64_t version = 0;
     } shape_cache;
-    // The positions and the F16 mask in device memory, for the layer-by-layer CUDA passes: their graphs then have
-    // no host inputs and queue without waits.
+    // The positions, the F16 mask and the spans in device memory, for the layer-by-layer CUDA passes: their
+    // graphs then have no host inputs and queue without waits.
     struct shape_device {
-        int64_t ns = 0, nt = 0;
+        uint64_t version = 0;
         ggml_context * ctx = nullptr;
         ggml_backend_buffer_t buf = nullptr;
-        ggml_tensor * pos = nullptr, * mask16 = nullptr;
+        ggml_tensor * pos = nullptr, * mask16 = nullptr, * span = nullptr;  // span: null for causal
     } shape_dev;
     // While `queued` (a layer-by-layer CUDA pass), graphs and the project's kernels queue without host waits,
     // ordered by these events (ggml's stream -> the project's, and back).
@@ -133,6 +143,8 @@ struct trainer {
 std::unique_ptr<trainer> trainer_init(std::shared_ptr<model> m, std::shared_ptr<lora_adapter> lora, const trainer_options & o);
 
 void trainer_validate(const trainer & t, const train_batch & b);
+// ERR_INVALID_ARG unless span (train_batch::span) holds a valid entry for each of ns x nt tokens.
+void span_validate(const std::vector<int32_t> & span, int64_t ns, int64_t nt);
 
 // Per-position log-probs of the targets (NaN where the target is -1). `use_lora` false runs the frozen base
 // (the reference policy). `keep` saves the activations for trainer_backward (needs use_lora).

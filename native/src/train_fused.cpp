@@ -307,7 +307,7 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
     const hparams & hp = t.m->hp;
     const layer_weights & L = t.m->layers[il];
     const int64_t hd = hp.head_dim, H = hp.n_head, T = batch.ns * batch.nt, F = hp.n_ff;
-    const attn_dims d{ hd, H, hp.n_head_kv, batch.nt, batch.ns, 1.0f / std::sqrt((float) hd) };
+    const attn_dims d{ hd, H, hp.n_head_kv, batch.nt, batch.ns, 1.0f / std::sqrt((float) hd), shape_span(t) };
     const float s = t.lora->scale();
     ggml_tensor * x = t.ckpt[il];
     auto timed = [&](auto fn) { kernel_ms += project_kernels(t, fn); };

@@ -3,25 +3,70 @@
 // backward, and the output head over the positions that have a target.
 #include "train_internal.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace sqlr1::train_impl {
 
-// The host copies of the shape inputs, made once per batch shape: a backward builds several graphs per layer.
-const trainer::shape_inputs & shape_host(trainer & t, int64_t ns, int64_t nt) {
+// The host copies of the shape inputs for the batch a pass runs, made again only when its shape or layout
+// changes: a backward builds several graphs per layer.
+const trainer::shape_inputs & shape_prepare(trainer & t, const train_batch & b) {
     trainer::shape_inputs & c = t.shape_cache;
-    if (c.ns == ns && c.nt == nt) return c;
-    c.pos.resize(ns * nt);
-    for (int64_t s = 0; s < ns; s++) for (int64_t i = 0; i < nt; i++) c.pos[s * nt + i] = (int32_t) i;
-    c.mask.resize(nt * nt);
-    for (int64_t q = 0; q < nt; q++) for (int64_t k = 0; k < nt; k++) c.mask[q * nt + k] = k <= q ? 0.0f : -INFINITY;
-    // Flash attention's mask, one copy per sequence [nt, nt, 1, ns]: ggml's CUDA kernel, when it scans the mask
-    // for tiles to skip, steps through it per sequence and does not broadcast a single one.
-    c.mask16.resize(ns * nt * nt);
-    for (size_t i = 0; i < c.mask16.size(); i++) c.mask16[i] = ggml_fp32_to_fp16(c.mask[i % c.mask.size()]);
+    if (c.version != 0 && c.ns == b.ns && c.nt == b.nt && c.given_pos == b.pos && c.span == b.span) return c;
+    const int64_t ns = b.ns, nt = b.nt;
     c.ns = ns;
     c.nt = nt;
+    c.given_pos = b.pos;
+    c.span = b.span;
+    c.version++;
+    c.pos.resize(ns * nt);
+    for (int64_t s = 0; s < ns; s++) for (int64_t i = 0; i < nt; i++) c.pos[s * nt + i] = b.pos.empty() ? (int32_t) i : b.pos[s * nt + i];
+    c.mask_rows = b.span.empty() ? 1 : ns;  // causal: one [nt, nt] mask for every sequence; spans: one each
+    c.mask.clear();
+    c.mask16.clear();
     return c;
+}
+
+namespace {
+
+// Row q of a mask: `seen` where the query sees the key, `unseen` elsewhere (sp: the query's span, or null).
+template <typename T>
+void mask_row(T * row, int64_t nt, int64_t q, const int32_t * sp, T seen, T unseen) {
+    std::fill(row, row + nt, unseen);
+    if (!sp) {
+        std::fill(row, row + q + 1, seen);
+        return;
+    }
+    const int64_t shared_end = std::min<int64_t>(sp[1], q + 1);
+    if (sp[0] < shared_end) std::fill(row + sp[0], row + shared_end, seen);
+    if (sp[2] <= q) std::fill(row + sp[2], row + q + 1, seen);
+}
+
+template <typename T>
+void mask_fill(const trainer::shape_inputs & c, std::vector<T> & m, int64_t rows, T seen, T unseen) {
+    const int64_t nt = c.nt;
+    m.resize(rows * nt * nt);
+    for (int64_t s = 0; s < rows; s++) {
+        const int64_t r = s % c.mask_rows;  // causal masks repeat the one row set
+        for (int64_t q = 0; q < nt; q++) mask_row(&m[(s * nt + q) * nt], nt, q, c.span.empty() ? nullptr : &c.span[3 * (r * nt + q)], seen, unseen);
+    }
+}
+
+} // namespace
+
+// The masks are made when first asked for (by a graph, or for the device copy).
+const std::vector<float> & shape_mask(trainer & t) {
+    trainer::shape_inputs & c = t.shape_cache;
+    if (c.mask.empty()) mask_fill(c, c.mask, c.mask_rows, 0.0f, -INFINITY);
+    return c.mask;
+}
+
+// Flash attention's mask, one copy per sequence [nt, nt, 1, ns]: ggml's CUDA kernel, when it scans the mask for
+// tiles to skip, steps through it per sequence and does not broadcast a single one.
+const std::vector<ggml_fp16_t> & shape_mask16(trainer & t) {
+    trainer::shape_inputs & c = t.shape_cache;
+    if (c.mask16.empty()) mask_fill(c, c.mask16, c.ns, ggml_fp32_to_fp16(0.0f), ggml_fp32_to_fp16(-INFINITY));
+    return c.mask16;
 }
 
 void shape_device_free(trainer & t) {
@@ -31,24 +76,26 @@ void shape_device_free(trainer & t) {
 }
 
 #ifdef SQLR1_WITH_CUDA
-void shape_device_upload(trainer & t, int64_t ns, int64_t nt) {
-    if (t.shape_dev.buf && t.shape_dev.ns == ns && t.shape_dev.nt == nt) return;
+void shape_device_upload(trainer & t) {
+    const trainer::shape_inputs & h = t.shape_cache;
+    if (t.shape_dev.buf && t.shape_dev.version == h.version) return;
     shape_device_free(t);
-    const trainer::shape_inputs & h = shape_host(t, ns, nt);
-    ggml_init_params ip = { ggml_tensor_overhead() * 2, nullptr, true };
+    const int64_t ns = h.ns, nt = h.nt;
+    ggml_init_params ip = { ggml_tensor_overhead() * 3, nullptr, true };
     t.shape_dev.ctx = ggml_init(ip);
     if (!t.shape_dev.ctx) fail("ERR_OUT_OF_MEMORY", "could not create the shape inputs' context");
     t.shape_dev.pos = ggml_new_tensor_1d(t.shape_dev.ctx, GGML_TYPE_I32, ns * nt);
     t.shape_dev.mask16 = ggml_new_tensor_4d(t.shape_dev.ctx, GGML_TYPE_F16, nt, nt, 1, ns);
+    if (!h.span.empty()) t.shape_dev.span = ggml_new_tensor_1d(t.shape_dev.ctx, GGML_TYPE_I32, 3 * ns * nt);
     t.shape_dev.buf = ggml_backend_alloc_ctx_tensors(t.shape_dev.ctx, t.m->backends->primary);
     if (!t.shape_dev.buf) {
         shape_device_free(t);
         fail("ERR_OUT_OF_MEMORY", "could not allocate the shape inputs on %s", t.m->backends->device.c_str());
     }
     ggml_backend_tensor_set(t.shape_dev.pos, h.pos.data(), 0, ggml_nbytes(t.shape_dev.pos));
-    ggml_backend_tensor_set(t.shape_dev.mask16, h.mask16.data(), 0, ggml_nbytes(t.shape_dev.mask16));
-    t.shape_dev.ns = ns;
-    t.shape_dev.nt = nt;
+    ggml_backend_tensor_set(t.shape_dev.mask16, shape_mask16(t).data(), 0, ggml_nbytes(t.shape_dev.mask16));
+    if (t.shape_dev.span) ggml_backend_tensor_set(t.shape_dev.span, h.span.data(), 0, ggml_nbytes(t.shape_dev.span));
+    t.shape_dev.version = h.version;
 }
 #endif
 

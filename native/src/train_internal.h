@@ -38,11 +38,11 @@ struct graph_ctx {
     ~graph_ctx() { ggml_free(ctx); }
 };
 
-// What one graph needs besides the weights: positions and the causal mask (made when first asked for, from
-// the trainer's host copies), and a place for per-graph inputs.
+// What one graph needs besides the weights: positions and the mask (made when first asked for, from the
+// trainer's host copies), and a place for per-graph inputs.
 struct graph_inputs {
     ggml_tensor * pos = nullptr;      // I32 [T]: 0..nt-1 per sequence
-    ggml_tensor * mask = nullptr;     // F32 [nt, nt]: 0 where key <= query, -inf above
+    ggml_tensor * mask = nullptr;     // F32 [nt, nt, 1, 1 or ns]: 0 where the query sees the key, -inf elsewhere
     ggml_tensor * mask_f16 = nullptr; // the same in F16 per sequence [nt, nt, 1, ns], for flash attention
     std::vector<std::pair<ggml_tensor *, const void *>> shared;  // data the trainer holds
     std::vector<std::pair<ggml_tensor *, std::vector<int32_t>>> i32;
@@ -51,10 +51,14 @@ struct graph_inputs {
 };
 
 // train_graph.cpp: shape inputs
-const trainer::shape_inputs & shape_host(trainer & t, int64_t ns, int64_t nt);
+const trainer::shape_inputs & shape_prepare(trainer & t, const train_batch & b);  // at the start of every pass
+const std::vector<float> & shape_mask(trainer & t);          // the prepared batch's F32 mask
+const std::vector<ggml_fp16_t> & shape_mask16(trainer & t);  // and its F16 one, per sequence
 void shape_device_free(trainer & t);
 #ifdef SQLR1_WITH_CUDA
-void shape_device_upload(trainer & t, int64_t ns, int64_t nt);  // trainer::shape_dev for the batch's shape
+void shape_device_upload(trainer & t);  // trainer::shape_dev for the prepared batch
+// The prepared batch's spans on the device (uploaded), or null for causal attention.
+inline const int32_t * shape_span(const trainer & t) { return t.shape_dev.span ? (const int32_t *) t.shape_dev.span->data : nullptr; }
 #endif
 // The adapter's pair on a layer's target, or null where it has none.
 const lora_pair * adapter_pair(const trainer & t, int64_t il, int target);
@@ -89,8 +93,12 @@ struct builder {
         return x;
     }
 
-    const trainer::shape_inputs & shape() { return shape_host(t, ns, nt); }
-    bool shape_on_device() const { return t.shape_dev.pos && t.shape_dev.ns == ns && t.shape_dev.nt == nt; }
+    // The shape inputs of the batch the pass prepared (shape_prepare), which has this builder's shape.
+    const trainer::shape_inputs & shape() {
+        if (t.shape_cache.version == 0 || t.shape_cache.ns != ns || t.shape_cache.nt != nt) fail("ERR_INTERNAL", "training graph built before its batch's shape inputs");
+        return t.shape_cache;
+    }
+    bool shape_on_device() { return t.shape_dev.pos && t.shape_dev.version == shape().version; }
     ggml_tensor * shared_input(ggml_type type, int64_t a, int64_t b, const void * data, int64_t d = 1) {
         ggml_tensor * x = ggml_new_tensor_4d(ctx, type, a, b, 1, d);
         ggml_set_input(x);
@@ -102,11 +110,16 @@ struct builder {
         return in.pos;
     }
     ggml_tensor * mask() {
-        if (!in.mask) in.mask = shared_input(GGML_TYPE_F32, nt, nt, shape().mask.data());
+        if (!in.mask) {
+            const int64_t rows = shape().mask_rows;
+            in.mask = shared_input(GGML_TYPE_F32, nt, nt, shape_mask(t).data(), rows);
+        }
         return in.mask;
     }
     ggml_tensor * mask_f16() {
-        if (!in.mask_f16) in.mask_f16 = shape_on_device() ? t.shape_dev.mask16 : shared_input(GGML_TYPE_F16, nt, nt, shape().mask16.data(), ns);
+        if (!in.mask_f16) {
+            in.mask_f16 = shape_on_device() ? t.shape_dev.mask16 : shared_input(GGML_TYPE_F16, nt, nt, shape_mask16(t).data(), ns);
+        }
         return in.mask_f16;
     }
 

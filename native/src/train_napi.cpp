@@ -33,7 +33,7 @@ public:
         return t;
     }
 
-    // forward({ tokens, targets, ns, nt, temperature, adapter, keep }) -> Promise<Float32Array>
+    // forward({ tokens, targets, ns, nt, temperature, adapter, keep, pos?, span? }) -> Promise<Float32Array>
     Napi::Value Forward(const Napi::CallbackInfo & info) {
         Napi::Env env = info.Env();
         auto tr = get(env);
@@ -41,6 +41,9 @@ public:
         train_batch b;
         b.tokens = get_i32_array(o, "tokens");
         b.targets = get_i32_array(o, "targets");
+        // The optional layout (train_batch::pos, span); checked with the rest by trainer_validate.
+        if (!o.Get("pos").IsUndefined()) b.pos = get_i32_array(o, "pos");
+        if (!o.Get("span").IsUndefined()) b.span = get_i32_array(o, "span");
         const double ns = get_number(o, "ns", NAN), nt = get_number(o, "nt", NAN);
         if (!(ns >= 1 && ns <= 65536 && std::floor(ns) == ns)) bad_arg(env, "ns must be an integer in [1, 65536]");
         if (!(nt >= 1 && nt <= (1 << 20) && std::floor(nt) == nt)) bad_arg(env, "nt must be an integer in [1, 1048576]");

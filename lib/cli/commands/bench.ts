@@ -207,7 +207,7 @@ export interface GrpoBenchResult {
  * update as it would in training with a signal. One warm-up step, then `steps` measured ones.
  */
 export async function benchGrpo(model: Model, o: { prompts: number; generations: number; promptTokens: number; completionTokens: number;
-  rank: number; alpha: number; beta: number; steps: number; microBatchTokens: number }): Promise<GrpoBenchResult> {
+  rank: number; alpha: number; beta: number; steps: number; microBatchTokens: number; sharePrompts?: boolean }): Promise<GrpoBenchResult> {
   const dir = mkdtempSync(join(tmpdir(), 'sqlr1-bench-grpo-'));
   const dbPath = createToyDatabase(join(dir, 'company.sqlite'));
   const data = Array.from({ length: o.prompts }, (_, i) => ({ ...TOY_EXAMPLES[i % TOY_EXAMPLES.length]!, question: `q${i}`, dbPath, goldSql: TOY_EXAMPLES[i % TOY_EXAMPLES.length]!.query }));
@@ -216,7 +216,7 @@ export async function benchGrpo(model: Model, o: { prompts: number; generations:
   const trainer = await GrpoTrainer.create({
     model, trainDataset: data, outputDir: join(dir, 'run'), promptsPerStep: o.prompts, numGenerations: o.generations,
     maxPromptLength: o.promptTokens, maxCompletionLength: o.completionTokens, lora: { rank: o.rank, alpha: o.alpha }, beta: o.beta,
-    learningRate: 5e-6, lrSchedulerType: 'constant', maxSteps: o.steps + 1, microBatchTokens: o.microBatchTokens, temperature: 0.7,
+    learningRate: 5e-6, lrSchedulerType: 'constant', maxSteps: o.steps + 1, microBatchTokens: o.microBatchTokens, sharePrompts: o.sharePrompts ?? true, temperature: 0.7,
     prompts: { tokens: (ex) => promptIds.get(ex.question)! }, forceFullLength: true, progress: false, report: false, log: () => undefined,
     rewardFunctions: [{ name: 'bench_noise', fn: () => ((Math.imul(++draws, 2654435761) >>> 0) / 2 ** 32) }],
   });
@@ -263,8 +263,9 @@ function registerGrpo(bench: Command): void {
     .option('--beta <b>', 'KL coefficient (0: no reference pass)', parseFloatArg('--beta', 0), 0.05)
     .option('--micro-batch-tokens <n>', 'most padded tokens per training micro-batch (the trainer\'s default)', parseIntArg('--micro-batch-tokens', 2),
       GRPO_DEFAULTS.microBatchTokens)
+    .option('--no-share-prompts', 'one row per completion in the reference and policy passes (share_prompts: false)')
     .action(async (o: { model: string; device: 'auto' | 'cpu' | 'cuda'; prompts: number; generations: number; promptTokens: number;
-      completionTokens: number; rank: number; alpha: number; beta: number; microBatchTokens: number; steps: number; json?: boolean }) => {
+      completionTokens: number; rank: number; alpha: number; beta: number; microBatchTokens: number; sharePrompts: boolean; steps: number; json?: boolean }) => {
       const report = await withModel(o.model, o.device, (model) => benchGrpo(model, o));
       if (o.json) {
         printJson(report);
@@ -273,7 +274,7 @@ function registerGrpo(bench: Command): void {
       const r = report.rows;
       process.stdout.write(`device ${report.device}${report.gpu ? ` (${report.gpu})` : ''}, weights ${report.weightType}, ` +
         `${r.prompts} x ${r.generations} completions, ${r.promptTokens} + ${r.completionTokens} tokens, LoRA r=${o.rank} alpha=${o.alpha}, ` +
-        `beta ${o.beta}, micro-batches of at most ${o.microBatchTokens} tokens, median of ${r.steps} steps\n`);
+        `beta ${o.beta}, micro-batches of at most ${o.microBatchTokens} tokens, prompts ${o.sharePrompts ? 'shared' : 'one per completion'}, median of ${r.steps} steps\n`);
       process.stdout.write('| part | seconds |\n|---|---|\n');
       for (const [k, v] of Object.entries(r.parts)) process.stdout.write(`| ${k} | ${v.toFixed(3)} |\n`);
       process.stdout.write(`| whole step | ${r.stepSeconds.toFixed(3)} |\n`);
