@@ -6,12 +6,19 @@
  * token), a prompt alone in its group, and, for the CUDA kernels' 64-row tiles, a long group whose completions
  * cross tile boundaries.
  *
+ * BF16 on the CPU runs the forward-only passes through ggml's flash attention with the layout's mask (one per
+ * row); on CUDA the tiny model's head size (16) has no flash-attention kernel there, so its passes run written
+ * out, and the backward through the project's kernels with the spans.
+ *
  * Bounds (nmse): F32 on the CPU runs the same products on the same rows; only summation order in the longer
  * softmax rows and matrix products differs (float32, relative ~1e-7 per operation): 1e-9 for log-probs and
- * gradients. CUDA F32 computes large products on tensor cores, which may round like TF32 and choose their
- * blocking by the token count: 1e-5, as for CUDA against the CPU (model-grad.test.ts). BF16: the two layouts
- * round different intermediate tensors (the attention's probabilities tile by tile, the head's chunks), at
- * BF16's 2^-9: 1e-3 for log-probs and 1e-2 for gradients, the bounds of BF16 against F32.
+ * gradients. BF16 on the CPU: the forward runs each row's operations alike in both layouts (unseen keys add exact
+ * zeros), 1e-9 for log-probs; the backward's products sum over different token counts with BF16-rounded
+ * intermediates: 1e-4 for gradients (2.8e-6 measured). CUDA F32 computes large products on tensor cores, which
+ * may round like TF32 and choose their blocking by the token count: 1e-5, as for CUDA against the CPU
+ * (model-grad.test.ts). BF16 on CUDA: the two layouts round different intermediate tensors (the attention's
+ * probabilities tile by tile, the head's chunks), at BF16's 2^-9: 1e-3 for log-probs and 1e-2 for gradients, the
+ * bounds of BF16 against F32.
  */
 import t from 'tap';
 import { loadModel } from '../../lib/model/index.js';
@@ -52,7 +59,7 @@ t.test('packedTokens and micro-batches count the shared layout', async (t) => {
 });
 
 for (const device of testDevices()) {
-  for (const compute of device === 'cuda' ? (['f32', 'bf16'] as const) : (['f32'] as const)) {
+  for (const compute of ['f32', 'bf16'] as const) {
     t.test(`shared prompts give the per-sequence log-probs and gradients (${device}, ${compute})`, async (t) => {
       const model = await loadModel(await tinyModel(tempDir(t), 'q8_0'), { device });
       t.teardown(() => model.dispose());
@@ -65,7 +72,7 @@ for (const device of testDevices()) {
       t.ok(shared.rows * shared.length < plain.rows * plain.length, `fewer tokens: ${shared.rows * shared.length} < ${plain.rows * plain.length}`);
       t.same(shared.mask, plain.mask, 'the same completion mask');
 
-      const [lpBound, gBound] = compute === 'bf16' ? [1e-3, 1e-2] : device === 'cuda' ? [1e-5, 1e-5] : [1e-9, 1e-9];
+      const [lpBound, gBound] = device === 'cuda' ? (compute === 'bf16' ? [1e-3, 1e-2] : [1e-5, 1e-5]) : (compute === 'bf16' ? [1e-9, 1e-4] : [1e-9, 1e-9]);
       // The reference pass (adapter off, forward only: flash attention where the backend has it)
       const refShared = await tr.logprobs(shared, { adapter: false, temperature: TEMP });
       const refPlain = await tr.logprobs(plain, { adapter: false, temperature: TEMP });
