@@ -39,6 +39,16 @@ ggml_tensor * lora_target_weight(const model & m, int64_t il, int target) {
     }
 }
 
+ggml_tensor * lora_target_bias(const model & m, int64_t il, int target) {
+    const layer_weights & L = m.layers[il];
+    switch (target) {
+        case LORA_Q: return L.bq;
+        case LORA_K: return L.bk;
+        case LORA_V: return L.bv;
+        default: return nullptr;
+    }
+}
+
 static std::string tensor_name(int64_t il, int target, char ab) {
     return "blk." + std::to_string(il) + "." + LORA_TARGET_TENSOR[target] + ".weight.lora_" + ab;
 }

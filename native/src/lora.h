@@ -16,6 +16,14 @@ constexpr int LORA_MAX_RANK = 4096;
 
 enum lora_target { LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_N_TARGETS };
 
+// The targets of a layer that share an input (q/k/v, o, gate/up, down): the sampling graph packs each group into
+// one product pair (lora_pack.h) and the training graphs run each as one product (train_fused.cpp).
+enum lora_group_id { LORA_GROUP_QKV, LORA_GROUP_O, LORA_GROUP_GATE_UP, LORA_GROUP_DOWN, LORA_N_GROUPS };
+// The targets of each group, in their order in the stacked product (-1: no further member).
+constexpr int LORA_GROUP_TARGETS[LORA_N_GROUPS][3] = {
+    { LORA_Q, LORA_K, LORA_V }, { LORA_O, -1, -1 }, { LORA_GATE, LORA_UP, -1 }, { LORA_DOWN, -1, -1 },
+};
+
 // GGUF tensor base names, in lora_target order ("attn_q" -> blk.N.attn_q.weight.lora_a).
 extern const char * const LORA_TARGET_TENSOR[LORA_N_TARGETS];
 // Names users pick targets by ("q", "k", "v", "o", "gate", "up", "down").
@@ -45,6 +53,8 @@ struct lora_adapter {
 
 // The weight matrix a target adapts in layer `il`.
 ggml_tensor * lora_target_weight(const model & m, int64_t il, int target);
+// The bias a target's base layer adds (q, k, v may have one), or null.
+ggml_tensor * lora_target_bias(const model & m, int64_t il, int target);
 
 std::shared_ptr<lora_adapter> lora_adapter_init(std::shared_ptr<model> m, int64_t rank, float alpha, uint32_t targets, uint64_t seed);
 // Saves in llama.cpp's adapter format (through a temporary file and a rename).

@@ -2,20 +2,6 @@
 
 namespace sqlr1 {
 
-const int LORA_GROUP_TARGETS[LORA_N_GROUPS][3] = {
-    { LORA_Q, LORA_K, LORA_V }, { LORA_O, -1, -1 }, { LORA_GATE, LORA_UP, -1 }, { LORA_DOWN, -1, -1 },
-};
-
-ggml_tensor * lora_target_bias(const model & m, int64_t il, int target) {
-    const layer_weights & L = m.layers[il];
-    switch (target) {
-        case LORA_Q: return L.bq;
-        case LORA_K: return L.bk;
-        case LORA_V: return L.bv;
-        default: return nullptr;
-    }
-}
-
 lora_pack::~lora_pack() {
     if (galloc) ggml_gallocr_free(galloc);
     if (gctx) ggml_free(gctx);
@@ -40,10 +26,11 @@ std::unique_ptr<lora_pack> lora_pack_init(const std::shared_ptr<lora_adapter> & 
             bool any_bias = false;
             for (int t : LORA_GROUP_TARGETS[gi]) {
                 if (t < 0 || !a.layers[il][t].a) continue;
-                in = lora_target_weight(m, il, t)->ne[0];
+                const ggml_tensor * w = lora_target_weight(m, il, t);
+                in = w->ne[0];
                 g.target[g.n] = t;
                 g.row0[g.n] = rows;
-                g.rows[g.n] = lora_target_weight(m, il, t)->ne[1];
+                g.rows[g.n] = w->ne[1];
                 rows += g.rows[g.n];
                 any_bias = any_bias || lora_target_bias(m, il, t);
                 g.n++;

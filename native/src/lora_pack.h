@@ -19,11 +19,6 @@
 
 namespace sqlr1 {
 
-enum lora_group_id { LORA_GROUP_QKV, LORA_GROUP_O, LORA_GROUP_GATE_UP, LORA_GROUP_DOWN, LORA_N_GROUPS };
-
-// The targets of each group, in their order in the stacked product (-1: no further member).
-extern const int LORA_GROUP_TARGETS[LORA_N_GROUPS][3];
-
 struct lora_group {
     ggml_tensor * a = nullptr;      // A_cat F32 [in, n r]; null when the layer adapts none of the group's targets
     ggml_tensor * b = nullptr;      // B_blk F32 [n r, rows]
@@ -54,8 +49,5 @@ std::unique_ptr<lora_pack> lora_pack_init(const std::shared_ptr<lora_adapter> & 
 
 // Copies the adapter's current A and s B (and the model's biases) into the pack.
 void lora_pack_refresh(lora_pack & p);
-
-// The bias a target's base layer adds (q, k, v may have one), or null.
-ggml_tensor * lora_target_bias(const model & m, int64_t il, int target);
 
 } // namespace sqlr1

@@ -102,7 +102,7 @@ struct trainer {
     ggml_tensor * fpart = nullptr;   // the SwiGLU kernel's partial gradient sums (rank <= 16; swiglu_reduces)
     // Targets that share an input run as one product (group_forward): the dequantized weights with s A stacked
     // after them, BF16 [in, rows], and the product's output F32 [rows, T] where a later graph or kernel reads it.
-    ggml_tensor * group_w[4] = {}, * group_y[4] = {};
+    ggml_tensor * group_w[LORA_N_GROUPS] = {}, * group_y[LORA_N_GROUPS] = {};
     // Per target but down: the frozen weight transposed, with s B^T stacked under it, BF16 [out, in + r], made
     // in the graph that dequantizes the weight for W x and read by the backward's product (one for dx and dz).
     ggml_tensor * stacked[LORA_N_TARGETS] = {};

@@ -14,11 +14,6 @@
 
 namespace sqlr1::train_impl {
 
-// The groups of targets that share an input (group_forward).
-enum { GROUP_QKV, GROUP_O, GROUP_GU, GROUP_DOWN, N_GROUPS };
-constexpr int GROUP_TARGETS[N_GROUPS][3] = {
-    { LORA_Q, LORA_K, LORA_V }, { LORA_O, -1, -1 }, { LORA_GATE, LORA_UP, -1 }, { LORA_DOWN, -1, -1 } };
-
 void scratch_free(trainer & t) {
     if (t.buf_scratch) ggml_backend_buffer_free(t.buf_scratch);
     if (t.ctx_scratch) ggml_free(t.ctx_scratch);
@@ -26,7 +21,7 @@ void scratch_free(trainer & t) {
     t.ctx_scratch = nullptr;
     t.scratch_capacity = 0;
     for (ggml_tensor *& x : t.stacked) x = nullptr;
-    for (int gi = 0; gi < N_GROUPS; gi++) t.group_w[gi] = t.group_y[gi] = nullptr;
+    for (int gi = 0; gi < LORA_N_GROUPS; gi++) t.group_w[gi] = t.group_y[gi] = nullptr;
 }
 
 #ifdef SQLR1_WITH_CUDA
@@ -63,16 +58,16 @@ void scratch_alloc(trainer & t, int64_t T) {
     t.fx2 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
     t.fn2 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
     t.fn1 = ggml_new_tensor_2d(c, GGML_TYPE_F32, E, T);
-    for (int gi = 0; gi < N_GROUPS; gi++) {
+    for (int gi = 0; gi < LORA_N_GROUPS; gi++) {
         int64_t in = 0, rows = 0;
-        for (int tg : GROUP_TARGETS[gi]) {
+        for (int tg : LORA_GROUP_TARGETS[gi]) {
             if (tg < 0) continue;
             const ggml_tensor * w = lora_target_weight(*t.m, 0, tg);  // the same shapes in every layer
             in = w->ne[0];
             rows += w->ne[1] + r;
         }
         t.group_w[gi] = ggml_new_tensor_2d(c, GGML_TYPE_BF16, in, rows);
-        if (gi != GROUP_DOWN) t.group_y[gi] = ggml_new_tensor_2d(c, GGML_TYPE_F32, rows, T);
+        if (gi != LORA_GROUP_DOWN) t.group_y[gi] = ggml_new_tensor_2d(c, GGML_TYPE_F32, rows, T);
     }
     t.fpart = swiglu_reduces(r) ? ggml_new_tensor_1d(c, GGML_TYPE_F32, swiglu_partial_floats(F, T, r)) : nullptr;
     t.fdgb = ggml_new_tensor_2d(c, GGML_TYPE_BF16, F, T);
@@ -130,7 +125,7 @@ ggml_tensor * group_backward(builder & b, int64_t il, int group, ggml_tensor * x
     std::vector<std::pair<const lora_pair *, int64_t>> parts;  // (pair, its first column in dz)
     int64_t rz = 0;
     for (int i = 0; i < 3; i++) {
-        const int tg = GROUP_TARGETS[group][i];
+        const int tg = LORA_GROUP_TARGETS[group][i];
         if (tg < 0) continue;
         const lora_pair * p = b.pair(il, tg);
         ggml_tensor * w = b.t.stacked[tg];
@@ -178,7 +173,7 @@ group_fwd group_forward(builder & b, int64_t il, int group, ggml_tensor * x, ggm
     const int64_t in = R->ne[0];
     group_fwd g;
     int64_t row = 0;
-    for (int tg : GROUP_TARGETS[group]) {
+    for (int tg : LORA_GROUP_TARGETS[group]) {
         if (tg < 0) continue;
         const int i = g.n++;
         ggml_tensor * w = lora_target_weight(*b.t.m, il, tg);
@@ -218,9 +213,9 @@ group_fwd group_forward(builder & b, int64_t il, int group, ggml_tensor * x, ggm
 // which runs after it, dequantizes the other types by graph nodes.
 void dequant_layer(trainer & t, int64_t il) {
     std::vector<dequant_job> jobs;
-    for (int gi = 0; gi < N_GROUPS; gi++) {
+    for (int gi = 0; gi < LORA_N_GROUPS; gi++) {
         int64_t row = 0;
-        for (int tg : GROUP_TARGETS[gi]) {
+        for (int tg : LORA_GROUP_TARGETS[gi]) {
             if (tg < 0) continue;
             ggml_tensor * w = lora_target_weight(*t.m, il, tg);
             if (dequant_kernel_takes(w))
@@ -239,11 +234,11 @@ ggml_tensor * group_output(builder & b, const group_fwd & g, int i, ggml_tensor 
     return y == g.y[i] ? ggml_cont(b.ctx, y) : y;
 }
 
-// The SwiGLU kernel's view of the gate/up group product (placed in group_y[GROUP_GU]). Only g's numbers are
+// The SwiGLU kernel's view of the gate/up group product (placed in group_y[LORA_GROUP_GATE_UP]). Only g's numbers are
 // read: its tensors belong to a graph that has run.
 swiglu_args swiglu_group(const trainer & t, const group_fwd & g, int64_t T) {
     swiglu_args a;
-    float * base = (float *) t.group_y[GROUP_GU]->data;
+    float * base = (float *) t.group_y[LORA_GROUP_GATE_UP]->data;
     a.F = t.m->hp.n_ff;
     a.T = T;
     a.r = t.lora->rank;
@@ -262,7 +257,7 @@ group_fwd attn_inputs_grouped(builder & b, int64_t il, ggml_tensor * x, ggml_ten
     const layer_weights & L = b.t.m->layers[il];
     f.x = x;
     f.n1 = rms_norm_w(b, x, L.attn_norm);
-    group_fwd g = group_forward(b, il, GROUP_QKV, f.n1, keep_y);  // the product converts n1 once (faster than a cast node)
+    group_fwd g = group_forward(b, il, LORA_GROUP_QKV, f.n1, keep_y);  // the product converts n1 once (faster than a cast node)
     f.q3 = rope(b, ggml_reshape_3d(ctx, group_output(b, g, 0, L.bq), hp.head_dim, hp.n_head, b.T()), false);
     f.k3 = rope(b, ggml_reshape_3d(ctx, group_output(b, g, 1, L.bk), hp.head_dim, hp.n_head_kv, b.T()), false);
     f.v3 = ggml_reshape_3d(ctx, group_output(b, g, 2, L.bv), hp.head_dim, hp.n_head_kv, b.T());
@@ -281,16 +276,16 @@ void layer_forward_fused(trainer & t, const train_batch & batch, int64_t il) {
     run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
         layer_fwd f;
-        attn_inputs_grouped(b, il, t.ckpt[il], t.group_y[GROUP_QKV], f);
-        group_fwd o = group_forward(b, il, GROUP_O, attention(b, f, false), t.group_y[GROUP_O]);
+        attn_inputs_grouped(b, il, t.ckpt[il], t.group_y[LORA_GROUP_QKV], f);
+        group_fwd o = group_forward(b, il, LORA_GROUP_O, attention(b, f, false), t.group_y[LORA_GROUP_O]);
         ggml_tensor * x2 = place(b, ggml_add(ctx, t.ckpt[il], group_output(b, o, 0, nullptr)), t.fx2);
-        gu = group_forward(b, il, GROUP_GU, rms_norm_w(b, x2, L.ffn_norm), t.group_y[GROUP_GU]);
+        gu = group_forward(b, il, LORA_GROUP_GATE_UP, rms_norm_w(b, x2, L.ffn_norm), t.group_y[LORA_GROUP_GATE_UP]);
     });
     project_kernels(t, [&] { swiglu_cuda(swiglu_group(t, gu, T)); });  // h into the gate's rows
     run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
-        ggml_tensor * h = ggml_view_2d(ctx, t.group_y[GROUP_GU], t.m->hp.n_ff, T, gu.rows * sizeof(float), 0);
-        group_fwd dn = group_forward(b, il, GROUP_DOWN, h, nullptr);
+        ggml_tensor * h = ggml_view_2d(ctx, t.group_y[LORA_GROUP_GATE_UP], t.m->hp.n_ff, T, gu.rows * sizeof(float), 0);
+        group_fwd dn = group_forward(b, il, LORA_GROUP_DOWN, h, nullptr);
         place(b, ggml_add(ctx, t.fx2, group_output(b, dn, 0, nullptr)), t.ckpt[il + 1]);
     });
 }
@@ -317,9 +312,9 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
 
     run_built(t, batch, true, [&](builder & b) {
         layer_fwd f;
-        qkv = attn_inputs_grouped(b, il, x, t.group_y[GROUP_QKV], f);
+        qkv = attn_inputs_grouped(b, il, x, t.group_y[LORA_GROUP_QKV], f);
         place(b, f.n1, t.fn1);  // kept for (D)
-        for (int i = 0; i < 3; i++) stack_weight(b, GROUP_TARGETS[GROUP_QKV][i], qkv.wc[i], qkv.p[i]);
+        for (int i = 0; i < 3; i++) stack_weight(b, LORA_GROUP_TARGETS[LORA_GROUP_QKV][i], qkv.wc[i], qkv.p[i]);
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.q3, t.aq));
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.k3, t.ak));
         ggml_build_forward_expand(b.gf, ggml_cpy(b.ctx, f.v3, t.av));
@@ -328,14 +323,14 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
 
     run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
-        o = group_forward(b, il, GROUP_O, t.ao, t.group_y[GROUP_O]);
+        o = group_forward(b, il, LORA_GROUP_O, t.ao, t.group_y[LORA_GROUP_O]);
         stack_weight(b, LORA_O, o.wc[0], o.p[0]);
         ggml_tensor * x2 = place(b, ggml_add(ctx, x, group_output(b, o, 0, nullptr)), t.fx2);
         ggml_tensor * n2 = place(b, rms_norm_w(b, x2, L.ffn_norm), t.fn2);
-        gu = group_forward(b, il, GROUP_GU, n2, t.group_y[GROUP_GU]);
+        gu = group_forward(b, il, LORA_GROUP_GATE_UP, n2, t.group_y[LORA_GROUP_GATE_UP]);
         stack_weight(b, LORA_GATE, gu.wc[0], gu.p[0]);
         stack_weight(b, LORA_UP, gu.wc[1], gu.p[1]);
-        ggml_tensor * R = t.group_w[GROUP_DOWN];
+        ggml_tensor * R = t.group_w[LORA_GROUP_DOWN];
         ggml_tensor * wd = dequant_kernel_takes(L.ffn_down) ? ggml_view_2d(ctx, R, F, hp.n_embd, R->nb[1], 0) : b.frozen(L.ffn_down);
         place(b, ggml_mul_mat(ctx, transpose01(ctx, wd), dy), t.fdh);
         if (pd) place(b, ggml_scale(ctx, ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, pd->b)), dy), s), t.fdz);
@@ -370,18 +365,18 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
     };
     run_built(t, batch, true, [&](builder & b) {
         ggml_context * ctx = b.ctx;
-        ggml_tensor * h = rows_of(b, GROUP_GU, gu, gu.row[0], F), * dg = rows_of(b, GROUP_GU, gu, gu.row[1], F);
+        ggml_tensor * h = rows_of(b, LORA_GROUP_GATE_UP, gu, gu.row[0], F), * dg = rows_of(b, LORA_GROUP_GATE_UP, gu, gu.row[1], F);
         if (pd) {  // down: the adapter's gradients only, with dz = s B^T dy from (B)
             ggml_tensor * zd = ggml_scale(ctx, ggml_mul_mat(ctx, pd->a, h), s);                     // s A h
             b.accumulate(pd->b, ggml_out_prod(ctx, zd, dy));
             if (!reduced) b.accumulate(pd->a, ggml_out_prod(ctx, h, t.fdz));
         }
-        ggml_tensor * zgu[3] = { zs_of(b, GROUP_GU, gu, 0), zs_of(b, GROUP_GU, gu, 1) };
+        ggml_tensor * zgu[3] = { zs_of(b, LORA_GROUP_GATE_UP, gu, 0), zs_of(b, LORA_GROUP_GATE_UP, gu, 1) };
         ggml_tensor * dgu[3] = { reduced ? nullptr : dg, reduced ? nullptr : t.fdh }, * dgu_mm[3] = { t.fdgb, t.fdub };
-        ggml_tensor * dn2 = group_backward(b, il, GROUP_GU, t.fn2, zgu, dgu, dgu_mm, true);
+        ggml_tensor * dn2 = group_backward(b, il, LORA_GROUP_GATE_UP, t.fn2, zgu, dgu, dgu_mm, true);
         ggml_tensor * dx2 = place(b, ggml_add(ctx, dy, rms_norm_w_back(b, t.fx2, L.ffn_norm, dn2)), dx_buf);  // kept for (D)
-        ggml_tensor * zo[3] = { zs_of(b, GROUP_O, o, 0) }, * dyo[3] = { dx2 };
-        ggml_tensor * dattn = group_backward(b, il, GROUP_O, t.ao, zo, dyo, dyo, true);
+        ggml_tensor * zo[3] = { zs_of(b, LORA_GROUP_O, o, 0) }, * dyo[3] = { dx2 };
+        ggml_tensor * dattn = group_backward(b, il, LORA_GROUP_O, t.ao, zo, dyo, dyo, true);
         if (dattn->view_src || dattn->op == GGML_OP_NONE) ggml_build_forward_expand(b.gf, ggml_cpy(ctx, dattn, t.adof));  // a view of a product
         else place(b, dattn, t.adof);  // the attention backward's first pass writes its BF16 copy
     });
@@ -398,8 +393,8 @@ void layer_backward_fused(trainer & t, const train_batch & batch, int64_t il, gg
         ggml_tensor * dk = ggml_reshape_2d(ctx, rope(b, t.adk, true), hd * hp.n_head_kv, T);
         ggml_tensor * dv = ggml_reshape_2d(ctx, t.adv, hd * hp.n_head_kv, T);
         ggml_tensor * dys[3] = { dq, dk, dv };
-        ggml_tensor * zs[3] = { zs_of(b, GROUP_QKV, qkv, 0), zs_of(b, GROUP_QKV, qkv, 1), zs_of(b, GROUP_QKV, qkv, 2) };
-        ggml_tensor * dn1 = group_backward(b, il, GROUP_QKV, t.fn1, zs, dys, dys, need_dx);
+        ggml_tensor * zs[3] = { zs_of(b, LORA_GROUP_QKV, qkv, 0), zs_of(b, LORA_GROUP_QKV, qkv, 1), zs_of(b, LORA_GROUP_QKV, qkv, 2) };
+        ggml_tensor * dn1 = group_backward(b, il, LORA_GROUP_QKV, t.fn1, zs, dys, dys, need_dx);
         // dx = dx2 + d(norm)/dx, added into dx_buf where (C) left dx2
         if (need_dx) ggml_build_forward_expand(b.gf, ggml_add_inplace(ctx, dx_buf, rms_norm_w_back(b, x, L.attn_norm, dn1)));
     });
