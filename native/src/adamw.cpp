@@ -268,10 +268,20 @@ void adamw_options_check(const adamw_options & o) {
     if (o.step < 1) fail("ERR_INVALID_ARG", "adamwStep: step must be an integer >= 1, got %lld", (long long) o.step);
 }
 
+static void values_written(const param_store & s) {
+    if (s.on_values_written) s.on_values_written();
+}
+
+void param_store_set_value(param_store & s, const std::string & name, const std::vector<float> & data, const char * what) {
+    param_store_write(param_store_get(s, name).value, data, what);
+    values_written(s);
+}
+
 int64_t param_store_adamw_step(param_store & s, const adamw_options & o) {
     adamw_options_check(o);
     std::vector<param_entry *> todo = with_grad(s);
     if (todo.empty()) return 0;
+    struct told { const param_store & s; ~told() { values_written(s); } } tell{s};  // also when a step fails halfway
 
     // ggml-opt's layout and bias corrections: beta1h = 1 / (1 - beta1^t), beta2h = 1 / (1 - beta2^t).
     const float p[7] = {

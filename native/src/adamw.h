@@ -10,6 +10,7 @@
 
 #include "model.h"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -52,6 +53,7 @@ struct param_store {
     ggml_backend_buffer_t buf_opt = nullptr;
     ggml_tensor * adamw_params = nullptr;                 // [alpha, beta1, beta2, eps, wd, beta1h, beta2h]
     std::shared_ptr<void> owner;                          // keeps external parameter values alive
+    std::function<void()> on_values_written;              // told after a write to the values (set, AdamW)
     ~param_store();
 };
 
@@ -81,6 +83,8 @@ void param_store_adopt(param_store & s, const std::string & name, ggml_tensor * 
 param_entry & param_store_get(param_store & s, const std::string & name);
 std::vector<float> param_store_read(const ggml_tensor * t);
 void param_store_write(ggml_tensor * t, const std::vector<float> & data, const char * what);
+// Writes a parameter's value and tells the store's on_values_written.
+void param_store_set_value(param_store & s, const std::string & name, const std::vector<float> & data, const char * what);
 
 // Global L2 norm over the gradients of the parameters that have one: per-tensor sums of squares on the device
 // (float32 through ggml; float64 per chunk on CUDA), added up in float64 on the host.

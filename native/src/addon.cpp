@@ -192,7 +192,10 @@ public:
         if ((int64_t) d.ElementLength() != ggml_nelements(t))
             bad_arg(info.Env(), std::string("tensor '") + ggml_get_name(t) + "' has " + std::to_string(ggml_nelements(t)) + " values, got " + std::to_string(d.ElementLength()));
         const float * src = d.Data();
-        run_sync(info.Env(), *a->m->backends->exec, [&]() { ggml_backend_tensor_set(t, src, 0, ggml_nbytes(t)); });
+        run_sync(info.Env(), *a->m->backends->exec, [&]() {
+            ggml_backend_tensor_set(t, src, 0, ggml_nbytes(t));
+            a->version++;
+        });
         return info.Env().Undefined();
     }
     Napi::Value Save(const Napi::CallbackInfo & info) {

@@ -102,7 +102,11 @@ void context::adapter_prepare() {
         pack.reset();
         pack = lora_pack_init(lora);
     }
-    lora_pack_refresh(*pack);
+    const uint64_t v = lora->version.load();
+    if (pack->version != v) {
+        lora_pack_refresh(*pack);
+        pack->version = v;
+    }
 }
 
 eval_result context::eval(const eval_request & req) {

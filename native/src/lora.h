@@ -6,6 +6,7 @@
 #include "model.h"
 
 #include <array>
+#include <atomic>
 #include <string>
 
 namespace sqlr1 {
@@ -46,6 +47,9 @@ struct lora_adapter {
     // The store of this adapter's parameters (train.h), while anything holds it. The store keeps the adapter
     // alive (its values are the adapter's tensors), so this side is weak.
     std::weak_ptr<param_store> params;
+    // Moves on every write to A or B (setTensor; the store's set and AdamW steps): the sampling graph's packed
+    // copy (lora_pack.h) is refreshed only when it moved.
+    std::atomic<uint64_t> version{0};
     float scale() const { return alpha / (float) rank; }
     std::vector<ggml_tensor *> tensors() const;  // a, b of every adapted layer, in file order
     ~lora_adapter();

@@ -67,12 +67,12 @@ std::shared_ptr<backend_set> backend_set_init(const std::string & device, int n_
     } else if (device == "cuda") {
 #ifdef SQLR1_WITH_CUDA
         if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "device 'cuda' requested but no CUDA device is visible");
-        // ggml's CUDA graphs stay off for this addon (ggml reads the switch once, at its first graph): with them,
-        // one-token decode went wrong from the first captured graph on (H100: logits at NMSE 0.14 to 1.1 from the
-        // full forward at head sizes 64 and 128, against 1e-6 without). The fault is ggml's flash attention under
-        // capture: with the attention written out the replayed decode was right (README, "Checked against
-        // llama.cpp"); scripts/cuda-graphs-probe.mjs measures it. Overwrite 0: a user's own setting stays.
-        setenv("GGML_CUDA_DISABLE_GRAPHS", "1", 0);
+        // ggml's CUDA graphs stay on (a decode step replays as one launch), with programmatic dependent launch
+        // off: with both on, one-token decode went wrong from the first captured graph on (H100: logits at NMSE
+        // 0.14 to 1.1 from the full forward, in flash attention's steps), with the graphs alone it is right
+        // (README, "Checked against llama.cpp"; scripts/cuda-graphs-probe.mjs measures it). ggml reads both
+        // switches once; overwrite 0 keeps a user's own GGML_CUDA_PDL or GGML_CUDA_DISABLE_GRAPHS.
+        setenv("GGML_CUDA_PDL", "0", 0);
         bs->primary = ggml_backend_cuda_init(0);
         if (!bs->primary) fail("ERR_NO_CUDA", "could not initialize CUDA device 0: %s", log_last_error().c_str());
         bs->device = "cuda";

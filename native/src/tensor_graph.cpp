@@ -554,7 +554,7 @@ public:
         const std::string name = get_name(info);
         if (info.Length() < 2) bad_arg(env, "set(name, data: Float32Array)");
         std::vector<float> data = get_f32(env, info[1], "data");
-        run_sync(env, exec(), [&]() { param_store_write(param_store_get(st, name).value, data, "ParamStore.set"); });
+        run_sync(env, exec(), [&]() { param_store_set_value(st, name, data, "ParamStore.set"); });
         return env.Undefined();
     }
     Napi::Value Shape(const Napi::CallbackInfo & info) {

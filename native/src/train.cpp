@@ -25,6 +25,7 @@ std::shared_ptr<param_store> lora_adapter_params(const std::shared_ptr<lora_adap
     if (auto s = a->params.lock()) return s;
     auto s = param_store_init(a->m->backends);
     s->owner = a;
+    s->on_values_written = [adapter = a.get()]() { adapter->version++; };  // the store's owner keeps it alive
     for (ggml_tensor * t : a->tensors()) param_store_adopt(*s, ggml_get_name(t), t);
     a->params = s;
     return s;

@@ -20,6 +20,7 @@ import { createLora, loadLora, loadModel, type Model } from '../../lib/model/ind
 import { readGgufMetadata, ggufString, ggufNumber } from '../../lib/gguf/reader.js';
 import { binding, nmse, randomArray, tempDir, testDevices, tinyModel } from '../helpers/native.js';
 import { writeGguf } from '../helpers/gguf-writer.js';
+import { AdamW, loraParams } from '../../lib/train/params.js';
 
 const devices = testDevices();
 
@@ -158,6 +159,19 @@ for (const device of devices) {
       const again = await run(lora, true, packed.ctx);
       compare(`targets ${targets.join(',')} after the adapter changed`, again.out, (await run(lora, false, single.ctx)).out);
       t.ok(nmse(again.out[0]!, packed.out[0]!) > 1e-6, 'and the change shows');
+      // The pack is copied only when the adapter changed: writes through its parameter store and AdamW steps
+      // count as changes too.
+      const store = loraParams(lora);
+      const bName = lora.tensorNames().find((n) => n.endsWith('lora_b'))!;
+      store.set(bName, randomArray(store.get(bName).length, 9, 0.2));
+      const viaStore = await run(lora, true, packed.ctx);
+      compare(`targets ${targets.join(',')} after ParamStore.set`, viaStore.out, (await run(lora, false, single.ctx)).out);
+      t.ok(nmse(viaStore.out[0]!, again.out[0]!) > 1e-6, 'and that change shows');
+      for (const name of store.names()) store.setGrad(name, randomArray(store.get(name).length, name.length, 1));
+      await new AdamW(store, { lr: 1e-3 }).step();
+      const stepped = await run(lora, true, packed.ctx);
+      compare(`targets ${targets.join(',')} after an AdamW step`, stepped.out, (await run(lora, false, single.ctx)).out);
+      t.ok(nmse(stepped.out[0]!, viaStore.out[0]!) > 1e-6, 'and the step shows');
       await packed.ctx.dispose();
       await single.ctx.dispose();
     }
