@@ -1,11 +1,13 @@
 // Whether ggml's CUDA graphs give the right decode, step by step: decodes a prompt one token per call and prints
 // each call's NMSE against the full forward's logits at that position; by default on the demo shape (head size
 // 64, F32 weights), or on any model file (e.g. `sqlr1 make-model --shape qwen2.5-1.5b`, head size 128). ggml
-// runs a graph's first call directly and captures the second. The addon switches the graphs off
-// (native/src/model.cpp, backend_set_init); to see them, build with that setenv line removed.
+// runs a graph's first call directly and captures the second. The addon runs the graphs with ggml's programmatic
+// dependent launch off (native/src/model.cpp, backend_set_init); ggml's own switches, read once, set the rest:
 //
-//   node scripts/cuda-graphs-probe.mjs [--device cuda|cpu] [--model F.gguf]
-//   GGML_CUDA_DISABLE_FUSION=1 node scripts/cuda-graphs-probe.mjs     (the same with ggml's operator fusion off)
+//   node scripts/cuda-graphs-probe.mjs [--device cuda|cpu] [--model F.gguf]    (the addon's setting)
+//   GGML_CUDA_PDL=1 node scripts/cuda-graphs-probe.mjs                         (PDL on: wrong from the 2nd call)
+//   GGML_CUDA_DISABLE_GRAPHS=1 node scripts/cuda-graphs-probe.mjs              (no graphs)
+//   GGML_CUDA_DISABLE_FUSION=1 node scripts/cuda-graphs-probe.mjs              (ggml's operator fusion off)
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,5 +48,7 @@ const errs = steps.map((row, i) => {
   for (let j = 0; j < V; j++) { num += (row[j] - ref[j]) ** 2; den += ref[j] ** 2; }
   return num / den;
 });
-console.log(`one-token decode vs full forward, NMSE per call (device ${device}, head size ${headDim}${process.env.GGML_CUDA_DISABLE_FUSION ? ', fusion off' : ''}):`);
+const switches = ['GGML_CUDA_PDL', 'GGML_CUDA_DISABLE_GRAPHS', 'GGML_CUDA_DISABLE_FUSION']
+  .filter((k) => process.env[k] !== undefined).map((k) => `, ${k}=${process.env[k]}`).join('');
+console.log(`one-token decode vs full forward, NMSE per call (device ${device}, head size ${headDim}${switches}):`);
 console.log(errs.map((e) => e.toExponential(1)).join(' '));
