@@ -19,6 +19,8 @@ export interface NativeModelInfo {
   weightBytes: number;
   tiedOutput: boolean;
   weightType: string;
+  /** Layers whose q/k/v (with their biases) and gate/up weights are stored as one tensor each and run as one product. */
+  fusedLayers: { qkv: number; gateUp: number };
 }
 
 export interface NativeModel {

@@ -66,6 +66,12 @@ public:
         o.Set("weightBytes", (double) mm->weight_bytes);
         o.Set("tiedOutput", mm->output == mm->tok_embd);
         o.Set("weightType", ggml_type_name(mm->layers[0].wq->type));
+        int64_t qkv = 0, gate_up = 0;
+        for (const layer_weights & L : mm->layers) { qkv += L.wqkv != nullptr; gate_up += L.ffn_gate_up != nullptr; }
+        Napi::Object fused = Napi::Object::New(info.Env());
+        fused.Set("qkv", (double) qkv);
+        fused.Set("gateUp", (double) gate_up);
+        o.Set("fusedLayers", fused);
         return o;
     }
     // { name: 64-bit FNV-1a of the tensor's bytes as hex } for every weight, read back from the device: lets a
@@ -75,7 +81,7 @@ public:
         std::vector<std::pair<std::string, std::string>> digests = run_sync(info.Env(), *mm->backends->exec, [&]() {
             std::vector<std::pair<std::string, std::string>> out;
             std::vector<uint8_t> buf;
-            for (ggml_tensor * t = ggml_get_first_tensor(mm->ctx_w); t; t = ggml_get_next_tensor(mm->ctx_w, t)) {
+            for (ggml_tensor * t : mm->weights) {
                 buf.resize(ggml_nbytes(t));
                 ggml_backend_tensor_get(t, buf.data(), 0, buf.size());
                 uint64_t h = 0xcbf29ce484222325ULL;

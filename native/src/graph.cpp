@@ -40,28 +40,45 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
     return y;
 }
 
-std::array<ggml_tensor *, 3> qwen2_linear_group(ggml_context * ctx, const model & m, int64_t il, int group, ggml_tensor * x,
-                                                const lora_adapter * lora, const lora_pack * pack) {
+linear_group qwen2_linear_group(ggml_context * ctx, const model & m, int64_t il, int group, ggml_tensor * x,
+                                const lora_adapter * lora, const lora_pack * pack) {
     const lora_group * g = pack ? &pack->layers[il][group] : nullptr;
     ggml_tensor * d = nullptr;  // the group's stacked s B_i A_i x + b_i [rows, T]
     if (g && g->n > 0) {
         d = ggml_mul_mat(ctx, g->b, ggml_mul_mat(ctx, g->a, x));
         if (g->bias) d = ggml_add(ctx, d, g->bias);
     }
-    std::array<ggml_tensor *, 3> y = {};
-    for (int i = 0; i < 3; i++) {
+    int n_members = 0;
+    while (n_members < 3 && LORA_GROUP_TARGETS[group][n_members] >= 0) n_members++;
+    const layer_weights & L = m.layers[il];
+    ggml_tensor * fused = group == LORA_GROUP_QKV ? L.wqkv : group == LORA_GROUP_GATE_UP ? L.ffn_gate_up : nullptr;
+    linear_group r;
+    if (fused && (!lora || (g && (g->n == 0 || g->n == n_members)))) {
+        // d's rows are the members' rows in the group's order, as are the fused weight's.
+        ggml_tensor * y = ggml_mul_mat(ctx, fused, x);
+        if (d) y = ggml_add(ctx, y, d);
+        else if (group == LORA_GROUP_QKV && L.bqkv) y = ggml_add(ctx, y, L.bqkv);
+        r.whole = y;
+        size_t offset = 0;
+        for (int i = 0; i < n_members; i++) {
+            const int64_t rows = lora_target_weight(m, il, LORA_GROUP_TARGETS[group][i])->ne[1];
+            r.y[i] = ggml_view_2d(ctx, y, rows, y->ne[1], y->nb[1], offset);
+            offset += ggml_row_size(y->type, rows);
+        }
+        return r;
+    }
+    for (int i = 0; i < n_members; i++) {
         const int t = LORA_GROUP_TARGETS[group][i];
-        if (t < 0) break;
         ggml_tensor * w = lora_target_weight(m, il, t), * b = lora_target_bias(m, il, t);
         const int j = g ? g->index_of(t) : -1;
         if (j >= 0) {
-            y[i] = ggml_add(ctx, ggml_mul_mat(ctx, w, x), ggml_view_2d(ctx, d, g->rows[j], d->ne[1], d->nb[1], d->nb[0] * g->row0[j]));
+            r.y[i] = ggml_add(ctx, ggml_mul_mat(ctx, w, x), ggml_view_2d(ctx, d, g->rows[j], d->ne[1], d->nb[1], d->nb[0] * g->row0[j]));
         } else {
             const lora_pair * lp = lora ? &lora->layers[il][t] : nullptr;
-            y[i] = qwen2_linear(ctx, w, b, x, lp, lora ? lora->scale() : 0.0f);
+            r.y[i] = qwen2_linear(ctx, w, b, x, lp, lora ? lora->scale() : 0.0f);
         }
     }
-    return y;
+    return r;
 }
 
 ggml_tensor * frozen_weight(ggml_context * ctx, ggml_tensor * w, ggml_tensor * iota, ggml_type type, bool transposed, bool rows_in_type) {
@@ -115,9 +132,10 @@ forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const m
         auto group = [&](int gi, ggml_tensor * in) { return qwen2_linear_group(ctx, m, il, gi, in, p.lora, p.pack); };
         ggml_tensor * cur = rms_norm(ctx, x, L.attn_norm, hp.rms_eps);
 
-        const auto qkv = group(LORA_GROUP_QKV, cur);
-        ggml_tensor * q = ggml_reshape_3d(ctx, qkv[0], hd, hp.n_head, n_tokens);
-        ggml_tensor * k = ggml_reshape_3d(ctx, qkv[1], hd, hp.n_head_kv, n_tokens);
+        const auto qkv = group(LORA_GROUP_QKV, cur).y;  // each [rows, T], possibly rows of one product
+        auto heads = [&](ggml_tensor * t, int64_t n) { return ggml_view_3d(ctx, t, hd, n, n_tokens, ggml_row_size(t->type, hd), t->nb[1], 0); };
+        ggml_tensor * q = heads(qkv[0], hp.n_head);
+        ggml_tensor * k = heads(qkv[1], hp.n_head_kv);
         ggml_tensor * v = qkv[2];  // [KV, T]
         q = ggml_rope_ext(ctx, q, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
         k = ggml_rope_ext(ctx, k, in.pos, nullptr, hp.n_rot, hp.rope_mode, hp.n_ctx_train, hp.rope_freq_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
@@ -142,12 +160,13 @@ forward_result qwen2_build_forward(ggml_context * ctx, ggml_cgraph * gf, const m
         ggml_flash_attn_ext_set_prec(attn, GGML_PREC_F32);
         attn = ggml_reshape_2d(ctx, attn, hp.n_embd_q(), n_tokens);
 
-        x = ggml_add(ctx, x, group(LORA_GROUP_O, attn)[0]);
+        x = ggml_add(ctx, x, group(LORA_GROUP_O, attn).y[0]);
 
         cur = rms_norm(ctx, x, L.ffn_norm, hp.rms_eps);
         const auto gate_up = group(LORA_GROUP_GATE_UP, cur);
-        ggml_tensor * h = ggml_swiglu_split(ctx, gate_up[0], gate_up[1]);
-        x = ggml_add(ctx, x, group(LORA_GROUP_DOWN, h)[0]);
+        // One product: gate's rows, then up's, as ggml_swiglu takes them.
+        ggml_tensor * h = gate_up.whole ? ggml_swiglu(ctx, gate_up.whole) : ggml_swiglu_split(ctx, gate_up.y[0], gate_up.y[1]);
+        x = ggml_add(ctx, x, group(LORA_GROUP_DOWN, h).y[0]);
     }
 
     if (p.logprobs) {

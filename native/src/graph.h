@@ -61,9 +61,15 @@ ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b,
 
 // The targets of one group (lora_pack.h) on their shared input x, in the group's order (unused entries null):
 // y_i = W_i x (+ b_i) (+ s B_i A_i x). Targets in `pack` take their adapter and bias terms from its stacked
-// product; the others go through qwen2_linear with `lora`'s pair, if any.
-std::array<ggml_tensor *, 3> qwen2_linear_group(ggml_context * ctx, const model & m, int64_t il, int group, ggml_tensor * x,
-                                                const lora_adapter * lora, const lora_pack * pack);
+// product; the others go through qwen2_linear with `lora`'s pair, if any. When the model holds the group as one
+// tensor (layer_weights::wqkv, ffn_gate_up) and the adapter is packed over all of the group's targets or none
+// of them, the group runs as one product: `whole` is its [rows, T] result and each y_i a view of its rows.
+struct linear_group {
+    std::array<ggml_tensor *, 3> y = {};
+    ggml_tensor * whole = nullptr;
+};
+linear_group qwen2_linear_group(ggml_context * ctx, const model & m, int64_t il, int group, ggml_tensor * x,
+                                const lora_adapter * lora, const lora_pack * pack);
 
 // A frozen weight W [in, out] of any supported type as `type` for a matrix product: W itself when it already
 // has that type, else dequantized (get_rows over `iota`, an I32 [>= out] tensor holding 0, 1, 2, ...) and

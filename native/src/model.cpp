@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
+#include <unordered_map>
 
 namespace sqlr1 {
 
@@ -205,6 +206,69 @@ ggml_tensor * get_tensor(ggml_context * ctx, const std::string & name, std::init
     return t;
 }
 
+// Copies the file's tensor metadata into the model's own context and re-points every weight at its copy. A
+// group of weights that share an input (q/k/v with their biases; gate/up) and a type becomes one tensor whose rows
+// are the members' rows in order, each member a view of its rows: a quantized row is whole blocks, so row ranges
+// of one tensor are valid weights of their own. The loader fills the views by name as it would the tensors.
+void lay_out_weights(model & m, ggml_context * ctx_meta, gguf_context * g) {
+    const int64_t n_tensors = gguf_get_n_tensors(g);
+    ggml_init_params ip = { ggml_tensor_overhead() * (size_t) (n_tensors + 3 * m.hp.n_layer + 8), nullptr, true };
+    m.ctx_w = ggml_init(ip);
+    if (!m.ctx_w) fail("ERR_OUT_OF_MEMORY", "could not create the weights' context");
+    std::unordered_map<const ggml_tensor *, ggml_tensor *> copy;  // file tensor -> the model's
+    // One tensor for `parts` (all present, same type, same row length, 1-d or 2-d); null when they do not fuse.
+    auto fuse = [&](const std::string & name, std::initializer_list<ggml_tensor *> parts) -> ggml_tensor * {
+        const ggml_tensor * first = *parts.begin();
+        const bool one_d = first && ggml_n_dims(first) == 1;
+        int64_t rows = 0;
+        for (const ggml_tensor * t : parts) {
+            if (!t || t->type != first->type || ggml_n_dims(t) != ggml_n_dims(first) || ggml_n_dims(t) > 2) return nullptr;
+            if (!one_d && t->ne[0] != first->ne[0]) return nullptr;
+            rows += one_d ? t->ne[0] : t->ne[1];
+        }
+        ggml_tensor * all = one_d ? ggml_new_tensor_1d(m.ctx_w, first->type, rows)
+                                  : ggml_new_tensor_2d(m.ctx_w, first->type, first->ne[0], rows);
+        ggml_set_name(all, name.c_str());
+        size_t offset = 0;
+        for (ggml_tensor * t : parts) {
+            ggml_tensor * v = one_d ? ggml_view_1d(m.ctx_w, all, t->ne[0], offset)
+                                    : ggml_view_2d(m.ctx_w, all, t->ne[0], t->ne[1], all->nb[1], offset);
+            ggml_set_name(v, ggml_get_name(t));
+            offset += ggml_nbytes(t);
+            copy[t] = v;
+        }
+        return all;
+    };
+    for (int64_t il = 0; il < m.hp.n_layer; il++) {
+        layer_weights & L = m.layers[il];
+        const std::string p = "blk." + std::to_string(il) + ".";
+        L.wqkv = fuse(p + "attn_qkv.weight", {L.wq, L.wk, L.wv});
+        if (L.wqkv && (L.bq || L.bk || L.bv)) {
+            L.bqkv = fuse(p + "attn_qkv.bias", {L.bq, L.bk, L.bv});
+            if (!L.bqkv) L.wqkv = nullptr;  // not every member has a bias: the views stay, the graph runs them apart
+        }
+        L.ffn_gate_up = fuse(p + "ffn_gate_up.weight", {L.ffn_gate, L.ffn_up});
+    }
+    for (int64_t i = 0; i < n_tensors; i++) {
+        ggml_tensor * t = ggml_get_tensor(ctx_meta, gguf_get_tensor_name(g, i));
+        auto it = copy.find(t);
+        if (it == copy.end()) {
+            ggml_tensor * c = ggml_dup_tensor(m.ctx_w, t);
+            ggml_set_name(c, ggml_get_name(t));
+            it = copy.emplace(t, c).first;
+        }
+        m.weights.push_back(it->second);
+    }
+    auto remap = [&](ggml_tensor *& t) { if (t) t = copy.at(t); };
+    remap(m.tok_embd);
+    remap(m.output_norm);
+    remap(m.output);
+    for (layer_weights & L : m.layers) {
+        for (ggml_tensor ** t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv, &L.ffn_norm, &L.ffn_gate, &L.ffn_up, &L.ffn_down})
+            remap(*t);
+    }
+}
+
 } // namespace
 
 std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<backend_set> backends) {
@@ -228,7 +292,7 @@ std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<back
     gguf_init_params params = { /*no_alloc =*/ true, /*ctx =*/ &ctx_meta };
     gg.g = gguf_init_from_file(path.c_str(), params);
     if (!gg.g) fail("ERR_GGUF_INVALID", "%s could not be parsed as GGUF: %s", path.c_str(), log_last_error().c_str());
-    m->ctx_w = ctx_meta;
+    struct ctx_guard { ggml_context * c; ~ctx_guard() { ggml_free(c); } } meta_guard{ctx_meta};  // metadata only
     gguf_context * g = gg.g;
 
     // Tensor data must lie inside the file and be of a type the graph supports.
@@ -314,10 +378,13 @@ std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<back
     }
     if (m->output_norm->type != GGML_TYPE_F32) fail("ERR_UNSUPPORTED_TYPE", "tensor 'output_norm.weight' should be f32");
 
+    // The weights' own context: each file tensor's metadata, with fusable groups laid out as rows of one tensor.
+    lay_out_weights(*m, ctx_meta, g);
+
     // Allocate on the primary backend and stream the data in.
-    m->buf_w = ggml_backend_alloc_ctx_tensors(ctx_meta, backends->primary);
+    m->buf_w = ggml_backend_alloc_ctx_tensors(m->ctx_w, backends->primary);
     if (!m->buf_w) fail("ERR_OUT_OF_MEMORY", "could not allocate %s bytes of weights on %s: %s",
-                        std::to_string(ggml_get_mem_size(ctx_meta)).c_str(), backends->device.c_str(), log_last_error().c_str());
+                        std::to_string(ggml_get_mem_size(m->ctx_w)).c_str(), backends->device.c_str(), log_last_error().c_str());
     ggml_backend_buffer_set_usage(m->buf_w, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     m->weight_bytes = ggml_backend_buffer_get_size(m->buf_w);
 
@@ -326,7 +393,7 @@ std::unique_ptr<model> model_load(const std::string & path, std::shared_ptr<back
     const bool host = ggml_backend_buffer_is_host(m->buf_w);
     std::vector<uint8_t> staging(host ? 0 : (size_t) 64 << 20);
     for (int64_t i = 0; i < n_tensors; i++) {
-        ggml_tensor * t = ggml_get_tensor(ctx_meta, gguf_get_tensor_name(g, i));
+        ggml_tensor * t = m->weights[(size_t) i];
         const size_t nbytes = ggml_nbytes(t);
         if (fseeko(fg.f, (off_t) (data_off + gguf_get_tensor_offset(g, i)), SEEK_SET) != 0) fail("ERR_GGUF_INVALID", "seek failed in %s", path.c_str());
         if (host) {

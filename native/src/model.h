@@ -44,6 +44,10 @@ struct layer_weights {
     ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
     ggml_tensor * ffn_norm = nullptr;
     ggml_tensor * ffn_gate = nullptr, * ffn_up = nullptr, * ffn_down = nullptr;
+    // When their types match, q, k and v (and their biases) are rows of one tensor each, and so are gate and up:
+    // wq, wk, wv, bq, bk, bv, ffn_gate and ffn_up are then views of these, and the sampling graph runs each group
+    // as one product (one launch and one quantization of the input instead of three or two). Null otherwise.
+    ggml_tensor * wqkv = nullptr, * bqkv = nullptr, * ffn_gate_up = nullptr;
 };
 
 // The backends a model runs on: the primary one (CPU or CUDA) and always a CPU backend, which ggml's
@@ -70,7 +74,8 @@ const char * cuda_architectures();
 struct model {
     hparams hp;
     std::shared_ptr<backend_set> backends;
-    ggml_context * ctx_w = nullptr;             // tensor metadata of the weights
+    ggml_context * ctx_w = nullptr;             // tensor metadata of the weights (with the fused groups' tensors)
+    std::vector<ggml_tensor *> weights;         // the file's tensors, in file order
     ggml_backend_buffer_t buf_w = nullptr;      // the weights' memory
     ggml_tensor * tok_embd = nullptr, * output_norm = nullptr, * output = nullptr;
     std::vector<layer_weights> layers;
