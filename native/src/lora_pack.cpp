@@ -36,12 +36,8 @@ std::unique_ptr<lora_pack> lora_pack_init(const std::shared_ptr<lora_adapter> & 
                 g.n++;
             }
             if (g.n == 0) continue;
-            // The stacked rank padded with zeros to a multiple of 32: ggml's CUDA backend runs F32 products over
-            // up to 16 tokens in its own kernel when both sizes of the weight are multiples of 32, and through
-            // cuBLAS (a GEMM and a split-K reduction) otherwise.
-            const int64_t k = (g.n * r + 31) / 32 * 32;
-            g.a = ggml_new_tensor_2d(p->ctx, GGML_TYPE_F32, in, k);
-            g.b = ggml_new_tensor_2d(p->ctx, GGML_TYPE_F32, k, rows);
+            g.a = ggml_new_tensor_2d(p->ctx, GGML_TYPE_F32, in, g.n * r);
+            g.b = ggml_new_tensor_2d(p->ctx, GGML_TYPE_F32, g.n * r, rows);
             if (any_bias) g.bias = ggml_new_tensor_1d(p->ctx, GGML_TYPE_F32, rows);
         }
     }

@@ -1,7 +1,7 @@
 // The adapter as the sampling graph applies it: the targets of a layer that share an input (q/k/v, o, gate/up,
 // down) run as one LoRA product pair instead of one pair per target. Per group of n targets:
-//   A_cat = [A_1 | ... | A_n | 0]            [in, k]   (k: n r padded with zeros to a multiple of 32)
-//   B_blk = block-diagonal, s B_i in block i  [k, out_1 + ... + out_n]
+//   A_cat = [A_1 | ... | A_n]                [in, n r]
+//   B_blk = block-diagonal, s B_i in block i  [n r, out_1 + ... + out_n]
 //   bias  = [b_1; ...; b_n] (zeros where a target has none; absent when none has one)
 // so that B_blk (A_cat x) + bias stacks every target's s B_i A_i x + b_i, and target i adds its rows to W_i x.
 // Per layer with all seven targets, the adapter's 28 ops (two products, a scale and an add per target) and the
@@ -21,8 +21,8 @@
 namespace sqlr1 {
 
 struct lora_group {
-    ggml_tensor * a = nullptr;      // A_cat F32 [in, k]; null when the layer adapts none of the group's targets
-    ggml_tensor * b = nullptr;      // B_blk F32 [k, rows]
+    ggml_tensor * a = nullptr;      // A_cat F32 [in, n r]; null when the layer adapts none of the group's targets
+    ggml_tensor * b = nullptr;      // B_blk F32 [n r, rows]
     ggml_tensor * bias = nullptr;   // F32 [rows], or null
     int n = 0;                      // adapted targets
     int target[3] = {-1, -1, -1};   // those targets, in stacking order
