@@ -207,9 +207,12 @@ ggml_tensor * get_tensor(ggml_context * ctx, const std::string & name, std::init
 }
 
 // Copies the file's tensor metadata into the model's own context and re-points every weight at its copy. A
-// group of weights that share an input (q/k/v with their biases; gate/up) and a type becomes one tensor whose rows
-// are the members' rows in order, each member a view of its rows: a quantized row is whole blocks, so row ranges
-// of one tensor are valid weights of their own. The loader fills the views by name as it would the tensors.
+// group of quantized weights that share an input (q/k/v with their biases; gate/up) and a type becomes one tensor
+// whose rows are the members' rows in order, each member a view of its rows: a quantized row is whole blocks, so
+// row ranges of one tensor are valid weights of their own. The loader fills the views by name as it would the
+// tensors. Float weights stay apart: ggml's CUDA backend picks its kernel for a float product by the row count
+// (TF32 matrix units when it is a multiple of 32, cuBLAS in F32 otherwise), so a fused product could round
+// differently from the separate ones; a quantized product computes each row the same way at any row count.
 void lay_out_weights(model & m, ggml_context * ctx_meta, gguf_context * g) {
     const int64_t n_tensors = gguf_get_n_tensors(g);
     ggml_init_params ip = { ggml_tensor_overhead() * (size_t) (n_tensors + 3 * m.hp.n_layer + 8), nullptr, true };
@@ -239,15 +242,16 @@ void lay_out_weights(model & m, ggml_context * ctx_meta, gguf_context * g) {
         }
         return all;
     };
+    auto quantized = [](const ggml_tensor * t) { return t && ggml_is_quantized(t->type); };
     for (int64_t il = 0; il < m.hp.n_layer; il++) {
         layer_weights & L = m.layers[il];
         const std::string p = "blk." + std::to_string(il) + ".";
-        L.wqkv = fuse(p + "attn_qkv.weight", {L.wq, L.wk, L.wv});
+        L.wqkv = quantized(L.wq) ? fuse(p + "attn_qkv.weight", {L.wq, L.wk, L.wv}) : nullptr;
         if (L.wqkv && (L.bq || L.bk || L.bv)) {
             L.bqkv = fuse(p + "attn_qkv.bias", {L.bq, L.bk, L.bv});
             if (!L.bqkv) L.wqkv = nullptr;  // not every member has a bias: the views stay, the graph runs them apart
         }
-        L.ffn_gate_up = fuse(p + "ffn_gate_up.weight", {L.ffn_gate, L.ffn_up});
+        L.ffn_gate_up = quantized(L.ffn_gate) ? fuse(p + "ffn_gate_up.weight", {L.ffn_gate, L.ffn_up}) : nullptr;
     }
     for (int64_t i = 0; i < n_tensors; i++) {
         ggml_tensor * t = ggml_get_tensor(ctx_meta, gguf_get_tensor_name(g, i));

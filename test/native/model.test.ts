@@ -66,9 +66,11 @@ t.test('model graph', async (t) => {
         t.teardown(() => model.dispose());
         t.equal(model.info.arch, 'qwen2');
         t.equal(model.info.nVocab, 151936);
-        // One type throughout: every layer's q/k/v and gate/up are one tensor each (the graph's fused products;
-        // llama-forward.test.ts checks their logits against llama.cpp's separate ones).
-        t.same(model.info.fusedLayers, { qkv: model.info.nLayer, gateUp: model.info.nLayer }, 'grouped weights are fused');
+        // One quantized type throughout: every layer's q/k/v and gate/up are one tensor each (the graph's fused
+        // products; llama-forward.test.ts checks their logits against llama.cpp's separate ones). Float weights
+        // stay apart.
+        const fused = type === 'f32' ? 0 : model.info.nLayer;
+        t.same(model.info.fusedLayers, { qkv: fused, gateUp: fused }, `grouped weights fused in ${fused} layers`);
         const full = await logitsFull(model, prompt);
         t.ok(full.every(Number.isFinite), 'logits are finite');
         const tol = type === 'f32' ? 1e-5 : device === 'cuda' ? 5e-4 : 1e-4;
