@@ -2,7 +2,9 @@
 
 #include "ggml-alloc.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 namespace sqlr1 {
 
@@ -33,10 +35,34 @@ static ggml_tensor * rms_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor *
     return ggml_mul(ctx, ggml_rms_norm(ctx, x, eps), w);
 }
 
+// Up to this many tokens, an adapter's A x runs as one single-column product per token (below): 16 by default,
+// SQLR1_LORA_A_PER_TOKEN_MAX to compare (0: never).
+static int64_t lora_a_per_token_max() {
+    static const int64_t n = [] {
+        const char * e = std::getenv("SQLR1_LORA_A_PER_TOKEN_MAX");
+        return e && *e ? std::max<int64_t>(0, std::atoll(e)) : 16;
+    }();
+    return n;
+}
+
+// A [in, r] times x [in, T]. For a decode step's few tokens, x is viewed as T batches of one column, [in, 1, T],
+// with A broadcast over them: ggml's CUDA backend then runs its matrix-vector kernel with one thread block per
+// (row, token), r x T blocks in all, instead of a split-K GEMM plus its reduction (cuBLAS) or a single block
+// reducing over the whole input (its F32 matrix kernel, chosen when r is a multiple of 32): an ncu profile of the
+// B = 8 decode had those at 5 to 22 us a product. The result is the same [r, T] layout.
+static ggml_tensor * lora_a_times(ggml_context * ctx, ggml_tensor * a, ggml_tensor * x) {
+    const int64_t T = x->ne[1];
+    if (T > 1 && T <= lora_a_per_token_max() && ggml_n_dims(x) == 2 && ggml_is_contiguous(x)) {
+        ggml_tensor * y = ggml_mul_mat(ctx, a, ggml_reshape_3d(ctx, x, x->ne[0], 1, T));
+        return ggml_reshape_2d(ctx, y, a->ne[1], T);
+    }
+    return ggml_mul_mat(ctx, a, x);
+}
+
 ggml_tensor * qwen2_linear(ggml_context * ctx, ggml_tensor * w, ggml_tensor * b, ggml_tensor * x, const lora_pair * p, float scale) {
     ggml_tensor * y = ggml_mul_mat(ctx, w, x);
     if (b) y = ggml_add(ctx, y, b);
-    if (p && p->a) y = ggml_add(ctx, y, ggml_scale(ctx, ggml_mul_mat(ctx, p->b, ggml_mul_mat(ctx, p->a, x)), scale));
+    if (p && p->a) y = ggml_add(ctx, y, ggml_scale(ctx, ggml_mul_mat(ctx, p->b, lora_a_times(ctx, p->a, x)), scale));
     return y;
 }
 
@@ -45,7 +71,7 @@ linear_group qwen2_linear_group(ggml_context * ctx, const model & m, int64_t il,
     const lora_group * g = pack ? &pack->layers[il][group] : nullptr;
     ggml_tensor * d = nullptr;  // the group's stacked s B_i A_i x + b_i [rows, T]
     if (g && g->n > 0) {
-        d = ggml_mul_mat(ctx, g->b, ggml_mul_mat(ctx, g->a, x));
+        d = ggml_mul_mat(ctx, g->b, lora_a_times(ctx, g->a, x));
         if (g->bias) d = ggml_add(ctx, d, g->bias);
     }
     int n_members = 0;

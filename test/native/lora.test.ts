@@ -40,8 +40,9 @@ async function logits(model: Model, lora: ReturnType<typeof createLora> | null):
 
 for (const device of devices) {
   t.test(`lora linear op on ${device}`, async (t) => {
-    for (const [type, tol] of [['f32', 1e-6], ['q4_0', 5e-4]] as const) {
-      const K = 64, N = 48, T = 5, r = 4, scale = 2;
+    // T = 1, 5 and 40: a single column, a decode step's few tokens (A x per token) and a prompt's many.
+    for (const [type, tol, T] of [['f32', 1e-6, 1], ['f32', 1e-6, 5], ['f32', 1e-6, 40], ['q4_0', 5e-4, 5], ['q4_0', 5e-4, 40]] as const) {
+      const K = 64, N = 48, r = 4, scale = 2;
       const w = randomArray(K * N, 11), x = randomArray(K * T, 12), a = randomArray(K * r, 13), b = randomArray(r * N, 14);
       const wq = (await binding('cpu').runOp({ op: 'dequant', device: 'cpu', inputs: [{ data: w, shape: [K, N], type }] })).data;
       const out = await binding(device).runOp({
