@@ -189,6 +189,9 @@ export interface NativeTestHooks {
     /** {from, sharedEnd, ownFrom} per token (NativeTrainerForward.span); default causal. */
     span?: Int32Array;
   }): { o: Float32Array; lse: Float32Array; dq: Float32Array; dk: Float32Array; dv: Float32Array };
+  /** The training graphs' flash attention mask written on the device (CUDA builds; tests): F16 words, 0 where a
+   * query sees a key and -inf elsewhere, [nt keys, nt queries, ns]. */
+  attentionMaskCuda(req: { nt: number; ns: number; span?: Int32Array }): Uint16Array;
   /** The training graphs' Q4_0 -> BF16 dequantization on host data (CUDA builds; tests): BF16 words. */
   dequantQ4_0Cuda(blocks: Uint8Array, n: number): Uint16Array;
   /** The training SwiGLU kernel on host data (CUDA builds; tests). */

@@ -17,7 +17,10 @@
 #include "cuda_check.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <climits>
 #include <mma.h>
 
 #include <cmath>
@@ -474,7 +477,44 @@ void backward_d(const attn_dims & d, const bf16 * q, const bf16 * k, const bf16 
 
 #define SQLR1_ATTN_HEAD_SIZES(X) X(16) X(32) X(64) X(128)
 
+// One block per query row (row = sequence * nt + query): the keys in [a0, a1) and [b0, q] are seen.
+__global__ void mask_f16_kernel(__half * __restrict__ mask, const int32_t * __restrict__ span, int64_t nt) {
+    const int64_t row = blockIdx.x, q = row % nt;
+    int64_t a0 = 0, a1 = q + 1, b0 = q + 1;  // causal: [0, q]
+    if (span) {
+        const int32_t * sp = span + 3 * row;
+        a0 = sp[0];
+        a1 = sp[1] < q + 1 ? (int64_t) sp[1] : q + 1;
+        b0 = sp[2];
+    }
+    const __half seen = __ushort_as_half((unsigned short) 0x0000), unseen = __ushort_as_half((unsigned short) 0xFC00);  // 0, -inf
+    __half * r = mask + row * nt;
+    for (int64_t k = threadIdx.x; k < nt; k += blockDim.x) r[k] = (k >= a0 && k < a1) || (k >= b0 && k <= q) ? seen : unseen;
+}
+
 } // namespace
+
+void attn_mask_f16_cuda(void * mask, const int32_t * span, int64_t nt, int64_t ns) {
+    if (nt <= 0 || ns <= 0 || nt * ns > INT32_MAX)
+        fail("ERR_INVALID_ARG", "attention mask: bad dimensions %lld x %lld tokens", (long long) ns, (long long) nt);
+    cudaStream_t st = project_stream(mask);
+    mask_f16_kernel<<<(unsigned) (nt * ns), 256, 0, st>>>((__half *) mask, span, nt);
+    project_launched(st, "attention mask");
+}
+
+std::vector<uint16_t> attn_mask_f16_from_host(const int32_t * span, int64_t nt, int64_t ns) {
+    const size_t n = (size_t) (nt * nt * ns), span_n = span ? (size_t) (3 * nt * ns) : 0;
+    char * dev = nullptr;
+    cuda_check(cudaMalloc(&dev, n * sizeof(__half) + span_n * sizeof(int32_t) + 16), "cudaMalloc");
+    struct guard { char * p; ~guard() { cudaFree(p); } } g{dev};
+    int32_t * dspan = span ? (int32_t *) (dev + ((n * sizeof(__half) + 15) / 16) * 16) : nullptr;
+    if (span) cuda_check(cudaMemcpy(dspan, span, span_n * sizeof(int32_t), cudaMemcpyHostToDevice), "cudaMemcpy");
+    uploads_done();
+    attn_mask_f16_cuda(dev, dspan, nt, ns);
+    std::vector<uint16_t> out(n);
+    cuda_check(cudaMemcpy(out.data(), dev, n * sizeof(__half), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    return out;
+}
 
 bool attn_cuda_supported(int64_t hd, const void * ptr) {
     bool sized = false;

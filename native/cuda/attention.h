@@ -30,6 +30,14 @@ struct attn_host_result {
 };
 
 #ifdef SQLR1_WITH_CUDA
+// ggml's flash attention mask for the same batches, written on the device: F16 [nt keys, nt queries, 1, ns],
+// 0 where a query sees a key (by `span`, device memory, as in attn_dims; causal when null) and -inf elsewhere.
+// The training graphs' flash attention reads it instead of a host-built copy uploaded for every new layout.
+void attn_mask_f16_cuda(void * mask, const int32_t * span, int64_t nt, int64_t ns);
+
+// The same from host data (tests): `span` host [3 * ns * nt] or null; nt * nt * ns F16 words.
+std::vector<uint16_t> attn_mask_f16_from_host(const int32_t * span, int64_t nt, int64_t ns);
+
 // Whether the kernels cover this head size on the device that holds `ptr` (BF16 matrix units: sm_80 or later).
 bool attn_cuda_supported(int64_t hd, const void * ptr);
 

@@ -56,6 +56,36 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     return out;
 }
 
+// The flash attention mask written on the device (native/cuda/attention.h) from host data, for the tests:
+// { nt, ns, span? } -> Uint16Array of nt * nt * ns F16 words ([nt keys, nt queries, ns]).
+Napi::Value AttentionMaskCuda(const Napi::CallbackInfo & info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = need_object(info, 0, "request");
+    auto dim = [&](const char * key) {
+        const double v = get_number(o, key, 0);
+        if (!(v >= 1 && v <= 65535 && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [1, 65535]");
+        return (int64_t) v;
+    };
+    const int64_t nt = dim("nt"), ns = dim("ns");
+    if (nt * nt * ns > ((int64_t) 1 << 28)) bad_arg(env, "nt * nt * ns must be at most 2^28");
+    std::vector<int32_t> span;
+    if (!o.Get("span").IsUndefined()) {
+        span = get_i32_array(o, "span");
+        guarded(env, [&]() { span_validate(span, ns, nt); return 0; });
+    }
+    std::vector<uint16_t> out;
+    guarded(env, [&]() {
+#ifdef SQLR1_WITH_CUDA
+        if (cuda_device_count() == 0) fail("ERR_NO_CUDA", "no CUDA device is visible");
+        out = executor_for("cuda")->run_sync([&]() { return attn_mask_f16_from_host(span.empty() ? nullptr : span.data(), nt, ns); });
+#else
+        fail("ERR_NO_CUDA", "this binary was built without CUDA");
+#endif
+        return 0;
+    });
+    return to_js(env, out);
+}
+
 // The training graphs' Q4_0 -> BF16 dequantization (native/cuda/dequant.h) on host data, for the tests:
 // (blocks: Uint8Array of 18-byte Q4_0 blocks, n elements) -> Uint16Array of BF16 words.
 Napi::Value DequantQ4_0Cuda(const Napi::CallbackInfo & info) {
@@ -173,6 +203,7 @@ Napi::Value test_hooks(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = Napi::Object::New(env);
     o.Set("attentionCuda", Napi::Function::New(env, AttentionCuda));
+    o.Set("attentionMaskCuda", Napi::Function::New(env, AttentionMaskCuda));
     o.Set("swigluCuda", Napi::Function::New(env, SwigluCuda));
     o.Set("dequantQ4_0Cuda", Napi::Function::New(env, DequantQ4_0Cuda));
     return o;

@@ -196,6 +196,8 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
         queued_pass pass(t);
         for (int64_t il = 0; il < hp.n_layer; il++) layer_forward_fused(t, batch, il);
         pass.finish();
+    } else if (t.cuda && t.compute != GGML_TYPE_F32) {
+        shape_device_upload(t);  // the whole-graph forward's flash attention reads the mask written on the device
     }
 #endif
 

@@ -136,6 +136,41 @@ t.test('attention kernels with spans match float64 loops', { skip }, async (t) =
   }
 });
 
+// The F16 mask the training graphs' flash attention reads (attn_mask_f16_cuda): every word against `sees`.
+t.test('the attention mask written on the device matches the spans', { skip }, async (t) => {
+  const randomSpans = (nt: number, ns: number, seed: number): Int32Array => {
+    const u = randomArray(3 * nt * ns, seed, 1).map((x) => (x + 1) / 2);  // [0, 1]
+    const span = new Int32Array(3 * nt * ns);
+    for (let i = 0; i < nt * ns; i++) {
+      const j = i % nt, pick = (x: number, lo: number, hi: number) => Math.min(hi, lo + Math.floor(x * (hi - lo + 1)));
+      const from = pick(u[3 * i]!, 0, j);
+      span.set([from, pick(u[3 * i + 1]!, from, nt), pick(u[3 * i + 2]!, 0, j)], 3 * i);
+    }
+    return span;
+  };
+  const cases: { name: string; nt: number; ns: number; span?: Int32Array }[] = [
+    { name: 'causal, 3 x 37', nt: 37, ns: 3 },
+    { name: 'two group layouts, 2 x 200', nt: 200, ns: 2, span: groupSpans(200, [{ prefix: 69, completions: [40, 30, 61] }, { prefix: 5, completions: [10, 64, 20] }]) },
+    { name: 'random spans, 2 x 97', nt: 97, ns: 2, span: randomSpans(97, 2, 71) },
+    { name: 'a 512-token prompt and 8 completions of 256, 1 x 2559', nt: 2559, ns: 1, span: groupSpans(2559, [{ prefix: 511, completions: Array(8).fill(256) }]) },
+  ];
+  for (const c of cases) {
+    const got = testHooks('cuda').attentionMaskCuda({ nt: c.nt, ns: c.ns, ...(c.span ? { span: c.span } : {}) });
+    t.equal(got.length, c.nt * c.nt * c.ns, `${c.name}: nt * nt * ns words`);
+    const shape: Shape = { hd: 0, H: 0, Hk: 0, nt: c.nt, ns: c.ns, ...(c.span ? { span: c.span } : {}) };
+    let wrong = 0, first = '';
+    for (let sq = 0; sq < c.ns; sq++) {
+      for (let i = 0; i < c.nt; i++) {
+        for (let j = 0; j < c.nt; j++) {
+          const want = sees(shape, sq, i, j) ? 0x0000 : 0xfc00, word = got[(sq * c.nt + i) * c.nt + j]!;
+          if (word !== want && wrong++ === 0) first = `: first at row ${sq}, query ${i}, key ${j}: 0x${word.toString(16)}`;
+        }
+      }
+    }
+    t.equal(wrong, 0, `${c.name}: 0 where the query sees the key, -inf elsewhere${first}`);
+  }
+});
+
 t.test('attention kernels reject bad requests with typed errors', async (t) => {
   const b = testHooks('cpu');
   const ok = { q: new Float32Array(16 * 2 * 4), k: new Float32Array(16 * 4), v: new Float32Array(16 * 4), dout: new Float32Array(16 * 2 * 4) };
@@ -146,6 +181,8 @@ t.test('attention kernels reject bad requests with typed errors', async (t) => {
   t.throws(() => b.attentionCuda({ ...ok, ...dims, span: new Int32Array(11) }), { code: 'ERR_INVALID_ARG' }, 'a span array of the wrong size');
   t.throws(() => b.attentionCuda({ ...ok, ...dims, span: Int32Array.from([0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]) }), { code: 'ERR_INVALID_ARG' }, 'a token that does not see itself');
   t.throws(() => b.attentionCuda({ ...ok, ...dims, span: Int32Array.from([0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]) }), { code: 'ERR_INVALID_ARG' }, 'a shared end past the sequence');
+  t.throws(() => b.attentionMaskCuda({ nt: 0, ns: 1 }), { code: 'ERR_INVALID_ARG' }, 'mask: a zero dimension');
+  t.throws(() => b.attentionMaskCuda({ nt: 4, ns: 1, span: Int32Array.from([0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]) }), { code: 'ERR_INVALID_ARG' }, 'mask: a token that does not see itself');
   if (!skip) {
     t.throws(() => testHooks('cuda').attentionCuda({ q: new Float32Array(24 * 2 * 4), k: new Float32Array(24 * 4), v: new Float32Array(24 * 4), dout: new Float32Array(24 * 2 * 4), headDim: 24, heads: 2, kvHeads: 1, nt: 4, ns: 1 }),
       { code: 'ERR_UNSUPPORTED_TYPE' }, 'a head size without a kernel');
