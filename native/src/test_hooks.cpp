@@ -13,17 +13,20 @@ namespace sqlr1 {
 
 namespace {
 
+// A dimension of a request: an integer in [1, 65535].
+int64_t dim_arg(Napi::Env env, const Napi::Object & o, const char * key) {
+    const double v = get_number(o, key, 0);
+    if (!(v >= 1 && v <= 65535 && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [1, 65535]");
+    return (int64_t) v;
+}
+
 // The training attention kernels from host arrays (native/cuda/attention.h), for the tests against a
 // plain-loop reference: { q, k, v, dout: Float32Array, headDim, heads, kvHeads, nt, ns, scale, span? } ->
 // { o, lse, dq, dk, dv } (dk, dv per KV head).
 Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = need_object(info, 0, "request");
-    auto dim = [&](const char * key) {
-        const double v = get_number(o, key, 0);
-        if (!(v >= 1 && v <= 65535 && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [1, 65535]");
-        return (int64_t) v;
-    };
+    auto dim = [&](const char * key) { return dim_arg(env, o, key); };
     attn_dims d;
     d.hd = dim("headDim");
     d.H = dim("heads");
@@ -61,11 +64,7 @@ Napi::Value AttentionCuda(const Napi::CallbackInfo & info) {
 Napi::Value AttentionMaskCuda(const Napi::CallbackInfo & info) {
     Napi::Env env = info.Env();
     Napi::Object o = need_object(info, 0, "request");
-    auto dim = [&](const char * key) {
-        const double v = get_number(o, key, 0);
-        if (!(v >= 1 && v <= 65535 && v == std::floor(v))) bad_arg(env, std::string(key) + " must be an integer in [1, 65535]");
-        return (int64_t) v;
-    };
+    auto dim = [&](const char * key) { return dim_arg(env, o, key); };
     const int64_t nt = dim("nt"), ns = dim("ns");
     if (nt * nt * ns > ((int64_t) 1 << 28)) bad_arg(env, "nt * nt * ns must be at most 2^28");
     std::vector<int32_t> span;
