@@ -44,9 +44,10 @@ struct layer_weights {
     ggml_tensor * bq = nullptr, * bk = nullptr, * bv = nullptr;
     ggml_tensor * ffn_norm = nullptr;
     ggml_tensor * ffn_gate = nullptr, * ffn_up = nullptr, * ffn_down = nullptr;
-    // When their types match, q, k and v (and their biases) are rows of one tensor each, and so are gate and up:
-    // wq, wk, wv, bq, bk, bv, ffn_gate and ffn_up are then views of these, and the sampling graph runs each group
-    // as one product (one launch and one quantization of the input instead of three or two). Null otherwise.
+    // When they share one quantized type, q, k and v (and their biases) are rows of one tensor each, and so are
+    // gate and up: wq, wk, wv, bq, bk, bv, ffn_gate and ffn_up are then views of these, and the sampling graph
+    // runs each group as one product (one launch and one quantization of the input instead of three or two).
+    // Null otherwise (lay_out_weights in model.cpp).
     ggml_tensor * wqkv = nullptr, * bqkv = nullptr, * ffn_gate_up = nullptr;
 };
 

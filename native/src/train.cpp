@@ -186,18 +186,18 @@ std::vector<float> trainer_forward(trainer & t, const train_batch & batch, bool 
     // layer's input going straight into its checkpoint; elsewhere the whole forward is one graph.
     bool fused = false;
 #ifdef SQLR1_WITH_CUDA
+    // Reduced-precision forwards on CUDA read the shape inputs (positions, spans, flash attention's mask) from
+    // the device copy, written once per layout (the fused kernels need only BF16, so they are covered).
+    if (t.cuda && t.compute != GGML_TYPE_F32) shape_device_upload(t);
     fused = keep && use_fused_kernels(t);
     if (fused) {
         scratch_alloc(t, T);
-        shape_device_upload(t);
         run_built(t, batch, true, [&](builder & b) {
             place(b, ggml_get_rows(b.ctx, t.m->tok_embd, b.input_i32(T, batch.tokens)), t.ckpt[0]);
         });
         queued_pass pass(t);
         for (int64_t il = 0; il < hp.n_layer; il++) layer_forward_fused(t, batch, il);
         pass.finish();
-    } else if (t.cuda && t.compute != GGML_TYPE_F32) {
-        shape_device_upload(t);  // the whole-graph forward's flash attention reads the mask written on the device
     }
 #endif
 
