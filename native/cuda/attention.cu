@@ -19,10 +19,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-
-#include <climits>
 #include <mma.h>
 
+#include <climits>
 #include <cmath>
 
 #include <tuple>
